@@ -1,0 +1,42 @@
+# Attention-VGG16 export toolchain. Every target sets itself up: `make engine VARIANT=se`
+# and `make test` work on a fresh machine with Python 3.10+.
+
+PYTHON      ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+
+VARIANT     ?= se
+CHECKPOINT  ?=
+CALIB_DIR   ?=
+IMG_SIZE    ?= 224
+NUM_CLASSES ?= 1000
+WIDTH       ?=
+BACKEND     ?= auto
+OUT         ?= build
+
+CLI          = $(PY) -m exporter
+MODEL_ARGS   = --variant $(VARIANT) --num-classes $(NUM_CLASSES) $(if $(WIDTH),--width $(WIDTH))
+
+.PHONY: setup card test lint clean
+
+setup: $(STAMP)
+
+# Reinstalled when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+card: $(STAMP)
+	$(CLI) card $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT)/$(VARIANT)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: lint
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(OUT)

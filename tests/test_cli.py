@@ -1,0 +1,30 @@
+import json
+import subprocess
+import sys
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "exporter", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_card_writes_markdown_and_json(tmp_path):
+    result = _run("card", "--variant", "se", "--img-size", "64", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "+76,288" in result.stdout
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert card["extra_parameters"] == 76_288 and card["img_size"] == 64
+    assert (tmp_path / "card.md").read_text() == result.stdout
+
+
+def test_errors_are_one_line_without_traceback():
+    result = _run("card", "--variant", "vgg19")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown variant 'vgg19'; known variants: la, sa, se, vgg16"]
+
+
+def test_debug_shows_the_traceback():
+    result = _run("--debug", "card", "--variant", "se", "--img-size", "100")
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr and "multiple of 32" in result.stderr
