@@ -11,14 +11,14 @@ CHECKPOINT  ?=
 CALIB_DIR   ?=
 IMG_SIZE    ?= 224
 NUM_CLASSES ?= 1000
-WIDTH       ?=
+WIDTH_MULT  ?=
 BACKEND     ?= auto
 OUT         ?= build
 
 CLI          = $(PY) -m exporter
-MODEL_ARGS   = --variant $(VARIANT) --num-classes $(NUM_CLASSES) $(if $(WIDTH),--width $(WIDTH))
+MODEL_ARGS   = --variant $(VARIANT) --num-classes $(NUM_CLASSES) $(if $(WIDTH_MULT),--width-mult $(WIDTH_MULT))
 
-.PHONY: setup card test lint clean
+.PHONY: setup card onnx test lint clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ $(STAMP): pyproject.toml
 
 card: $(STAMP)
 	$(CLI) card $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT)/$(VARIANT)
+
+# OUT/VARIANT/model.onnx + manifest.json: fp32, dynamic batch/H/W, verified, simplified.
+onnx: $(STAMP)
+	$(CLI) export $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -16,14 +16,14 @@ EXIT_ERROR = 2
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", required=True, help=f"one of: {', '.join(list_variants())}")
     p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--width", type=float, default=None,
+    p.add_argument("--width-mult", type=float, default=None,
                    help="channel-width multiplier (default 1.0, the full-size model)")
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
     from models.card import card_markdown, model_card
 
-    card = model_card(args.variant, args.img_size, args.num_classes, args.width or 1.0)
+    card = model_card(args.variant, args.img_size, args.num_classes, args.width_mult or 1.0)
     markdown = card_markdown(card)
     if args.out:
         from .files import write_text_atomic
@@ -32,6 +32,35 @@ def _cmd_card(args: argparse.Namespace) -> int:
         write_text_atomic(out / "card.md", markdown)
         write_text_atomic(out / "card.json", json.dumps(card.to_json(), indent=2) + "\n")
     print(json.dumps(card.to_json(), indent=2) if args.json else markdown, end="")
+    return 0
+
+
+def _axis(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MIN,OPT,MAX (e.g. 32,224,448)")
+    return values
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportConfig, batch_range, export_to_folder, image_range
+
+    opt = args.img_size
+    config = ExportConfig(
+        variant=args.variant, num_classes=args.num_classes, model_width=args.width_mult or 1.0,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None, reset_head=args.reset_head,
+        opset=args.opset,
+        batch=batch_range(*args.batch) if args.batch else None,
+        height=image_range("height", *args.height) if args.height else (
+            image_range("height", min(32, opt), opt, max(448, opt)) if opt else None),
+        width=image_range("width", *args.width) if args.width else (
+            image_range("width", min(32, opt), opt, max(448, opt)) if opt else None),
+        attention_memory_budget=int(args.attention_budget_gib * 2**30),
+        simplify=not args.no_simplify)
+    export_to_folder(config, Path(args.out) / args.variant)
     return 0
 
 
@@ -46,6 +75,27 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     card.add_argument("--out", help="also write card.md and card.json into this folder")
     card.set_defaults(run=_cmd_card)
+
+    from .export import DEFAULT_OPSET
+
+    export = sub.add_parser("export", help="ONNX (fp32, dynamic batch/H/W), verified, simplified")
+    _add_model_args(export)
+    export.add_argument("--checkpoint", help="weights to load (.pt/.pth/.safetensors); default: "
+                        "the seeded default initialization")
+    export.add_argument("--reset-head", action="store_true",
+                        help="keep the model's own last layer when the checkpoint's classes differ")
+    export.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    export.add_argument("--img-size", type=int, default=None,
+                        help="the opt H and W (ranges default to 32..448)")
+    export.add_argument("--batch", type=_axis, help="MIN,OPT,MAX (default 1,1,32)")
+    export.add_argument("--height", type=_axis, help="MIN,OPT,MAX, multiples of 32 "
+                        "(default 32,224,448)")
+    export.add_argument("--width", type=_axis, help="MIN,OPT,MAX, multiples of 32")
+    export.add_argument("--attention-budget-gib", type=float, default=4.0,
+                        help="sa only: largest attention map allowed")
+    export.add_argument("--no-simplify", action="store_true")
+    export.add_argument("--out", default="build", help="output root; files go to OUT/VARIANT/")
+    export.set_defaults(run=_cmd_export)
     return parser
 
 

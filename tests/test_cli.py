@@ -28,3 +28,22 @@ def test_debug_shows_the_traceback():
     result = _run("--debug", "card", "--variant", "se", "--img-size", "100")
     assert result.returncode == 2
     assert "Traceback" in result.stderr and "multiple of 32" in result.stderr
+
+
+def test_export_refuses_a_bad_range_in_one_line(tmp_path):
+    result = _run("export", "--variant", "se", "--height", "32,224,450", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: height range value 450 is not servable: every variant needs height to be a "
+        "multiple of 32 and >= 32 (five 2x2 pools)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_writes_model_and_manifest(tmp_path):
+    result = _run("export", "--variant", "vgg16", "--width-mult", "0.125", "--num-classes", "4",
+                  "--batch", "1,2,4", "--height", "32,64,128", "--width", "32,64,128",
+                  "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "verified" in result.stdout and "peak memory" in result.stdout
+    manifest = json.loads((tmp_path / "vgg16" / "manifest.json").read_text())
+    assert manifest["dynamic"]["batch"] == {"min": 1, "opt": 2, "max": 4}

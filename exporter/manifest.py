@@ -1,0 +1,78 @@
+"""manifest.json: what a runtime needs to load and feed the artifacts, with their sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from models import ToolchainError
+
+from .files import write_text_atomic
+
+SCHEMA_VERSION = "1.0"
+FORMATS = ("onnx", "ort", "plan")
+PRECISIONS = ("fp32", "fp16", "int8")
+TARGETS = ("any", "tensorrt", "onnxruntime-cpu")
+_VERSIONED = ("torch", "torchvision", "onnx", "onnxscript", "onnxsim", "onnxruntime-gpu",
+              "onnxruntime", "numpy", "tensorrt")
+
+
+class ManifestError(ToolchainError):
+    """The manifest or an artifact it lists is missing, malformed or was changed."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def artifact_entry(path: Path, root: Path, format: str, precision: str, target: str) -> dict:
+    assert format in FORMATS and precision in PRECISIONS and target in TARGETS
+    return {"path": path.relative_to(root).as_posix(), "format": format, "precision": precision,
+            "target": target, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"{path} does not exist; build it with `make onnx VARIANT=...`") from None
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path} is not valid JSON ({e}); rebuild it") from None
+
+
+def write_manifest(path: str | Path, manifest: dict) -> Path:
+    return write_text_atomic(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+
+
+def verify_artifacts(manifest_path: str | Path) -> list[Path]:
+    """Every listed artifact exists and still has the sha256 the manifest records."""
+    manifest_path = Path(manifest_path)
+    root = manifest_path.parent
+    paths = []
+    for entry in read_manifest(manifest_path)["artifacts"]:
+        path = root / entry["path"]
+        if not path.is_file():
+            raise ManifestError(f"artifact {path} listed in {manifest_path} is missing; rebuild")
+        if sha256_file(path) != entry["sha256"]:
+            raise ManifestError(f"artifact {path} no longer matches the sha256 in "
+                                f"{manifest_path}: it was changed after the build; rebuild it")
+        paths.append(path)
+    return paths

@@ -1,0 +1,185 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import models
+from exporter import export as export_stage
+from exporter.export import (
+    ExportConfig,
+    VerificationError,
+    batch_range,
+    build_model,
+    export_model,
+    export_to_folder,
+    image_range,
+    verification_shapes,
+)
+from exporter.files import OutputError
+from exporter.manifest import sha256_file
+from exporter.runners import OnnxRuntimeRunner, run_torch
+
+from .conftest import tiny_config
+
+
+def _quiet(*_):
+    pass
+
+
+@pytest.mark.parametrize("variant", ["vgg16", "se", "la", "sa"])
+def test_every_variant_exports_and_verifies_across_its_range(exported, variant):
+    manifest = json.loads(exported(variant).read_text())
+    checks = manifest["parity"]["onnx-fp32-vs-eager"]["checks"]
+    assert len(checks) >= 4 and all(c["passed"] for c in checks)
+    shapes = [tuple(c["shape"]) for c in checks]
+    assert any(s[0] > 1 for s in shapes)  # batch > 1
+    assert any(s[2] != s[3] for s in shapes)  # non-square
+    assert any(224 not in s[2:] for s in shapes)  # non-224
+    assert manifest["export"]["simplified"] is True
+
+
+def test_exported_graph_has_symbolic_batch_height_width(exported):
+    path = exported("se").parent / "model.onnx"
+    graph = onnx.load(str(path)).graph
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert graph.input[0].name == "input" and graph.output[0].name == "logits"
+    assert dims == ["batch", 3, "height", "width"]
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def test_onnx_matches_eager_at_a_shape_outside_the_verified_set(exported):
+    manifest_path = exported("la")
+    model, _ = build_model(tiny_config("la"))
+    x = np.random.default_rng(5).standard_normal((4, 3, 96, 416), dtype=np.float32)
+    out = OnnxRuntimeRunner(manifest_path.parent / "model.onnx")(x)
+    np.testing.assert_allclose(out, run_torch(model, x), rtol=1e-4, atol=1e-4 * np.abs(out).max())
+
+
+def test_manifest_records_the_contract(exported):
+    manifest_path = exported("se")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["variant"] == "se" and manifest["num_classes"] == 10
+    assert manifest["input"] == {"name": "input", "dtype": "float32",
+                                 "shape": ["batch", 3, "height", "width"]}
+    assert manifest["dynamic"]["batch"] == {"min": 1, "opt": 1, "max": 32}
+    assert manifest["dynamic"]["height"] == {"min": 32, "opt": 224, "max": 448, "multiple_of": 32}
+    assert "seeded default initialization" in manifest["weights"]["source"]
+    [artifact] = manifest["artifacts"]
+    assert artifact["path"] == "model.onnx" and artifact["format"] == "onnx"
+    assert artifact["sha256"] == sha256_file(manifest_path.parent / "model.onnx")
+    assert manifest["preprocessing"]["crop"] == [224, 224]
+    assert {"torch", "onnx", "onnxruntime-gpu"} <= set(manifest["versions"])
+
+
+def test_se_block_adds_no_shape_chains(exported):
+    """SE is mean -> 1x1 convs -> gate: the graph has the pool's Shape ops and no more."""
+    def shape_ops(variant):
+        graph = onnx.load(str(exported(variant).parent / "model.onnx")).graph
+        return sum(n.op_type in ("Shape", "Gather", "Concat", "Expand") for n in graph.node)
+
+    assert shape_ops("se") == shape_ops("vgg16")
+
+
+def test_export_is_byte_identical_for_the_same_inputs(exported, tmp_path):
+    again = export_to_folder(tiny_config("se"), tmp_path / "se", log=_quiet)
+    first = exported("se").parent / "model.onnx"
+    assert sha256_file(again.parent / "model.onnx") == sha256_file(first)
+
+
+def test_plain_adaptive_pool_export_is_rejected(tmp_path):
+    """The known failure: torch.onnx bakes nn.AdaptiveAvgPool2d's window from the example."""
+    config = tiny_config("vgg16", height=image_range("height", 32, 224, 448))
+    model, weights = build_model(config)
+    model.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+    with pytest.raises((VerificationError, export_stage.ExportError)) as err:
+        export_model(model, config, tmp_path, weights, log=_quiet)
+    assert isinstance(err.value, VerificationError), err.value  # it exports, then fails the check
+    # ORT either computes garbage or refuses the baked window; both name the failing shape
+    assert "differs from eager PyTorch" in str(err.value) or "fails to run at shape" in str(err.value)
+    assert "x3x" in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # nothing that looks finished, no temporary left
+
+
+def test_interrupted_export_leaves_nothing_finished(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_stage, "verify_onnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_to_folder(tiny_config("vgg16"), tmp_path, log=_quiet)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_onnxsim_failure_keeps_the_verified_unsimplified_graph(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated onnxsim crash")
+
+    monkeypatch.setattr(export_stage, "simplify_onnx", broken)
+    lines = []
+    manifest = json.loads(export_to_folder(tiny_config("vgg16"), tmp_path, log=lines.append)
+                          .read_text())
+    assert manifest["export"]["simplified"] is False
+    assert "kept the unsimplified graph" in manifest["export"]["simplify_note"]
+    assert any("simulated onnxsim crash" in line for line in lines)
+    assert (tmp_path / "model.onnx").is_file()
+
+
+def test_verification_shapes_stay_inside_the_declared_range():
+    config = tiny_config("se", batch=batch_range(1, 4, 16),
+                         height=image_range("height", 64, 128, 320))
+    shapes = verification_shapes(config)
+    assert len(shapes) >= 4
+    for n, _, h, w in shapes:
+        assert 1 <= n <= 16 and 64 <= h <= 320 and 32 <= w <= 448 and h % 32 == w % 32 == 0
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: image_range("height", 32, 224, 450), "450 is not servable.*multiple of 32"),
+    (lambda: image_range("width", 16, 224, 448), "16 is not servable"),
+    (lambda: image_range("height", 64, 32, 448), "min <= opt <= max"),
+    (lambda: batch_range(8, 4, 2), "min <= opt <= max"),
+    (lambda: ExportConfig("se", opset=11), "opset 11 is not supported.*18"),
+    (lambda: ExportConfig("sa", batch=batch_range(1, 1, 8),
+                          height=image_range("height", 32, 224, 224),
+                          width=image_range("width", 32, 224, 224)), r"'sa' cannot serve.*GiB"),
+    (lambda: ExportConfig("vgg19"), "unknown variant"),
+    (lambda: ExportConfig("se", checkpoint="missing.pt"), "missing.pt does not exist"),
+])
+def test_bad_export_settings_get_a_clear_error(make, message):
+    with pytest.raises(models.ConfigError, match=message):
+        make()
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match="cannot create output folder.*a-file"):
+        export_to_folder(tiny_config("vgg16"), blocker / "se", log=_quiet)
+
+
+def test_checkpoint_weights_are_exported(tmp_path):
+    config = tiny_config("se")
+    source, _ = build_model(config)
+    with torch.no_grad():
+        source.classifier[6].bias.fill_(3.0)
+    path = models.save_checkpoint(source, tmp_path / "se.safetensors", "se", 10, 0.125)
+    manifest = json.loads(export_to_folder(
+        tiny_config("se", checkpoint=path), tmp_path / "out", log=_quiet).read_text())
+    assert "loaded" in manifest["weights"]["source"]
+    out = OnnxRuntimeRunner(tmp_path / "out" / "model.onnx")(
+        np.zeros((1, 3, 64, 64), dtype=np.float32))
+    assert np.allclose(out, 3.0, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_full_size_se_exports_and_verifies(tmp_path):
+    """Full-size VGG16-SE (554 MB graph) once: export, verify at 5 shapes, simplify."""
+    manifest_path = export_to_folder(ExportConfig("se"), tmp_path / "se", log=_quiet)
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["parity"]["onnx-fp32-vs-eager"]["passed"]
+    assert manifest["parity"]["onnx-fp32-vs-eager"]["worst_rel_max"] < 1e-4
+    assert manifest["artifacts"][0]["bytes"] > 500e6
+    assert sorted(p.name for p in (tmp_path / "se").iterdir()) == ["manifest.json", "model.onnx"]
