@@ -18,7 +18,7 @@ OUT         ?= build
 CLI          = $(PY) -m exporter
 MODEL_ARGS   = --variant $(VARIANT) --num-classes $(NUM_CLASSES) $(if $(WIDTH_MULT),--width-mult $(WIDTH_MULT))
 
-.PHONY: setup card onnx test lint clean
+.PHONY: setup card onnx precision engine test lint clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,13 @@ card: $(STAMP)
 # OUT/VARIANT/model.onnx + manifest.json: fp32, dynamic batch/H/W, verified, simplified.
 onnx: $(STAMP)
 	$(CLI) export $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
+# model.fp16.onnx, model.int8-{trt,cpu}.onnx, engines/ort/*.ort, from OUT/VARIANT/model.onnx.
+precision: $(STAMP)
+	$(CLI) precision --manifest $(OUT)/$(VARIANT)/manifest.json $(if $(CALIB_DIR),--calib-dir $(CALIB_DIR))
+
+engine: onnx
+	$(MAKE) --no-print-directory precision
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -64,6 +64,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_precision(args: argparse.Namespace) -> int:
+    from .precision import PrecisionConfig, build_precision_graphs
+
+    config = PrecisionConfig(
+        calib_source="noise" if args.calib_noise else args.calib_dir,
+        calib_count=args.calib_count, heldout_count=args.heldout_count, method=args.method,
+        agreement_target=args.agreement_target, metric=args.metric, max_fallback=args.max_fallback)
+    build_precision_graphs(Path(args.manifest), config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m exporter", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -96,6 +107,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-simplify", action="store_true")
     export.add_argument("--out", default="build", help="output root; files go to OUT/VARIANT/")
     export.set_defaults(run=_cmd_export)
+
+    from calibration.calibrate import DEFAULT_METHOD, METHODS
+    from calibration.data import DEFAULT_CALIBRATION_COUNT, DEFAULT_HELDOUT_COUNT
+
+    precision = sub.add_parser("precision", help="fp16 + int8 (TensorRT, CPU) graphs, ORT models")
+    precision.add_argument("--manifest", required=True, help="manifest.json written by export")
+    precision.add_argument("--calib-dir", help="image folder or .npy/.npz; default: photographs "
+                           "bundled with scikit-image")
+    precision.add_argument("--calib-noise", action="store_true",
+                           help="calibrate on random noise (only for smoke tests)")
+    precision.add_argument("--calib-count", type=int, default=DEFAULT_CALIBRATION_COUNT)
+    precision.add_argument("--heldout-count", type=int, default=DEFAULT_HELDOUT_COUNT)
+    precision.add_argument("--method", choices=list(METHODS), default=DEFAULT_METHOD)
+    precision.add_argument("--agreement-target", type=float, default=0.99,
+                           help="fall back layers to float until int8 agrees this often")
+    precision.add_argument("--metric", choices=["top1", "cosine"], default=None,
+                           help="agreement metric (default: top1 with a checkpoint, else cosine)")
+    precision.add_argument("--max-fallback", type=int, default=6)
+    precision.set_defaults(run=_cmd_precision)
     return parser
 
 

@@ -147,6 +147,16 @@ class ExportReport:
     peak_rss_mib: float = 0.0
 
 
+def model_from_manifest(manifest: dict) -> nn.Module:
+    """The eager model a manifest's artifacts were exported from (for parity)."""
+    spec = dict(manifest["model"])
+    checkpoint = spec.pop("checkpoint")
+    config = ExportConfig(checkpoint=Path(checkpoint) if checkpoint else None, **spec,
+                          batch=batch_range(1, 1, 1), height=image_range("height", 32, 32, 32),
+                          width=image_range("width", 32, 32, 32))
+    return build_model(config)[0]
+
+
 def build_model(config: ExportConfig) -> tuple[nn.Module, str]:
     """The eval-mode model and a line saying where its weights came from."""
     torch.manual_seed(config.seed)
@@ -179,9 +189,11 @@ def torch_to_onnx(model: nn.Module, path: Path, config: ExportConfig) -> Path:
 
     axes = {0: config.batch, 2: config.height, 3: config.width}
     dynamic = {i: Dim(r.name, min=r.min, max=r.max) for i, r in axes.items() if r.dynamic}
-    # torch.export specializes sizes 0 and 1: trace batch 2 whenever the range allows it.
+    # torch.export specializes sizes 0 and 1: trace batch 2 whenever the range allows it, and
+    # H, W >= 64 so that no feature map is 1x1 (at 32 the last stage is 1x1 and would be baked).
     example_batch = min(2, config.batch.max) if config.batch.dynamic else config.batch.opt
-    example = torch.randn(example_batch, 3, config.height.opt, config.width.opt)
+    example = torch.randn(example_batch, 3, _example_side(config.height),
+                          _example_side(config.width))
     try:
         with warnings.catch_warnings(), _quiet_torch_onnx():
             warnings.simplefilter("ignore")
@@ -197,6 +209,10 @@ def torch_to_onnx(model: nn.Module, path: Path, config: ExportConfig) -> Path:
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     return path
+
+
+def _example_side(axis: AxisRange) -> int:
+    return axis.opt if axis.opt >= 64 or not axis.dynamic else min(64, axis.max)
 
 
 class _quiet_torch_onnx:
@@ -366,9 +382,12 @@ def export_manifest(config: ExportConfig, report: ExportReport, out_dir: Path) -
         "schema_version": SCHEMA_VERSION,
         "variant": config.variant,
         "num_classes": config.num_classes,
-        "model_width": config.model_width,
-        "weights": {"source": report.weights,
-                    "checkpoint": str(config.checkpoint) if config.checkpoint else None},
+        "weights": report.weights,
+        "model": {"variant": config.variant, "num_classes": config.num_classes,
+                  "model_width": config.model_width, "seed": config.seed,
+                  "checkpoint": str(config.checkpoint) if config.checkpoint else None,
+                  "reset_head": config.reset_head,
+                  "attention_memory_budget": config.attention_memory_budget},
         "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", 3, "height", "width"]},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", config.num_classes]},
         "dynamic": {"batch": config.batch.to_json(), "height": config.height.to_json(),

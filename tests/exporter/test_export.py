@@ -22,7 +22,7 @@ from exporter.files import OutputError
 from exporter.manifest import sha256_file
 from exporter.runners import OnnxRuntimeRunner, run_torch
 
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 
 def _quiet(*_):
@@ -183,3 +183,11 @@ def test_full_size_se_exports_and_verifies(tmp_path):
     assert manifest["parity"]["onnx-fp32-vs-eager"]["worst_rel_max"] < 1e-4
     assert manifest["artifacts"][0]["bytes"] > 500e6
     assert sorted(p.name for p in (tmp_path / "se").iterdir()) == ["manifest.json", "model.onnx"]
+
+
+def test_export_with_opt_size_32_stays_dynamic(tmp_path):
+    """At 32x32 the last stage is 1x1; tracing there would bake H and W into the graph."""
+    config = tiny_config("vgg16", batch=batch_range(1, 1, 4), height=image_range("height", 32, 32, 96),
+                         width=image_range("width", 32, 32, 96))
+    manifest = json.loads(export_to_folder(config, tmp_path, log=_quiet).read_text())
+    assert manifest["parity"]["onnx-fp32-vs-eager"]["passed"]

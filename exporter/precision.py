@@ -1,0 +1,222 @@
+"""Stage: the verified fp32 graph -> fp16 graph, calibration, two int8 graphs with layer
+fallback, and ONNX Runtime CPU models; every graph measured against eager PyTorch."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calibration.calibrate import DEFAULT_METHOD, calibrate, check_method
+from calibration.data import (
+    DEFAULT_CALIBRATION_COUNT,
+    DEFAULT_HELDOUT_COUNT,
+    CalibrationData,
+    check_fits_range,
+    load_calibration_data,
+)
+from calibration.preprocessing import Preprocessing
+from models import ConfigError
+
+from .compare import compare
+from .export import model_from_manifest
+from .fp16 import onnx_to_fp16
+from .manifest import artifact_entry, read_manifest, write_manifest
+from .ort_models import onnx_to_ort
+from .quantize import Int8Target, QuantizationError, onnx_to_int8, quantizable_nodes
+from .runners import OnnxRuntimeRunner, run_torch
+
+log = logging.getLogger(__name__)
+
+FP16_TOLERANCE = 1e-2  # relative max error of the fp16 graph against eager fp32
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    calib_source: str | None = None  # folder, .npy/.npz, None (bundled photos) or "noise"
+    calib_count: int = DEFAULT_CALIBRATION_COUNT
+    heldout_count: int = DEFAULT_HELDOUT_COUNT
+    method: str = DEFAULT_METHOD
+    agreement_target: float = 0.99
+    metric: str | None = None  # "top1" or "cosine"; None: top1 with a checkpoint, else cosine
+    max_fallback: int = 6
+    sensitivity_images: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_method(self.method)
+        if not 0 < self.agreement_target <= 1:
+            raise ConfigError(f"agreement target {self.agreement_target} must be in (0, 1]")
+        if self.metric not in (None, "top1", "cosine"):
+            raise ConfigError(f"fallback metric {self.metric!r} must be 'top1' or 'cosine'")
+        if self.calib_count < 1 or self.heldout_count < 1:
+            raise ConfigError("calibration and held-out counts must be >= 1")
+
+
+def agreement(outputs: np.ndarray, reference: np.ndarray, metric: str) -> float:
+    if metric == "top1":
+        return float(np.mean(outputs.argmax(1) == reference.argmax(1)))
+    a, b = outputs.astype(np.float64), reference.astype(np.float64)
+    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    return float(cosine.mean())
+
+
+def run_batches(runner, images: np.ndarray, batch: int = 8) -> np.ndarray:
+    return np.concatenate([runner(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+@dataclass
+class FallbackReport:
+    target: str
+    metric: str
+    goal: float
+    initial: float
+    final: float
+    fallen_back: list[dict] = field(default_factory=list)
+    met: bool = False
+
+    def to_json(self) -> dict:
+        return self.__dict__
+
+
+def quantize_with_fallback(model_path: Path, out_path: Path, ranges, target: Int8Target,
+                           images: np.ndarray, reference: np.ndarray, config: PrecisionConfig,
+                           metric: str, log=print) -> FallbackReport:
+    """Quantize; if the agreement with ``reference`` is below the goal, measure each layer's
+    sensitivity once (every layer quantized but that one, on a held-out subset) and keep layers
+    in float, most sensitive first, until the goal is met or ``max_fallback`` layers are float."""
+    def score(excluded: list[str], subset: slice = slice(None)) -> float:
+        onnx_to_int8(model_path, out_path, ranges, target, excluded)
+        outputs = run_batches(OnnxRuntimeRunner(out_path), images[subset])
+        return agreement(outputs, reference[subset], metric)
+
+    excluded: list[str] = []
+    initial = current = score(excluded)
+    report = FallbackReport(target.value, metric, config.agreement_target, initial, initial)
+    if current < config.agreement_target and config.max_fallback > 0:
+        subset = slice(0, config.sensitivity_images)
+        baseline = score([], subset)
+        gains = {n: score([n], subset) - baseline for n in quantizable_nodes(model_path)}
+        ranking = sorted(gains, key=gains.get, reverse=True)[:config.max_fallback]
+        log(f"  {target.value}: {metric} {initial:.4f} < {config.agreement_target}; "
+            f"most sensitive layers: {', '.join(ranking)}")
+        for node in ranking:
+            excluded.append(node)
+            current = score(excluded)
+            report.fallen_back.append({"node": node, "gain_when_float": round(gains[node], 4),
+                                       f"{metric}_after": round(current, 4)})
+            log(f"  {target.value}: {node} kept in float ({metric} {current:.4f})")
+            if current >= config.agreement_target:
+                break
+    report.final, report.met = current, current >= config.agreement_target
+    if not report.met:
+        log(f"  {target.value}: WARNING {metric} {current:.4f} is below the target "
+            f"{config.agreement_target} with {len(excluded)} layers in float")
+    return report
+
+
+def check_fp16_at_max_size(fp16: Path, eager_model, manifest: dict, seed: int, log=print) -> None:
+    """fp16 must stay finite and close where sums are largest: the largest declared H x W."""
+    dyn = manifest["dynamic"]
+    shape = (1, 3, dyn["height"]["max"], dyn["width"]["max"])
+    x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+    c = compare(OnnxRuntimeRunner(fp16)(x), run_torch(eager_model, x), shape, FP16_TOLERANCE)
+    log(f"  fp16 at the largest declared size: {c.describe()}")
+    if not c.passed:
+        fp16.unlink(missing_ok=True)
+        raise QuantizationError(f"the fp16 graph is not within tolerance at {c.describe()}")
+
+
+def _load_data(manifest: dict, config: PrecisionConfig) -> CalibrationData:
+    pre = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in manifest["preprocessing"].items()})
+    data = load_calibration_data(config.calib_source, pre, config.calib_count,
+                                 config.heldout_count, config.seed)
+    dyn = manifest["dynamic"]
+    for images in (data.calibration, data.heldout):
+        check_fits_range(images.images, (dyn["height"]["min"], dyn["height"]["max"]),
+                         (dyn["width"]["min"], dyn["width"]["max"]), images.source)
+    return data
+
+
+def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=print) -> Path:
+    """fp16, int8-trt, int8-cpu graphs and engines/ort models beside ``manifest_path``."""
+    manifest_path = Path(manifest_path)
+    root = manifest_path.parent
+    manifest = read_manifest(manifest_path)
+    fp32 = root / "model.onnx"
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    data = _load_data(manifest, config)
+    for note in data.notes:
+        log(f"data: {note}")
+    heldout = data.heldout.images
+    eager_model = model_from_manifest(manifest)
+    reference = run_batches(lambda x: run_torch(eager_model, x), heldout)
+    timings["data_and_eager"] = time.perf_counter() - start
+    metric = config.metric or ("top1" if manifest["model"]["checkpoint"] else "cosine")
+
+    start = time.perf_counter()
+    fp16 = onnx_to_fp16(fp32, root / "model.fp16.onnx")
+    check_fp16_at_max_size(fp16, eager_model, manifest, config.seed, log)
+    timings["fp16"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    ranges = calibrate(fp32, data.calibration, root / "calib", config.method)
+    timings["calibration"] = time.perf_counter() - start
+    log(f"calibration: {ranges.method} on {ranges.count} images from {data.calibration.source}"
+        f" ({'cached' if ranges.cached else f'{ranges.seconds:.1f} s'})")
+
+    start = time.perf_counter()
+    fallback = {}
+    for target in Int8Target:
+        fallback[target.value] = quantize_with_fallback(
+            fp32, root / target.filename, ranges, target, heldout, reference, config, metric, log)
+    timings["quantize"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    ort_dir = root / "engines" / "ort"
+    ort_fp32 = onnx_to_ort(fp32, ort_dir / "model.fp32.ort")
+    ort_int8 = onnx_to_ort(root / Int8Target.CPU.filename, ort_dir / "model.int8-cpu.ort")
+    timings["ort_models"] = time.perf_counter() - start
+
+    artifacts = {
+        "fp32-onnx": (fp32, "onnx", "fp32", "any"),
+        "fp16-onnx": (fp16, "onnx", "fp16", "tensorrt"),
+        "int8-trt-onnx": (root / Int8Target.TENSORRT.filename, "onnx", "int8", "tensorrt"),
+        "int8-cpu-onnx": (root / Int8Target.CPU.filename, "onnx", "int8", "onnxruntime-cpu"),
+        "fp32-ort": (ort_fp32, "ort", "fp32", "onnxruntime-cpu"),
+        "int8-cpu-ort": (ort_int8, "ort", "int8", "onnxruntime-cpu"),
+    }
+    labels = data.heldout.labels
+    parity = {}
+    if labels is not None:
+        parity["eager-fp32"] = {"accuracy": float(np.mean(reference.argmax(1) == labels)),
+                                "images": len(heldout)}
+    for name, (path, *_rest) in artifacts.items():
+        outputs = run_batches(OnnxRuntimeRunner(path), heldout)
+        c = compare(outputs, reference, heldout.shape, FP16_TOLERANCE)
+        parity[name] = {"rel_max": c.rel_max, "cosine": c.cosine, "finite": c.finite,
+                        "top1_agreement": agreement(outputs, reference, "top1"),
+                        "images": len(heldout)}
+        if labels is not None:
+            parity[name]["accuracy"] = float(np.mean(outputs.argmax(1) == labels))
+        log(f"  {name}: cosine {c.cosine:.5f}, rel max err {c.rel_max:.2e}, "
+            f"top-1 agreement {parity[name]['top1_agreement']:.3f}")
+
+    manifest["artifacts"] = [artifact_entry(p, root, *rest) for p, *rest in artifacts.values()]
+    manifest["calibration"] = {
+        "source": data.calibration.source, "method": ranges.method, "images": ranges.count,
+        "heldout_images": len(heldout), "ranges": ranges.ranges_path.relative_to(root).as_posix(),
+        "cached": ranges.cached, "notes": list(data.notes),
+        "fallback": {k: v.to_json() for k, v in fallback.items()},
+    }
+    manifest["parity"]["heldout-vs-eager"] = parity
+    manifest["precision_timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    write_manifest(manifest_path, manifest)
+    log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    return manifest_path
