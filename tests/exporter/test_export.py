@@ -21,7 +21,6 @@ from exporter.export import (
 from exporter.files import OutputError
 from exporter.manifest import sha256_file
 from exporter.runners import OnnxRuntimeRunner, run_torch
-
 from tests.conftest import tiny_config
 
 
