@@ -18,7 +18,7 @@ OUT         ?= build
 CLI          = $(PY) -m exporter
 MODEL_ARGS   = --variant $(VARIANT) --num-classes $(NUM_CLASSES) $(if $(WIDTH_MULT),--width-mult $(WIDTH_MULT))
 
-.PHONY: setup card onnx precision engine test lint clean
+.PHONY: setup card onnx precision engine bench test lint clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ precision: $(STAMP)
 
 engine: onnx
 	$(MAKE) --no-print-directory precision
+
+# bench.json: latency/throughput per runtime at batch 1 and 8, speedups over eager in one run.
+bench: $(STAMP)
+	$(CLI) bench --manifest $(OUT)/$(VARIANT)/manifest.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

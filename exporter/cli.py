@@ -75,6 +75,15 @@ def _cmd_precision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, run_bench
+
+    config = BenchConfig(batches=tuple(args.batches), seconds_per_case=args.seconds,
+                         torch_compile=not args.no_compile)
+    run_bench(Path(args.manifest), config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m exporter", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -126,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
                            help="agreement metric (default: top1 with a checkpoint, else cosine)")
     precision.add_argument("--max-fallback", type=int, default=6)
     precision.set_defaults(run=_cmd_precision)
+
+    bench = sub.add_parser("bench", help="latency and throughput of every runtime, vs eager")
+    bench.add_argument("--manifest", required=True)
+    bench.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    bench.add_argument("--seconds", type=float, default=10.0, help="time per runtime and batch")
+    bench.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    bench.set_defaults(run=_cmd_bench)
     return parser
 
 

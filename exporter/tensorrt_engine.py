@@ -1,0 +1,217 @@
+"""Stage: ONNX -> TensorRT plans, and a runner for them (GPU machines with tensorrt only).
+
+Written against the TensorRT 11 Python API: every network is strongly typed, so the plan's
+precision is the ONNX graph's (model.fp16.onnx -> fp16 plan, model.int8-trt.onnx -> int8 plan);
+there are no precision builder flags and no calibrator. tensorrt is imported lazily: importing
+this module, or the exporter package, works on machines without it.
+
+NOT YET RUN ON HARDWARE: the development machines have no GPU and cannot install tensorrt. This
+module is tested against a test double of the tensorrt module (tests/exporter/fake_tensorrt.py)
+and by GPU-marked tests that skip here; docs/tensorrt.md gives the commands to run those.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models import ToolchainError
+
+from .files import atomic_path
+
+INSTALL_HINT = ("install the extra on a machine with an NVIDIA GPU and driver: "
+                "pip install -e '.[tensorrt]' (tensorrt 11 comes from NVIDIA's package index)")
+INPUT_NAME = "input"
+
+
+class TensorRTUnavailable(ToolchainError):
+    """tensorrt or an NVIDIA GPU is missing."""
+
+
+class EngineBuildError(ToolchainError):
+    """TensorRT could not parse the ONNX graph or build a plan from it."""
+
+
+class EngineLoadError(ToolchainError):
+    """A plan could not be deserialized (another GPU or TensorRT version, or a damaged file)."""
+
+
+class ShapeOutsideProfileError(ToolchainError):
+    """An input shape lies outside the plan's optimization profile."""
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise TensorRTUnavailable(f"the tensorrt Python package is not installed; {INSTALL_HINT}") from None
+    major = int(str(trt.__version__).split(".")[0])
+    if major < 11:
+        raise TensorRTUnavailable(f"tensorrt {trt.__version__} is installed; this toolchain needs "
+                                  f"TensorRT 11 (strongly typed networks); {INSTALL_HINT}")
+    return trt
+
+
+def gpu_status() -> tuple[bool, str]:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        return False, "torch is missing"
+    if not torch.cuda.is_available():
+        return False, "no NVIDIA GPU visible to CUDA (torch.cuda.is_available() is False)"
+    return True, torch.cuda.get_device_name(0)
+
+
+def resolve_backend(requested: str) -> tuple[str, str]:
+    """("tensorrt" | "ort", why). BACKEND=tensorrt without tensorrt or a GPU is an error."""
+    if requested not in ("auto", "tensorrt", "ort"):
+        raise ToolchainError(f"BACKEND={requested!r} is not one of auto, tensorrt, ort")
+    if requested == "ort":
+        return "ort", "BACKEND=ort: ONNX Runtime on the CPU, as asked"
+    try:
+        trt = import_tensorrt()
+        has_gpu, gpu = gpu_status()
+        if not has_gpu:
+            raise TensorRTUnavailable(f"tensorrt {trt.__version__} is installed but {gpu}")
+    except TensorRTUnavailable as e:
+        if requested == "tensorrt":
+            raise TensorRTUnavailable(f"BACKEND=tensorrt, but {e}") from None
+        return "ort", f"BACKEND=auto: ONNX Runtime on the CPU, because {e}"
+    return "tensorrt", f"BACKEND={requested}: TensorRT {trt.__version__} on {gpu}"
+
+
+def _recording_logger(trt):
+    class RecordingLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg) -> None:
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                self.errors.append(str(msg))
+
+    return RecordingLogger()
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    workspace_bytes: int = 4 << 30
+    timing_cache: Path | None = None  # read before and written after each build
+    hardware_compatible: bool = False  # Ampere+ portable plan (slower, loads on any Ampere+)
+    version_compatible: bool = False  # loads on later TensorRT runtimes (lean runtime)
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    plan: Path
+    layers: Path
+    tensorrt_version: str
+    gpu: str
+    compute_capability: str
+
+
+def _profile_shapes(dynamic: dict) -> tuple[tuple, tuple, tuple]:
+    b, h, w = dynamic["batch"], dynamic["height"], dynamic["width"]
+    return tuple((b[k], 3, h[k], w[k]) for k in ("min", "opt", "max"))
+
+
+def onnx_to_plan(onnx_path: Path, plan_path: Path, dynamic: dict, config: EngineConfig,
+                 trt=None) -> PlanReport:
+    """Parse, build and serialize one plan; the profile is the manifest's declared range."""
+    trt = trt or import_tensorrt()
+    logger = _recording_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 11: strongly typed, no flag needed
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [parser.get_error(i) for i in range(parser.num_errors)]
+        details = "; ".join(f"node {e.node_name() or '?'} ({e.node_operator() or '?'}): {e.desc()}"
+                            for e in errors) or "; ".join(logger.errors) or "no details"
+        raise EngineBuildError(f"TensorRT's ONNX parser rejected {onnx_path}: {details}")
+    builder_config = builder.create_builder_config()
+    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_bytes)
+    builder_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if config.hardware_compatible:
+        builder_config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    if config.version_compatible:
+        builder_config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, *_profile_shapes(dynamic))
+    builder_config.add_optimization_profile(profile)
+    cache_bytes = config.timing_cache.read_bytes() if config.timing_cache and config.timing_cache.is_file() else b""
+    builder_config.set_timing_cache(builder_config.create_timing_cache(cache_bytes), False)
+
+    serialized = builder.build_serialized_network(network, builder_config)
+    if serialized is None:
+        raise EngineBuildError(f"TensorRT could not build a plan from {onnx_path}: "
+                               + ("; ".join(logger.errors) or "see the TensorRT log above"))
+    with atomic_path(plan_path) as tmp:
+        tmp.write_bytes(bytes(serialized))  # a plain plan: trtexec, Triton and C++ load it
+    if config.timing_cache:
+        with atomic_path(config.timing_cache) as tmp:
+            tmp.write_bytes(bytes(builder_config.get_timing_cache().serialize()))
+    layers = plan_path.with_suffix(".layers.json")
+    engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(serialized))
+    info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    with atomic_path(layers) as tmp:
+        tmp.write_text(json.dumps(json.loads(info), indent=1))
+    gpu, capability = _gpu_identity()
+    return PlanReport(plan_path, layers, str(trt.__version__), gpu, capability)
+
+
+def _gpu_identity() -> tuple[str, str]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "unknown", "unknown"
+    major, minor = torch.cuda.get_device_capability(0)
+    return torch.cuda.get_device_name(0), f"{major}.{minor}"
+
+
+class TensorRTRunner:
+    """Deserializes a plan, sets input shapes, runs on device buffers, returns host arrays.
+
+    Device buffers are torch CUDA tensors (torch is already a dependency)."""
+
+    def __init__(self, plan_path: Path, trt=None) -> None:
+        trt = trt or import_tensorrt()
+        plan_path = Path(plan_path)
+        logger = _recording_logger(trt)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(plan_path.read_bytes())
+        if self.engine is None:
+            reason = "; ".join(logger.errors) or "no reason given"
+            raise EngineLoadError(
+                f"{plan_path} could not be loaded: {reason}. Plans only load on the GPU model and "
+                f"TensorRT version that built them; rebuild with `make engine` on this machine")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output = next(n for n in names if n != self.input)
+        self.profile = [tuple(s) for s in self.engine.get_tensor_profile_shape(self.input, 0)]
+        self.plan_path = plan_path
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        low, _, high = self.profile
+        if len(shape) != len(low) or any(not lo <= s <= hi for s, lo, hi in zip(shape, low, high, strict=True)):
+            raise ShapeOutsideProfileError(
+                f"input shape {tuple(shape)} is outside the profile of {self.plan_path.name} "
+                f"(min {low}, max {high}); export with a wider range (--batch/--height/--width)")
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        self.check_shape(batch.shape)
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda()
+        self.context.set_input_shape(self.input, tuple(batch.shape))
+        y = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=torch.float32,
+                        device="cuda")
+        self.context.set_tensor_address(self.input, x.data_ptr())
+        self.context.set_tensor_address(self.output, y.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise EngineLoadError(f"TensorRT failed to run {self.plan_path.name}")
+        stream.synchronize()
+        return y.cpu().numpy()

@@ -1,0 +1,164 @@
+"""The TensorRT step: against a test double here; for real on a GPU (marked, skipped here)."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from exporter import tensorrt_engine as te
+
+from .fake_tensorrt import FakeTensorRT
+
+DYNAMIC = {"batch": {"min": 1, "opt": 1, "max": 32},
+           "height": {"min": 32, "opt": 224, "max": 448, "multiple_of": 32},
+           "width": {"min": 32, "opt": 224, "max": 448, "multiple_of": 32}}
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    fake = FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    return fake
+
+
+def test_importing_the_exporter_does_not_need_tensorrt():
+    import exporter  # noqa: F401
+    assert "tensorrt" not in sys.modules or isinstance(sys.modules["tensorrt"], FakeTensorRT)
+
+
+def test_missing_tensorrt_is_a_clear_error_with_the_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails
+    with pytest.raises(te.TensorRTUnavailable, match=r"not installed.*pip install -e '\.\[tensorrt\]'"):
+        te.import_tensorrt()
+    with pytest.raises(te.TensorRTUnavailable, match="BACKEND=tensorrt, but"):
+        te.resolve_backend("tensorrt")
+    backend, why = te.resolve_backend("auto")
+    assert backend == "ort" and "ONNX Runtime on the CPU, because" in why
+
+
+def test_tensorrt_10_is_refused(monkeypatch):
+    fake = FakeTensorRT()
+    fake.__version__ = "10.13.0"
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    with pytest.raises(te.TensorRTUnavailable, match="needs TensorRT 11"):
+        te.import_tensorrt()
+
+
+def test_auto_without_a_gpu_falls_back_to_ort(fake_trt, monkeypatch):
+    monkeypatch.setattr(te, "gpu_status", lambda: (False, "no NVIDIA GPU visible"))
+    assert te.resolve_backend("auto")[0] == "ort"
+    with pytest.raises(te.TensorRTUnavailable, match="no NVIDIA GPU"):
+        te.resolve_backend("tensorrt")
+    monkeypatch.setattr(te, "gpu_status", lambda: (True, "NVIDIA H100"))
+    assert te.resolve_backend("auto") == ("tensorrt", "BACKEND=auto: TensorRT 11.4.0 on NVIDIA H100")
+
+
+def test_build_is_strongly_typed_with_the_manifest_profile_and_a_timing_cache(fake_trt, tmp_path):
+    onnx_path = tmp_path / "model.int8-trt.onnx"
+    onnx_path.write_bytes(b"onnx")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"previous")
+    config = te.EngineConfig(workspace_bytes=1 << 30, timing_cache=cache)
+    report = te.onnx_to_plan(onnx_path, tmp_path / "engines" / "int8.plan", DYNAMIC, config)
+    calls = fake_trt.calls
+    assert ("create_network", 0) in calls
+    assert ("set_shape", "input", (1, 3, 32, 32), (1, 3, 224, 224), (32, 3, 448, 448)) in calls
+    assert ("create_timing_cache", b"previous") in calls  # read before the build
+    assert cache.read_bytes() == b"previous+timed"  # written after it
+    assert ("set_memory_pool_limit", fake_trt.MemoryPoolType.WORKSPACE, 1 << 30) in calls
+    assert not any(c[0] == "set_flag" for c in calls)  # no precision flags exist in TensorRT 11
+    build = next(c for c in calls if c[0] == "build_serialized_network")
+    assert build[1] is fake_trt.ProfilingVerbosity.DETAILED  # needed for the inspector JSON
+    assert report.plan.read_bytes() == b"PLAN:" + str(onnx_path).encode()  # plain plan, no header
+    assert "conv1" in report.layers.read_text()
+    assert report.tensorrt_version == "11.4.0"
+
+
+def test_timing_cache_is_shared_between_builds(fake_trt, tmp_path):
+    cache = tmp_path / "timing.cache"
+    for name in ("fp16", "int8"):
+        (tmp_path / f"{name}.onnx").write_bytes(b"onnx")
+        te.onnx_to_plan(tmp_path / f"{name}.onnx", tmp_path / f"{name}.plan", DYNAMIC,
+                        te.EngineConfig(timing_cache=cache))
+    created = [c[1] for c in fake_trt.calls if c[0] == "create_timing_cache"]
+    assert created == [b"", b"+timed"]  # the second build starts from the first one's cache
+
+
+def test_compatibility_options(fake_trt, tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    te.onnx_to_plan(tmp_path / "m.onnx", tmp_path / "m.plan", DYNAMIC,
+                    te.EngineConfig(hardware_compatible=True, version_compatible=True))
+    build = next(c for c in fake_trt.calls if c[0] == "build_serialized_network")
+    assert build[2] is fake_trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    assert ("set_flag", fake_trt.BuilderFlag.VERSION_COMPATIBLE) in fake_trt.calls
+
+
+def test_parser_errors_name_the_node_and_op_and_write_nothing(fake_trt, tmp_path):
+    fake_trt.parser_errors = [("node_Range_12", "Range", "unsupported datatype INT64 in input")]
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    with pytest.raises(te.EngineBuildError, match=r"node node_Range_12 \(Range\): unsupported"):
+        te.onnx_to_plan(tmp_path / "m.onnx", tmp_path / "m.plan", DYNAMIC, te.EngineConfig())
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_plan_for_another_gpu_fails_to_load_with_the_reason(fake_trt, tmp_path):
+    fake_trt.loadable = False
+    (tmp_path / "m.plan").write_bytes(b"PLAN:x")
+    with pytest.raises(te.EngineLoadError, match=r"incompatible device.*rebuild with `make engine`"):
+        te.TensorRTRunner(tmp_path / "m.plan")
+
+
+def test_shape_outside_the_profile_is_refused(fake_trt, tmp_path):
+    (tmp_path / "m.plan").write_bytes(b"PLAN:x")
+    runner = te.TensorRTRunner(tmp_path / "m.plan")
+    runner.check_shape((8, 3, 224, 320))
+    with pytest.raises(te.ShapeOutsideProfileError, match=r"\(64, 3, 224, 224\) is outside"):
+        runner(np.zeros((64, 3, 224, 224), np.float32))
+    with pytest.raises(te.ShapeOutsideProfileError, match="outside"):
+        runner.check_shape((1, 3, 480, 224))
+
+
+def _require_tensorrt_gpu():
+    try:
+        te.import_tensorrt()
+    except te.TensorRTUnavailable as e:
+        pytest.skip(f"needs tensorrt 11: {e}")
+    has_gpu, why = te.gpu_status()
+    if not has_gpu:
+        pytest.skip(f"needs an NVIDIA GPU: {why}")
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_real_engine_builds_runs_and_matches_eager(exported, precision, tmp_path):
+    """On a GPU machine: build from the precision graph, run at several shapes, compare."""
+    _require_tensorrt_gpu()
+    import json
+
+    from calibration.calibrate import calibrate
+    from calibration.data import ImageSet
+    from exporter.compare import compare
+    from exporter.export import model_from_manifest
+    from exporter.fp16 import onnx_to_fp16
+    from exporter.quantize import Int8Target, onnx_to_int8
+    from exporter.runners import run_torch
+
+    manifest_path = exported("se")
+    manifest = json.loads(manifest_path.read_text())
+    fp32 = manifest_path.parent / "model.onnx"
+    if precision == "fp16":
+        graph = onnx_to_fp16(fp32, tmp_path / "model.fp16.onnx")
+    else:
+        images = ImageSet(np.random.default_rng(0).standard_normal((16, 3, 224, 224), np.float32),
+                          None, "noise")
+        graph = onnx_to_int8(fp32, tmp_path / "model.int8-trt.onnx",
+                             calibrate(fp32, images, tmp_path / "calib", "minmax"), Int8Target.TENSORRT)
+    report = te.onnx_to_plan(graph, tmp_path / f"{precision}.plan", manifest["dynamic"],
+                             te.EngineConfig(timing_cache=tmp_path / "timing.cache"))
+    runner = te.TensorRTRunner(report.plan)
+    model = model_from_manifest(manifest)
+    for shape in [(1, 3, 224, 224), (4, 3, 96, 160), (2, 3, 448, 448)]:
+        x = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
+        result = compare(runner(x), run_torch(model, x), shape, 1e-2 if precision == "fp16" else 0.2)
+        assert result.finite and result.cosine > (0.999 if precision == "fp16" else 0.98), result.describe()
