@@ -1,5 +1,5 @@
 # Attention-VGG16 export toolchain. Every target sets itself up: `make engine VARIANT=se`
-# and `make test` work on a fresh machine with Python 3.10+.
+# and `make test` work on a fresh machine with Python 3.11+.
 
 PYTHON      ?= python3
 VENV        := .venv
@@ -16,9 +16,12 @@ BACKEND     ?= auto
 OUT         ?= build
 
 CLI          = $(PY) -m exporter
+D            = $(OUT)/$(VARIANT)
 MODEL_ARGS   = --variant $(VARIANT) --num-classes $(NUM_CLASSES) $(if $(WIDTH_MULT),--width-mult $(WIDTH_MULT))
+CALIB_ARGS   = $(if $(CALIB_DIR),--calib-dir $(CALIB_DIR))
 
-.PHONY: setup card onnx precision engine bench test lint clean
+.PHONY: setup card onnx precision engine parity bench test lint clean FORCE
+.DELETE_ON_ERROR:
 
 setup: $(STAMP)
 
@@ -30,22 +33,57 @@ $(STAMP): pyproject.toml
 	touch $@
 
 card: $(STAMP)
-	$(CLI) card $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT)/$(VARIANT)
+	$(CLI) card $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(D)
+
+# The settings each stage was built with: rewritten only when they change, so that Make
+# rebuilds exactly the stages that depend on a changed setting.
+$(D)/.settings-export: FORCE
+	@mkdir -p $(D)
+	@echo "$(MODEL_ARGS) --img-size $(IMG_SIZE) --checkpoint $(CHECKPOINT)" | cmp -s - $@ || \
+		echo "$(MODEL_ARGS) --img-size $(IMG_SIZE) --checkpoint $(CHECKPOINT)" > $@
+$(D)/.settings-calib: FORCE
+	@mkdir -p $(D)
+	@echo "$(CALIB_DIR)" | cmp -s - $@ || echo "$(CALIB_DIR)" > $@
+$(D)/.settings-backend: FORCE
+	@mkdir -p $(D)
+	@echo "$(BACKEND)" | cmp -s - $@ || echo "$(BACKEND)" > $@
 
 # OUT/VARIANT/model.onnx + manifest.json: fp32, dynamic batch/H/W, verified, simplified.
-onnx: $(STAMP)
+$(D)/.export.done: $(STAMP) $(D)/.settings-export $(CHECKPOINT) $(wildcard models/*.py) exporter/export.py
 	$(CLI) export $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	touch $@
 
-# model.fp16.onnx, model.int8-{trt,cpu}.onnx, engines/ort/*.ort, from OUT/VARIANT/model.onnx.
-precision: $(STAMP)
-	$(CLI) precision --manifest $(OUT)/$(VARIANT)/manifest.json $(if $(CALIB_DIR),--calib-dir $(CALIB_DIR))
+# model.fp16.onnx, model.int8-{trt,cpu}.onnx, engines/ort/*.ort.
+$(D)/.precision.done: $(D)/.export.done $(D)/.settings-calib $(wildcard calibration/*.py) \
+		exporter/precision.py exporter/quantize.py exporter/fp16.py exporter/ort_models.py
+	$(CLI) precision --manifest $(D)/manifest.json $(CALIB_ARGS)
+	touch $@
 
-engine: onnx
-	$(MAKE) --no-print-directory precision
+# engines/trt/{fp16,int8}.plan where TensorRT and a GPU exist (BACKEND=auto|tensorrt|ort).
+$(D)/.engines.done: $(D)/.precision.done $(D)/.settings-backend exporter/engines.py exporter/tensorrt_engine.py
+	$(CLI) engines --manifest $(D)/manifest.json --backend $(BACKEND)
+	touch $@
 
-# bench.json: latency/throughput per runtime at batch 1 and 8, speedups over eager in one run.
+$(D)/.parity.done: $(D)/.engines.done exporter/parity.py exporter/tolerances.toml
+	$(CLI) parity --manifest $(D)/manifest.json $(CALIB_ARGS)
+	touch $@
+
+$(D)/.bench.done: $(D)/.engines.done exporter/bench.py
+	$(CLI) bench --manifest $(D)/manifest.json
+	touch $@
+
+onnx: $(D)/.export.done
+precision: $(D)/.precision.done
+
+# The whole chain; a second run with nothing changed does nothing.
+engine: $(D)/.parity.done $(D)/.bench.done
+
+# The CI gate and the speed report run on what exists, every time.
+parity: $(STAMP)
+	$(CLI) parity --manifest $(D)/manifest.json $(CALIB_ARGS)
+
 bench: $(STAMP)
-	$(CLI) bench --manifest $(OUT)/$(VARIANT)/manifest.json
+	$(CLI) bench --manifest $(D)/manifest.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -55,3 +93,5 @@ test: lint
 
 clean:
 	rm -rf $(OUT)
+
+FORCE:

@@ -20,6 +20,7 @@ from models.card import model_card
 
 from .export import model_from_manifest
 from .manifest import read_manifest, write_manifest
+from .report import LATENCY_PNG, plot_latency, write_report
 from .runners import OnnxRuntimeRunner
 
 
@@ -148,6 +149,8 @@ def run_bench(manifest_path: Path, config: BenchConfig = BenchConfig(), log=prin
                                     ("p50_ms", "speedup_vs_eager", "images_per_s")}
                                 for b, r in per_batch.items()} for name, per_batch in results.items()}
     write_manifest(manifest_path, manifest)
+    plot_latency(root / LATENCY_PNG, bench)
+    write_report(root)
     log(format_bench(bench))
     return root / "bench.json"
 

@@ -84,6 +84,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_parity(args: argparse.Namespace) -> int:
+    from .parity import run_parity
+
+    report = run_parity(Path(args.manifest), calib_source=args.calib_dir, heldout=args.heldout_count,
+                        tolerances=Path(args.tolerances) if args.tolerances else None)
+    if report.passed:
+        print(f"parity: passed ({len(report.artifacts)} artifacts)")
+        return 0
+    failures = report.failures()
+    print(f"parity: FAILED, {len(failures)} breaches; first: {failures[0]}", file=sys.stderr)
+    return 1
+
+
+def _cmd_engines(args: argparse.Namespace) -> int:
+    from .engines import build_engines
+
+    build_engines(Path(args.manifest), args.backend)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m exporter", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -135,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
                            help="agreement metric (default: top1 with a checkpoint, else cosine)")
     precision.add_argument("--max-fallback", type=int, default=6)
     precision.set_defaults(run=_cmd_precision)
+
+    parity = sub.add_parser("parity", help="the CI gate: every artifact against eager PyTorch")
+    parity.add_argument("--manifest", required=True)
+    parity.add_argument("--calib-dir", help="held-out images: folder or .npy/.npz (default: "
+                        "the bundled photographs)")
+    parity.add_argument("--heldout-count", type=int, default=64)
+    parity.add_argument("--tolerances", help="a tolerances.toml (default: exporter/tolerances.toml)")
+    parity.set_defaults(run=_cmd_parity)
+
+    engines = sub.add_parser("engines", help="TensorRT plans where a GPU and tensorrt exist")
+    engines.add_argument("--manifest", required=True)
+    engines.add_argument("--backend", choices=["auto", "tensorrt", "ort"], default="auto")
+    engines.set_defaults(run=_cmd_engines)
 
     bench = sub.add_parser("bench", help="latency and throughput of every runtime, vs eager")
     bench.add_argument("--manifest", required=True)

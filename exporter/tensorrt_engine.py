@@ -141,7 +141,8 @@ def onnx_to_plan(onnx_path: Path, plan_path: Path, dynamic: dict, config: Engine
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, *_profile_shapes(dynamic))
     builder_config.add_optimization_profile(profile)
-    cache_bytes = config.timing_cache.read_bytes() if config.timing_cache and config.timing_cache.is_file() else b""
+    cache = config.timing_cache
+    cache_bytes = cache.read_bytes() if cache and cache.is_file() else b""
     builder_config.set_timing_cache(builder_config.create_timing_cache(cache_bytes), False)
 
     serialized = builder.build_serialized_network(network, builder_config)
@@ -195,7 +196,9 @@ class TensorRTRunner:
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
         low, _, high = self.profile
-        if len(shape) != len(low) or any(not lo <= s <= hi for s, lo, hi in zip(shape, low, high, strict=True)):
+        inside = len(shape) == len(low) and all(
+            lo <= s <= hi for s, lo, hi in zip(shape, low, high, strict=True))
+        if not inside:
             raise ShapeOutsideProfileError(
                 f"input shape {tuple(shape)} is outside the profile of {self.plan_path.name} "
                 f"(min {low}, max {high}); export with a wider range (--batch/--height/--width)")

@@ -65,7 +65,7 @@ def test_manifest_records_the_contract(exported):
                                  "shape": ["batch", 3, "height", "width"]}
     assert manifest["dynamic"]["batch"] == {"min": 1, "opt": 1, "max": 32}
     assert manifest["dynamic"]["height"] == {"min": 32, "opt": 224, "max": 448, "multiple_of": 32}
-    assert "seeded default initialization" in manifest["weights"]["source"]
+    assert "seeded default initialization" in manifest["weights"]
     [artifact] = manifest["artifacts"]
     assert artifact["path"] == "model.onnx" and artifact["format"] == "onnx"
     assert artifact["sha256"] == sha256_file(manifest_path.parent / "model.onnx")
@@ -167,7 +167,7 @@ def test_checkpoint_weights_are_exported(tmp_path):
     path = models.save_checkpoint(source, tmp_path / "se.safetensors", "se", 10, 0.125)
     manifest = json.loads(export_to_folder(
         tiny_config("se", checkpoint=path), tmp_path / "out", log=_quiet).read_text())
-    assert "loaded" in manifest["weights"]["source"]
+    assert "loaded" in manifest["weights"]
     out = OnnxRuntimeRunner(tmp_path / "out" / "model.onnx")(
         np.zeros((1, 3, 64, 64), dtype=np.float32))
     assert np.allclose(out, 3.0, atol=1e-3)

@@ -1,0 +1,109 @@
+"""report.md beside the manifest: the parity table, the speed table, and their plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .files import atomic_path, write_text_atomic
+from .manifest import read_manifest, write_manifest
+
+ERRORS_PNG, LATENCY_PNG = "parity-errors.png", "bench-latency.png"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_error_histograms(path: Path, errors: dict[str, np.ndarray]) -> Path:
+    """|artifact - eager| over the held-out logits, one histogram per artifact (log-log)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    finite = {k: np.abs(v[np.isfinite(v)]) for k, v in errors.items()}
+    top = max((float(v.max()) for v in finite.values() if v.size), default=1.0)
+    bins = np.logspace(-12, np.log10(max(top, 1e-11)) + 0.1, 60)
+    for name, values in finite.items():
+        ax.hist(np.maximum(values, 1e-12), bins=bins, histtype="step", linewidth=1.5, label=name)
+    ax.set(xscale="log", yscale="log", xlabel="|artifact - eager| per logit",
+           ylabel="count", title="Output error against eager PyTorch fp32 (held-out images)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_latency(path: Path, bench: dict) -> Path:
+    plt = _pyplot()
+    names = [n for n, per in bench["results"].items() if any("p50_ms" in r for r in per.values())]
+    batches = sorted({b for per in bench["results"].values() for b in per}, key=int)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / max(len(batches), 1)
+    for i, batch in enumerate(batches):
+        values = [bench["results"][n].get(batch, {}).get("p50_ms", 0) / int(batch) for n in names]
+        ax.bar(np.arange(len(names)) + i * width, values, width, label=f"batch {batch}")
+    ax.set_xticks(np.arange(len(names)) + width * (len(batches) - 1) / 2, names, rotation=20,
+                  ha="right", fontsize=8)
+    ax.set(ylabel="p50 latency per image (ms)", title="Latency per image, same run")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _parity_section(parity: dict) -> list[str]:
+    weights = ("trained weights" if parity["trained_weights"]
+               else "random-init weights: top-1/top-5 not gated")
+    lines = ["## Parity against eager PyTorch fp32", "",
+             f"Gate: **{'passed' if parity['passed'] else 'FAILED'}** ({weights})",
+             "", "| artifact | case | rel L2 | min cosine | max abs | top-1 | top-5 | accuracy | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for artifact in parity["artifacts"]:
+        if artifact["skipped"]:
+            lines.append(f"| {artifact['path']} | - | | | | | | | skipped: {artifact['skipped']} |")
+        for case, r in artifact["cases"].items():
+            failed = any(f.startswith(f"{case}: ") for f in artifact["failures"])
+            accuracy = f"{100 * r['accuracy']:.2f}%" if "accuracy" in r else ""
+            lines.append(f"| {artifact['path']} | {case} | {r['rel_l2']:.2e} | {r['cosine']:.5f} | "
+                         f"{r['max_abs']:.2e} | {r['top1']:.3f} | {r['top5']:.3f} | {accuracy} | "
+                         f"{'FAIL' if failed else 'ok'} |")
+    return lines + ["", f"![errors]({ERRORS_PNG})", ""]
+
+
+def write_report(root: Path) -> Path:
+    from .bench import format_bench
+
+    manifest_path = root / "manifest.json"
+    manifest = read_manifest(manifest_path)
+    lines = [f"# {manifest['variant']}: deployment report", "",
+             f"Weights: {manifest['weights']}. Input `{manifest['input']['name']}` "
+             f"{manifest['input']['shape']}, declared ranges "
+             + ", ".join(f"{k} {v['min']}-{v['max']} (opt {v['opt']})"
+                         for k, v in manifest["dynamic"].items()) + ".", "",
+             "| artifact | format | precision | target | MB |", "|---|---|---|---|---|"]
+    lines += [f"| {a['path']} | {a['format']} | {a['precision']} | {a['target']} | "
+              f"{a['bytes'] / 1e6:.1f} |" for a in manifest["artifacts"]]
+    lines.append("")
+    if (root / "parity.json").is_file():
+        lines += _parity_section(json.loads((root / "parity.json").read_text()))
+    if (root / "bench.json").is_file():
+        bench = json.loads((root / "bench.json").read_text())
+        lines += ["## Speed", "", f"Input {bench['input'][0]}x{bench['input'][1]}, "
+                  f"{bench['threads']} threads; machine peak (ONNX Runtime GEMM): fp32 "
+                  f"{bench['peak_gmacs']['fp32']:.0f} GMAC/s, int8 {bench['peak_gmacs']['int8']:.0f} "
+                  f"GMAC/s. Speedups are measured in the same run.", "", format_bench(bench), "",
+                  f"![latency]({LATENCY_PNG})", ""]
+    path = write_text_atomic(root / "report.md", "\n".join(lines))
+    manifest["report"] = "report.md"
+    write_manifest(manifest_path, manifest)
+    return path
