@@ -99,9 +99,13 @@ def bench_runners(manifest: dict, root: Path, config: BenchConfig) -> dict[str, 
     if config.torch_compile:
         runners["torch.compile-fp32"] = (_torch_runner(torch.compile(model)), "fp32")
     for artifact in manifest["artifacts"]:
+        name = Path(artifact["path"]).name
         if artifact["target"] == "onnxruntime-cpu":
-            name = f"ort-{artifact['precision']}-{artifact['format']}"
-            runners[name] = (OnnxRuntimeRunner(root / artifact["path"]), artifact["precision"])
+            runners[f"ort:{name}"] = (OnnxRuntimeRunner(root / artifact["path"]), artifact["precision"])
+        elif artifact["format"] == "plan":
+            from .tensorrt_engine import TensorRTRunner
+
+            runners[f"trt:{name}"] = (TensorRTRunner(root / artifact["path"]), artifact["precision"])
     return runners
 
 
