@@ -87,7 +87,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_parity(args: argparse.Namespace) -> int:
     from .parity import run_parity
 
-    report = run_parity(Path(args.manifest), calib_source=args.calib_dir, heldout=args.heldout_count,
+    source = "noise" if args.calib_noise else args.calib_dir
+    report = run_parity(Path(args.manifest), calib_source=source, heldout=args.heldout_count,
                         tolerances=Path(args.tolerances) if args.tolerances else None)
     if report.passed:
         print(f"parity: passed ({len(report.artifacts)} artifacts)")
@@ -160,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--manifest", required=True)
     parity.add_argument("--calib-dir", help="held-out images: folder or .npy/.npz (default: "
                         "the bundled photographs)")
+    parity.add_argument("--calib-noise", action="store_true", help="random held-out inputs "
+                        "(smoke tests only)")
     parity.add_argument("--heldout-count", type=int, default=64)
     parity.add_argument("--tolerances", help="a tolerances.toml (default: exporter/tolerances.toml)")
     parity.set_defaults(run=_cmd_parity)

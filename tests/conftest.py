@@ -44,3 +44,17 @@ def exported(tmp_path_factory):
         return cache[variant]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def precision_build(exported, tmp_path_factory):
+    """A tiny se build with every precision graph (random init, calibrated on noise)."""
+    import shutil
+
+    from exporter.precision import PrecisionConfig, build_precision_graphs
+
+    root = tmp_path_factory.mktemp("precision") / "se"
+    shutil.copytree(exported("se").parent, root)
+    build_precision_graphs(root / "manifest.json", PrecisionConfig(
+        calib_source="noise", calib_count=16, heldout_count=8), log=lambda *_: None)
+    return root

@@ -11,18 +11,12 @@ from onnx import numpy_helper
 
 from exporter.manifest import ManifestError, read_manifest, sha256_file, write_manifest
 from exporter.parity import breaches, load_tolerances, metrics, run_parity
-from exporter.precision import PrecisionConfig, build_precision_graphs
 from models import ConfigError
 
 
-@pytest.fixture(scope="module")
-def build(exported, tmp_path_factory):
-    """A tiny se build with every precision graph (random init, calibrated on noise)."""
-    root = tmp_path_factory.mktemp("parity") / "se"
-    shutil.copytree(exported("se").parent, root)
-    build_precision_graphs(root / "manifest.json", PrecisionConfig(
-        calib_source="noise", calib_count=16, heldout_count=8), log=lambda *_: None)
-    return root
+@pytest.fixture
+def build(precision_build):
+    return precision_build
 
 
 def _copy(build, tmp_path):
@@ -105,3 +99,15 @@ def test_nan_always_fails_and_agreement_is_gated_only_for_trained_weights():
     poisoned = reference.copy()
     poisoned[0, 0] = np.nan
     assert "NaN or Inf in the outputs" in breaches(metrics(poisoned, reference), budget, False)
+
+
+def test_cli_exit_code_is_the_verdict(build, tmp_path, capsys):
+    from exporter.cli import main
+
+    root = _copy(build, tmp_path)
+    args = ["parity", "--manifest", str(root / "manifest.json"), "--calib-noise", "--heldout-count", "8"]
+    assert main(args) == 0
+    strict = tmp_path / "strict.toml"
+    strict.write_text("[precision.int8]\nrel_l2_max = 1e-6\n")
+    assert main(args + ["--tolerances", str(strict)]) == 1
+    assert "parity: FAILED" in capsys.readouterr().err

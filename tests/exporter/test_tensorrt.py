@@ -162,3 +162,44 @@ def test_real_engine_builds_runs_and_matches_eager(exported, precision, tmp_path
         x = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
         result = compare(runner(x), run_torch(model, x), shape, 1e-2 if precision == "fp16" else 0.2)
         assert result.finite and result.cosine > (0.999 if precision == "fp16" else 0.98), result.describe()
+
+
+def test_engines_stage_adds_plans_to_the_manifest(fake_trt, monkeypatch, precision_build, tmp_path):
+    import json
+    import shutil
+
+    from exporter.engines import build_engines
+
+    root = tmp_path / "se"
+    shutil.copytree(precision_build, root)
+    monkeypatch.setattr(te, "gpu_status", lambda: (True, "NVIDIA H100"))
+    monkeypatch.setattr(te, "_gpu_identity", lambda: ("NVIDIA H100", "9.0"))
+    build_engines(root / "manifest.json", "auto", log=lambda *_: None)
+    manifest = json.loads((root / "manifest.json").read_text())
+    plans = {a["path"]: a for a in manifest["artifacts"] if a["format"] == "plan"}
+    assert set(plans) == {"engines/trt/fp16.plan", "engines/trt/int8.plan"}
+    assert plans["engines/trt/int8.plan"]["precision"] == "int8"
+    assert all(p["target"] == "tensorrt" for p in plans.values())
+    assert manifest["tensorrt"] == {"version": "11.4.0", "gpu": "NVIDIA H100", "compute_capability": "9.0"}
+    assert manifest["backend"]["used"] == "tensorrt"
+    parsed = [c[1] for c in fake_trt.calls if c[0] == "parse_from_file"]
+    assert [p.rsplit("/", 1)[-1] for p in parsed] == ["model.fp16.onnx", "model.int8-trt.onnx"]
+    assert (root / "engines/trt/timing.cache").is_file()
+
+
+def test_engines_stage_without_tensorrt_records_the_cpu_backend(monkeypatch, precision_build, tmp_path):
+    import json
+    import shutil
+
+    from exporter.engines import build_engines
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    root = tmp_path / "se"
+    shutil.copytree(precision_build, root)
+    lines = []
+    build_engines(root / "manifest.json", "auto", log=lines.append)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["backend"]["used"] == "ort" and "not installed" in lines[0]
+    assert not any(a["format"] == "plan" for a in manifest["artifacts"])
+    with pytest.raises(te.TensorRTUnavailable, match="BACKEND=tensorrt, but"):
+        build_engines(root / "manifest.json", "tensorrt", log=lambda *_: None)
