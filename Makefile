@@ -13,14 +13,17 @@ IMG_SIZE    ?= 224
 NUM_CLASSES ?= 1000
 WIDTH_MULT  ?=
 BACKEND     ?= auto
+LABELS      ?=
 OUT         ?= build
 
 CLI          = $(PY) -m exporter
 D            = $(OUT)/$(VARIANT)
 MODEL_ARGS   = --variant $(VARIANT) --num-classes $(NUM_CLASSES) $(if $(WIDTH_MULT),--width-mult $(WIDTH_MULT))
 CALIB_ARGS   = $(if $(CALIB_DIR),--calib-dir $(CALIB_DIR))
+EXPORT_ARGS  = $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+               $(if $(LABELS),--labels $(LABELS))
 
-.PHONY: setup card onnx precision engine parity bench test lint clean FORCE
+.PHONY: setup card onnx precision engine parity bench triton test lint clean FORCE
 .DELETE_ON_ERROR:
 
 setup: $(STAMP)
@@ -39,8 +42,7 @@ card: $(STAMP)
 # rebuilds exactly the stages that depend on a changed setting.
 $(D)/.settings-export: FORCE
 	@mkdir -p $(D)
-	@echo "$(MODEL_ARGS) --img-size $(IMG_SIZE) --checkpoint $(CHECKPOINT)" | cmp -s - $@ || \
-		echo "$(MODEL_ARGS) --img-size $(IMG_SIZE) --checkpoint $(CHECKPOINT)" > $@
+	@echo "$(EXPORT_ARGS)" | cmp -s - $@ || echo "$(EXPORT_ARGS)" > $@
 $(D)/.settings-calib: FORCE
 	@mkdir -p $(D)
 	@echo "$(CALIB_DIR)" | cmp -s - $@ || echo "$(CALIB_DIR)" > $@
@@ -49,8 +51,8 @@ $(D)/.settings-backend: FORCE
 	@echo "$(BACKEND)" | cmp -s - $@ || echo "$(BACKEND)" > $@
 
 # OUT/VARIANT/model.onnx + manifest.json: fp32, dynamic batch/H/W, verified, simplified.
-$(D)/.export.done: $(STAMP) $(D)/.settings-export $(CHECKPOINT) $(wildcard models/*.py) exporter/export.py
-	$(CLI) export $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+$(D)/.export.done: $(STAMP) $(D)/.settings-export $(CHECKPOINT) $(LABELS) $(wildcard models/*.py) exporter/export.py
+	$(CLI) export $(EXPORT_ARGS)
 	touch $@
 
 # model.fp16.onnx, model.int8-{trt,cpu}.onnx, engines/ort/*.ort.
@@ -84,6 +86,10 @@ parity: $(STAMP)
 
 bench: $(STAMP)
 	$(CLI) bench --manifest $(D)/manifest.json
+
+# OUT/VARIANT/triton/: one Triton model per ONNX graph and plan, with its config.pbtxt.
+triton: $(D)/.engines.done
+	$(CLI) triton --manifest $(D)/manifest.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -74,10 +74,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def image_transform(pre: Preprocessing) -> T.Compose:
+    """PIL image -> normalized CHW float32. Resize and crop act on the PIL image (PIL's bilinear
+    resize), so that a runtime with only PIL and numpy reproduces it exactly
+    (consumer/classify.py)."""
     return T.Compose([
-        T.ToImage(),
-        T.Resize(pre.resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+        T.Resize(pre.resize, interpolation=T.InterpolationMode.BILINEAR),
         T.CenterCrop(list(pre.crop)),
+        T.ToImage(),
         T.ToDtype(torch.float32, scale=True),
         T.Normalize(list(pre.mean), list(pre.std)),
     ])

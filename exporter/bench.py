@@ -4,6 +4,7 @@ and achieved MAC/s against this machine's peak from a GEMM microbenchmark."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from models.card import model_card
 
 from .export import model_from_manifest
+from .files import write_text_atomic
 from .manifest import read_manifest, write_manifest
 from .report import LATENCY_PNG, plot_latency, write_report
 from .runners import OnnxRuntimeRunner
@@ -148,7 +150,7 @@ def run_bench(manifest_path: Path, config: BenchConfig = BenchConfig(), log=prin
                 results[name][batch]["speedup_vs_eager"] = eager / results[name][batch]["p50_ms"]
     bench = {"input": [height, width], "threads": os.cpu_count(), "peak_gmacs": peaks,
              "macs_per_image": macs_per_image, "results": results}
-    write_manifest(root / "bench.json", bench)
+    write_text_atomic(root / "bench.json", json.dumps(bench, indent=2) + "\n")
     manifest["bench"] = {name: {b: {k: round(v, 3) for k, v in r.items() if k in
                                     ("p50_ms", "speedup_vs_eager", "images_per_s")}
                                 for b, r in per_batch.items()} for name, per_batch in results.items()}

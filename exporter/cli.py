@@ -46,7 +46,7 @@ def _axis(text: str) -> tuple[int, int, int]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import ExportConfig, batch_range, export_to_folder, image_range
+    from .export import ExportConfig, batch_range, export_to_folder, image_range, read_labels
 
     opt = args.img_size
     config = ExportConfig(
@@ -59,7 +59,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         width=image_range("width", *args.width) if args.width else (
             image_range("width", min(32, opt), opt, max(448, opt)) if opt else None),
         attention_memory_budget=int(args.attention_budget_gib * 2**30),
-        simplify=not args.no_simplify)
+        simplify=not args.no_simplify,
+        labels=read_labels(Path(args.labels)) if args.labels else None)
     export_to_folder(config, Path(args.out) / args.variant)
     return 0
 
@@ -105,6 +106,14 @@ def _cmd_engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_triton(args: argparse.Namespace) -> int:
+    from .triton import manifest_to_triton
+
+    manifest = Path(args.manifest)
+    manifest_to_triton(manifest, Path(args.repository or manifest.parent / "triton"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m exporter", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -135,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--attention-budget-gib", type=float, default=4.0,
                         help="sa only: largest attention map allowed")
     export.add_argument("--no-simplify", action="store_true")
+    export.add_argument("--labels", help="class names, one per line, recorded in the manifest")
     export.add_argument("--out", default="build", help="output root; files go to OUT/VARIANT/")
     export.set_defaults(run=_cmd_export)
 
@@ -171,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     engines.add_argument("--manifest", required=True)
     engines.add_argument("--backend", choices=["auto", "tensorrt", "ort"], default="auto")
     engines.set_defaults(run=_cmd_engines)
+
+    triton = sub.add_parser("triton", help="a Triton Inference Server model repository")
+    triton.add_argument("--manifest", required=True)
+    triton.add_argument("--repository", help="default: beside the manifest, in triton/")
+    triton.set_defaults(run=_cmd_triton)
 
     bench = sub.add_parser("bench", help="latency and throughput of every runtime, vs eager")
     bench.add_argument("--manifest", required=True)

@@ -100,9 +100,13 @@ class ExportConfig:
     simplify: bool = True
     seed: int = 0
     tolerance: float = EXPORT_TOLERANCE
+    labels: tuple[str, ...] | None = None  # class names, one per class, for runtimes
 
     def __post_init__(self) -> None:
         models.check_variant(self.variant)
+        if self.labels is not None and len(self.labels) != self.num_classes:
+            raise ConfigError(f"{len(self.labels)} labels given for {self.num_classes} classes; "
+                              f"the labels file needs one line per class")
         if self.opset not in SUPPORTED_OPSETS:
             raise ConfigError(f"opset {self.opset} is not supported; use one of "
                               f"{', '.join(map(str, SUPPORTED_OPSETS))} (default {DEFAULT_OPSET})")
@@ -145,6 +149,14 @@ class ExportReport:
     checks: list[Comparison]
     timings_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mib: float = 0.0
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise ConfigError(f"cannot read labels file {path}: {e.strerror}") from None
+    return tuple(line.strip() for line in lines if line.strip())
 
 
 def model_from_manifest(manifest: dict) -> nn.Module:
@@ -390,6 +402,7 @@ def export_manifest(config: ExportConfig, report: ExportReport, out_dir: Path) -
                   "attention_memory_budget": config.attention_memory_budget},
         "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", 3, "height", "width"]},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", config.num_classes]},
+        **({"labels": list(config.labels)} if config.labels else {}),
         "dynamic": {"batch": config.batch.to_json(), "height": config.height.to_json(),
                     "width": config.width.to_json()},
         "preprocessing": Preprocessing.for_size(config.height.opt, config.width.opt).to_json(),

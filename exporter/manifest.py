@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 import platform
 from importlib import metadata
@@ -58,8 +59,28 @@ def read_manifest(path: str | Path) -> dict:
         raise ManifestError(f"{path} is not valid JSON ({e}); rebuild it") from None
 
 
+def manifest_schema() -> dict:
+    return json.loads((importlib.resources.files("exporter") / "manifest.schema.json").read_text())
+
+
+def validate_manifest(manifest: dict, where: str = "manifest") -> None:
+    """The manifest against the published JSON Schema (exporter/manifest.schema.json)."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(manifest, manifest_schema())
+    except jsonschema.ValidationError as e:
+        field = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ManifestError(f"{where} does not match manifest schema {SCHEMA_VERSION} at "
+                            f"{field}: {e.message}") from None
+
+
 def write_manifest(path: str | Path, manifest: dict) -> Path:
-    return write_text_atomic(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    """Validated against the schema before anything is written: a runtime never sees a manifest
+    that breaks the contract."""
+    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    validate_manifest(json.loads(text), str(path))  # what a runtime reads: tuples become lists
+    return write_text_atomic(path, text)
 
 
 def verify_artifacts(manifest_path: str | Path) -> list[Path]:

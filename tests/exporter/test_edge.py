@@ -1,0 +1,148 @@
+"""What runtimes on other machines consume: the manifest contract, the reference consumer,
+the Triton repository."""
+
+import importlib.resources
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from PIL import Image
+
+from calibration.data import load_image
+from calibration.preprocessing import Preprocessing
+from consumer import classify
+from exporter.export import model_from_manifest
+from exporter.manifest import ManifestError, read_manifest, validate_manifest, write_manifest
+from exporter.runners import run_torch
+from exporter.triton import manifest_to_triton
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_build_manifest_validates_and_a_broken_one_is_refused(precision_build, tmp_path):
+    manifest = read_manifest(precision_build / "manifest.json")
+    validate_manifest(manifest)
+    broken = json.loads(json.dumps(manifest))
+    broken["artifacts"][0]["format"] = "tflite"
+    with pytest.raises(ManifestError, match="artifacts/0/format: 'tflite' is not one of"):
+        write_manifest(tmp_path / "manifest.json", broken)
+    assert not (tmp_path / "manifest.json").exists()
+    del broken["dynamic"]
+    with pytest.raises(ManifestError, match="'dynamic' is a required property"):
+        validate_manifest(broken)
+
+
+def test_schema_is_documented_field_by_field():
+    schema = json.loads((importlib.resources.files("exporter") / "manifest.schema.json").read_text())
+    doc = (REPO / "docs" / "manifest.md").read_text()
+    for field in schema["properties"]:
+        assert f"`{field}`" in doc, f"docs/manifest.md does not document {field}"
+
+
+def test_consumer_preprocessing_is_the_toolchains():
+    pre = Preprocessing.for_size(224, 192)
+    for name in ("chelsea.png", "rocket.jpg", "coffee.png"):
+        path = Path(str(importlib.resources.files("skimage") / "data" / name))
+        np.testing.assert_allclose(classify.preprocess(path, pre.to_json()), load_image(path, pre),
+                                   atol=2e-6)
+
+
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory):
+    """Held-out digits (never trained on) as PNG files, as an integrator would have them."""
+    from benchmarks import digits
+
+    folder = tmp_path_factory.mktemp("digit-pngs")
+    pixels, labels = digits.digit_images()
+    paths = []
+    for i in range(digits.TRAIN_COUNT, digits.TRAIN_COUNT + 48):
+        paths.append(folder / f"{i}_{labels[i]}.png")
+        Image.fromarray(pixels[i]).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def digits_manifest(tmp_path_factory):
+    from benchmarks import digits
+    from benchmarks.precision_table import fixture_manifest
+    from exporter.precision import PrecisionConfig, build_precision_graphs
+
+    root = tmp_path_factory.mktemp("digits-edge")
+    manifest_path = fixture_manifest("vgg16", root)
+    npz = digits.write_heldout_npz(root / "heldout.npz")
+    build_precision_graphs(manifest_path, PrecisionConfig(calib_source=str(npz), calib_count=256,
+                                                          heldout_count=64, metric="top1"),
+                           log=lambda *_: None)
+    manifest = read_manifest(manifest_path)
+    manifest["labels"] = [f"digit {i}" for i in range(10)]
+    write_manifest(manifest_path, manifest)
+    return manifest_path
+
+
+def test_consumer_top1_equals_eager_for_fp32_and_agrees_for_int8(digits_manifest, digit_files):
+    manifest = read_manifest(digits_manifest)
+    pre = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in manifest["preprocessing"].items()})
+    eager = run_torch(model_from_manifest(manifest),
+                      np.stack([load_image(p, pre) for p in digit_files])).argmax(1)
+    fp32 = classify.classify(digits_manifest, digit_files, "fp32")
+    int8 = classify.classify(digits_manifest, digit_files, "int8")
+    top1 = lambda results: np.array([int(r[0][0].split()[-1]) for r in results])  # noqa: E731
+    assert (top1(fp32) == eager).all()
+    assert np.mean(top1(int8) == eager) >= 0.97  # the int8 parity target
+    truth = np.array([int(p.stem.split("_")[1]) for p in digit_files])
+    assert np.mean(top1(fp32) == truth) > 0.9  # a trained model on real digits
+    assert len(fp32[0]) == 5 and fp32[0][0][0].startswith("digit ")
+
+
+def test_consumer_cli_prints_top5_and_refuses_an_edited_artifact(digits_manifest, digit_files,
+                                                                 tmp_path):
+    script = REPO / "consumer" / "classify.py"
+    ok = subprocess.run([sys.executable, str(script), str(digits_manifest), str(digit_files[0])],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.count("digit ") == 5
+    root = tmp_path / "copy"
+    shutil.copytree(digits_manifest.parent, root)
+    with open(root / "engines" / "ort" / "model.fp32.ort", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x01\x02")
+    bad = subprocess.run([sys.executable, str(script), str(root / "manifest.json"),
+                          str(digit_files[0])], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "does not match the sha256" in bad.stderr
+
+
+def test_consumer_imports_nothing_but_numpy_pillow_onnxruntime():
+    source = (REPO / "consumer" / "classify.py").read_text()
+    imports = {line.split()[1].split(".")[0] for line in source.splitlines()
+               if line.startswith(("import ", "from ")) and not line.startswith("from __future__")}
+    assert imports <= {"argparse", "hashlib", "json", "sys", "pathlib", "numpy", "PIL",
+                       "onnxruntime"}
+
+
+def test_triton_repository_parses_and_matches_the_manifest(precision_build, tmp_path):
+    from tritonclient.grpc import model_config_pb2
+
+    root = tmp_path / "se"
+    shutil.copytree(precision_build, root)
+    manifest = read_manifest(root / "manifest.json")
+    configs = manifest_to_triton(root / "manifest.json", tmp_path / "repo", log=lambda *_: None)
+    onnx_artifacts = [a for a in manifest["artifacts"] if a["format"] == "onnx"]
+    assert len(configs) == len(onnx_artifacts) == 4
+    for path in configs:
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        assert config.name == path.parent.name and config.platform == "onnxruntime_onnx"
+        assert config.max_batch_size == manifest["dynamic"]["batch"]["max"]
+        assert [i.name for i in config.input] == ["input"] and list(config.input[0].dims) == [3, -1, -1]
+        assert config.input[0].data_type == model_config_pb2.TYPE_FP32
+        assert list(config.output[0].dims) == [manifest["num_classes"]]
+        assert config.parameters["height_range"].string_value == "32:224:448:32"
+        assert config.dynamic_batching.max_queue_delay_microseconds > 0
+        assert (path.parent / "1" / "model.onnx").is_file()
+    names = sorted(p.parent.name for p in configs)
+    assert names == ["se_onnx_fp16", "se_onnx_fp32", "se_onnx_int8_cpu", "se_onnx_int8_trt"]
