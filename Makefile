@@ -14,12 +14,15 @@ NUM_CLASSES ?= 1000
 WIDTH_MULT  ?=
 BACKEND     ?= auto
 LABELS      ?=
+BENCH_ARGS  ?=
+TOLERANCES  ?=
 OUT         ?= build
 
 CLI          = $(PY) -m exporter
 D            = $(OUT)/$(VARIANT)
 MODEL_ARGS   = --variant $(VARIANT) --num-classes $(NUM_CLASSES) $(if $(WIDTH_MULT),--width-mult $(WIDTH_MULT))
 CALIB_ARGS   = $(if $(CALIB_DIR),--calib-dir $(CALIB_DIR))
+PARITY_ARGS  = $(CALIB_ARGS) $(if $(TOLERANCES),--tolerances $(TOLERANCES))
 EXPORT_ARGS  = $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
                $(if $(LABELS),--labels $(LABELS))
 
@@ -66,12 +69,12 @@ $(D)/.engines.done: $(D)/.precision.done $(D)/.settings-backend exporter/engines
 	$(CLI) engines --manifest $(D)/manifest.json --backend $(BACKEND)
 	touch $@
 
-$(D)/.parity.done: $(D)/.engines.done exporter/parity.py exporter/tolerances.toml
-	$(CLI) parity --manifest $(D)/manifest.json $(CALIB_ARGS)
+$(D)/.parity.done: $(D)/.engines.done exporter/parity.py exporter/tolerances.toml $(TOLERANCES)
+	$(CLI) parity --manifest $(D)/manifest.json $(PARITY_ARGS)
 	touch $@
 
 $(D)/.bench.done: $(D)/.engines.done exporter/bench.py
-	$(CLI) bench --manifest $(D)/manifest.json
+	$(CLI) bench --manifest $(D)/manifest.json $(BENCH_ARGS)
 	touch $@
 
 onnx: $(D)/.export.done
@@ -82,10 +85,10 @@ engine: $(D)/.parity.done $(D)/.bench.done
 
 # The CI gate and the speed report run on what exists, every time.
 parity: $(STAMP)
-	$(CLI) parity --manifest $(D)/manifest.json $(CALIB_ARGS)
+	$(CLI) parity --manifest $(D)/manifest.json $(PARITY_ARGS)
 
 bench: $(STAMP)
-	$(CLI) bench --manifest $(D)/manifest.json
+	$(CLI) bench --manifest $(D)/manifest.json $(BENCH_ARGS)
 
 # OUT/VARIANT/triton/: one Triton model per ONNX graph and plan, with its config.pbtxt.
 triton: $(D)/.engines.done

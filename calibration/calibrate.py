@@ -13,6 +13,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,24 +115,30 @@ def _load_cached(path: Path) -> TensorsData | None:
         return None
 
 
-def calibrate(model_path: Path, images: ImageSet, cache_dir: Path,
+def calibrate(model_path: Path, images: ImageSet | Sequence[ImageSet], cache_dir: Path,
               method: str = DEFAULT_METHOD, batch_size: int = 8,
               chunk_batches: int = 4) -> CalibrationResult:
-    """Ranges for ``model_path`` from ``images``, cached in ``cache_dir``."""
+    """Ranges for ``model_path`` from ``images`` (one set, or one set per input size), cached in
+    ``cache_dir``."""
     method = check_method(method)
-    if not np.isfinite(images.images).all():
-        bad = int(np.argwhere(~np.isfinite(images.images).reshape(len(images), -1).all(1))[0, 0])
-        raise CalibrationDataError(f"calibration image {bad} from {images.source} holds NaN or Inf "
-                                   f"values; check how the data was preprocessed")
-    path = cache_path(cache_dir, file_sha256(model_path), images.sha256(), method, len(images))
+    sets = [images] if isinstance(images, ImageSet) else list(images)
+    for image_set in sets:
+        finite = np.isfinite(image_set.images).reshape(len(image_set), -1).all(1)
+        if not finite.all():
+            raise CalibrationDataError(
+                f"calibration image {int(np.argwhere(~finite)[0, 0])} from {image_set.source} "
+                f"holds NaN or Inf values; check how the data was preprocessed")
+    data_sha = hashlib.sha256("".join(s.sha256() for s in sets).encode()).hexdigest()
+    count = sum(len(s) for s in sets)
+    path = cache_path(cache_dir, file_sha256(model_path), data_sha, method, count)
     start = time.perf_counter()
     cached = _load_cached(path)
     if cached is not None:
         check_ranges(cached, str(path))
-        return CalibrationResult(path, method, len(images), True, time.perf_counter() - start)
-    batches = list(images.batches(batch_size))
+        return CalibrationResult(path, method, count, True, time.perf_counter() - start)
+    batches = [batch for image_set in sets for batch in image_set.batches(batch_size)]
     with tempfile.TemporaryDirectory(prefix="calib-") as tmp, \
-            tqdm(total=len(images), desc=f"calibrating ({method})", unit="img") as progress:
+            tqdm(total=count, desc=f"calibrating ({method})", unit="img") as progress:
         calibrator = create_calibrator(
             model_path, list(QUANTIZED_OP_TYPES),
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
@@ -144,6 +151,6 @@ def calibrate(model_path: Path, images: ImageSet, cache_dir: Path,
                                                     progress=progress))
             ranges = calibrator.compute_data()
         del calibrator
-    check_ranges(ranges, f"calibration of {model_path} on {images.source}")
+    check_ranges(ranges, f"calibration of {model_path} on {sets[0].source}")
     save_tensors_data(ranges, path)  # ORT writes to a temporary name and renames
-    return CalibrationResult(path, method, len(images), False, time.perf_counter() - start)
+    return CalibrationResult(path, method, count, False, time.perf_counter() - start)

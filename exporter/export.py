@@ -163,6 +163,7 @@ def model_from_manifest(manifest: dict) -> nn.Module:
     """The eager model a manifest's artifacts were exported from (for parity)."""
     spec = dict(manifest["model"])
     checkpoint = spec.pop("checkpoint")
+    spec.pop("checkpoint_sha256", None)
     config = ExportConfig(checkpoint=Path(checkpoint) if checkpoint else None, **spec,
                           batch=batch_range(1, 1, 1), height=image_range("height", 32, 32, 32),
                           width=image_range("width", 32, 32, 32))
@@ -315,6 +316,8 @@ def export_model(model: nn.Module, config: ExportConfig, out_dir: Path, weights:
     """model -> out_dir/model.onnx, verified at several shapes; the unsimplified graph is kept
     only if simplification fails or changes results."""
     out_dir = ensure_writable_dir(out_dir)
+    for stale in out_dir.glob(".*.partial"):  # left by a killed run; never a finished file
+        stale.unlink(missing_ok=True)
     log(f"exporting {config.variant} (opset {config.opset}; batch {config.batch.min}-"
         f"{config.batch.max}, H {config.height.min}-{config.height.max}, "
         f"W {config.width.min}-{config.width.max})")
@@ -388,7 +391,7 @@ def export(config: ExportConfig, out_dir: Path, log=print) -> ExportReport:
 def export_manifest(config: ExportConfig, report: ExportReport, out_dir: Path) -> dict:
     from calibration.preprocessing import Preprocessing
 
-    from .manifest import SCHEMA_VERSION, artifact_entry, tool_versions
+    from .manifest import SCHEMA_VERSION, artifact_entry, sha256_file, tool_versions
 
     return {
         "schema_version": SCHEMA_VERSION,
@@ -398,6 +401,7 @@ def export_manifest(config: ExportConfig, report: ExportReport, out_dir: Path) -
         "model": {"variant": config.variant, "num_classes": config.num_classes,
                   "model_width": config.model_width, "seed": config.seed,
                   "checkpoint": str(config.checkpoint) if config.checkpoint else None,
+                  "checkpoint_sha256": sha256_file(config.checkpoint) if config.checkpoint else None,
                   "reset_head": config.reset_head,
                   "attention_memory_budget": config.attention_memory_budget},
         "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", 3, "height", "width"]},

@@ -128,19 +128,20 @@ def runner_for(artifact: dict, root: Path):
 
 
 def parity_inputs(manifest: dict, calib_source: str | None, heldout: int, seed: int = 0):
-    """Held-out real images (with labels where the source has them) and random inputs at
-    shapes across the declared range."""
-    pre = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
-                           for k, v in manifest["preprocessing"].items()})
-    data = load_calibration_data(calib_source, pre, calibration=16, heldout=heldout, seed=seed)
-    cases = {"heldout": (data.heldout.images, data.heldout.labels)}
+    """Held-out real images at the opt size (with labels where the source has them), and the
+    same held-out source preprocessed to shapes across the declared range."""
+    def heldout_at(height: int, width: int, count: int):
+        pre = Preprocessing.for_size(height, width)
+        return load_calibration_data(calib_source, pre, calibration=16, heldout=count, seed=seed).heldout
+
     dyn = manifest["dynamic"]
     b, h, w = dyn["batch"], dyn["height"], dyn["width"]
-    rng = np.random.default_rng(seed)
+    opt = heldout_at(h["opt"], w["opt"], heldout)
+    cases = {"heldout": (opt.images, opt.labels)}
     for n, hh, ww in dict.fromkeys([(b["min"], h["min"], w["max"]), (min(b["max"], 4), h["max"], w["min"]),
                                     (min(b["max"], 2), h["max"], w["max"])]):
-        cases[f"{n}x3x{hh}x{ww}"] = (rng.standard_normal((n, 3, hh, ww), dtype=np.float32), None)
-    return cases, data.heldout.source
+        cases[f"{n}x3x{hh}x{ww}"] = (heldout_at(hh, ww, n).images[:n], None)
+    return cases, opt.source
 
 
 def run_parity(manifest_path: Path, calib_source: str | None = None, heldout: int = 64,

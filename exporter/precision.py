@@ -14,7 +14,9 @@ from calibration.calibrate import DEFAULT_METHOD, calibrate, check_method
 from calibration.data import (
     DEFAULT_CALIBRATION_COUNT,
     DEFAULT_HELDOUT_COUNT,
+    MIN_HELDOUT_COUNT,
     CalibrationData,
+    ImageSet,
     check_fits_range,
     load_calibration_data,
 )
@@ -130,16 +132,26 @@ def check_fp16_at_max_size(fp16: Path, eager_model, manifest: dict, seed: int, l
         raise QuantizationError(f"the fp16 graph is not within tolerance at {c.describe()}")
 
 
-def _load_data(manifest: dict, config: PrecisionConfig) -> CalibrationData:
+def _load_data(manifest: dict, config: PrecisionConfig) -> tuple[CalibrationData, list[ImageSet]]:
+    """Held-out and calibration images at the opt size, plus 1/8 of the calibration set at the
+    largest declared size: activation ranges depend on resolution, and a graph calibrated only
+    at 64x64 clips at 448x448 (the parity gate caught exactly that)."""
     pre = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
                            for k, v in manifest["preprocessing"].items()})
-    data = load_calibration_data(config.calib_source, pre, config.calib_count,
-                                 config.heldout_count, config.seed)
     dyn = manifest["dynamic"]
-    for images in (data.calibration, data.heldout):
+    largest = (dyn["height"]["max"], dyn["width"]["max"])
+    at_largest = config.calib_count // 8 if largest != tuple(pre.crop) else 0
+    data = load_calibration_data(config.calib_source, pre, config.calib_count - at_largest,
+                                 config.heldout_count, config.seed)
+    calibration = [data.calibration]
+    if at_largest:
+        calibration.append(load_calibration_data(
+            config.calib_source, Preprocessing.for_size(*largest), at_largest,
+            MIN_HELDOUT_COUNT, config.seed + 1).calibration)
+    for images in (*calibration, data.heldout):
         check_fits_range(images.images, (dyn["height"]["min"], dyn["height"]["max"]),
                          (dyn["width"]["min"], dyn["width"]["max"]), images.source)
-    return data
+    return data, calibration
 
 
 def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=print) -> Path:
@@ -151,7 +163,7 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    data = _load_data(manifest, config)
+    data, calibration = _load_data(manifest, config)
     for note in data.notes:
         log(f"data: {note}")
     heldout = data.heldout.images
@@ -166,9 +178,10 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     timings["fp16"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    ranges = calibrate(fp32, data.calibration, root / "calib", config.method)
+    ranges = calibrate(fp32, calibration, root / "calib", config.method)
     timings["calibration"] = time.perf_counter() - start
-    log(f"calibration: {ranges.method} on {ranges.count} images from {data.calibration.source}"
+    sizes = " + ".join(f"{len(c)} at {c.images.shape[2]}x{c.images.shape[3]}" for c in calibration)
+    log(f"calibration: {ranges.method} on {sizes} images from {data.calibration.source}"
         f" ({'cached' if ranges.cached else f'{ranges.seconds:.1f} s'})")
 
     start = time.perf_counter()

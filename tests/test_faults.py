@@ -1,0 +1,171 @@
+"""A build that survives faults: kills, concurrent builds, re-runs, full or read-only disks.
+
+These drive `make` the way users and CI do, on reduced-width models at small sizes."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import models
+from exporter.export import export_to_folder
+from exporter.files import OutputError
+from exporter.manifest import read_manifest, sha256_file, verify_artifacts
+from tests.conftest import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["WIDTH_MULT=0.125", "NUM_CLASSES=10", "IMG_SIZE=64",
+        "BENCH_ARGS=--seconds 0.2 --no-compile --batches 1"]
+
+
+def make(out: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    command = ["make", "--no-print-directory", "-C", str(REPO), *args, *TINY, f"OUT={out}"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def stages_run(result: subprocess.CompletedProcess) -> list[str]:
+    """Which `python -m exporter <stage>` commands make ran."""
+    return [line.split("-m exporter ")[1].split()[0] for line in result.stdout.splitlines()
+            if "-m exporter " in line]
+
+
+def finished_files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and not p.name.endswith(".partial") and not p.name.startswith("."))
+
+
+def kill_when(out: Path, args: list[str], ready, timeout: float = 300) -> None:
+    """Run make; SIGKILL its whole process group once ready(log_text) is true."""
+    command = ["make", "--no-print-directory", "-C", str(REPO), *args, *TINY, f"OUT={out}"]
+    log = out / "build.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready(log.read_text()):
+            assert process.poll() is None, "the build ended before the point to kill it"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_killed_during_export_leaves_nothing_finished_and_the_next_run_completes(tmp_path):
+    folder = tmp_path / "se"
+    kill_when(tmp_path, ["engine", "VARIANT=se"],
+              lambda _: any(p.stat().st_size > 0 for p in folder.glob(".model.raw.onnx.partial")))
+    assert [f for f in finished_files(folder) if f != "build.log"] == []  # nothing looks finished
+    result = make(tmp_path, "engine", "VARIANT=se")
+    assert result.returncode == 0, result.stderr[-2000:]
+    verify_artifacts(folder / "manifest.json")
+    assert not list(folder.glob(".*.partial"))
+
+
+def test_killed_during_calibration_then_completes(tmp_path):
+    folder = tmp_path / "se"
+    assert make(tmp_path, "onnx", "VARIANT=se").returncode == 0
+    before = finished_files(folder)
+    kill_when(tmp_path, ["engine", "VARIANT=se"], lambda log: "calibrating (" in log)
+    after = finished_files(folder)
+    assert not any(name.startswith("model.int8") for name in after)
+    assert not (folder / ".precision.done").exists()
+    assert set(before) <= set(after)
+    verify_artifacts(folder / "manifest.json")  # the manifest still describes finished files
+    result = make(tmp_path, "engine", "VARIANT=se")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert stages_run(result)[0] == "precision"  # export was not redone
+    assert {a["path"] for a in read_manifest(folder / "manifest.json")["artifacts"]} >= {
+        "model.int8-trt.onnx", "model.int8-cpu.onnx"}
+
+
+def test_rebuilds_only_what_changed(tmp_path):
+    # The checkpoints here hold random weights: top-1 agreement on their flat logits is noise,
+    # so this build's budgets leave it out (the gate applies it to any checkpoint by default).
+    budgets = tmp_path / "tolerances.toml"
+    budgets.write_text("[precision.int8]\nrel_l2_max = 0.12\ncosine_min = 0.98\n"
+                       "[precision.fp32]\nrel_l2_max = 1e-4\n[precision.fp16]\nrel_l2_max = 5e-3\n")
+    checkpoint = tmp_path / "se.pt"
+
+    def build(*settings):
+        return make(tmp_path, "engine", "VARIANT=se", f"TOLERANCES={budgets}", *settings)
+
+    torch.manual_seed(3)
+    models.save_checkpoint(models.create_model("se", num_classes=10, width=0.125), checkpoint,
+                           "se", 10, 0.125)
+    first = build(f"CHECKPOINT={checkpoint}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert stages_run(first) == ["export", "precision", "engines", "parity", "bench"]
+    again = build(f"CHECKPOINT={checkpoint}")
+    assert again.returncode == 0 and stages_run(again) == []
+
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((40, 3, 64, 64), dtype=np.float32))
+    new_data = build(f"CHECKPOINT={checkpoint}", f"CALIB_DIR={calib}")
+    assert stages_run(new_data) == ["precision", "engines", "parity", "bench"]
+
+    time.sleep(1.1)  # a new checkpoint, same path: everything after it is rebuilt
+    torch.manual_seed(4)
+    models.save_checkpoint(models.create_model("se", num_classes=10, width=0.125), checkpoint,
+                           "se", 10, 0.125)
+    new_weights = build(f"CHECKPOINT={checkpoint}", f"CALIB_DIR={calib}")
+    assert new_weights.returncode == 0, new_weights.stderr[-2000:]
+    assert stages_run(new_weights) == ["export", "precision", "engines", "parity", "bench"]
+    manifest = read_manifest(tmp_path / "se" / "manifest.json")
+    assert manifest["model"]["checkpoint_sha256"] == sha256_file(checkpoint)
+
+
+def test_two_variants_built_at_once_do_not_clash(tmp_path):
+    processes = [subprocess.Popen(
+        ["make", "--no-print-directory", "-C", str(REPO), "engine", f"VARIANT={variant}", *TINY,
+         f"OUT={tmp_path}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for variant in ("se", "vgg16")]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [o[-2000:] for o in outputs]
+    for variant in ("se", "vgg16"):
+        verify_artifacts(tmp_path / variant / "manifest.json")
+        assert json.loads((tmp_path / variant / "parity.json").read_text())["passed"]
+
+
+def test_full_disk_is_a_clear_error_and_previous_artifacts_stay_intact(tmp_path, monkeypatch):
+    folder = tmp_path / "vgg16"
+    export_to_folder(tiny_config("vgg16"), folder, log=lambda *_: None)
+    before = {name: sha256_file(folder / name) for name in ("model.onnx", "manifest.json")}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(onnx, "save_model", disk_full)
+    with pytest.raises(OutputError, match="No space left on device.*check free space"):
+        export_to_folder(tiny_config("vgg16"), folder, log=lambda *_: None)
+    assert {name: sha256_file(folder / name) for name in before} == before
+    assert finished_files(folder) == ["manifest.json", "model.onnx"]
+
+
+def test_read_only_output_is_a_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(OutputError, match="cannot create output folder /sys/attnvgg"):
+        export_to_folder(tiny_config("vgg16"), Path("/sys/attnvgg/vgg16"), log=lambda *_: None)
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    real_access = os.access  # root writes anywhere: show the check what a user would see
+    monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == folder else real_access(p, m))
+    with pytest.raises(OutputError, match="ro is not writable"):
+        export_to_folder(tiny_config("vgg16"), folder, log=lambda *_: None)
+    assert list(folder.iterdir()) == []
+
+
+def test_export_stage_removes_partials_left_by_a_killed_run(tmp_path):
+    folder = tmp_path / "vgg16"
+    folder.mkdir()
+    (folder / ".model.raw.onnx.partial").write_bytes(b"half a graph")
+    export_to_folder(tiny_config("vgg16"), folder, log=lambda *_: None)
+    assert not list(folder.glob(".*.partial"))
