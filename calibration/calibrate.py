@@ -115,6 +115,19 @@ def _load_cached(path: Path) -> TensorsData | None:
         return None
 
 
+def _chunks(batches: list[np.ndarray], size: int) -> list[list[np.ndarray]]:
+    """Runs of at most ``size`` batches of one shape. Histogram calibrators hold every output of
+    a collect_data call in memory (~60 MB per image for VGG16 at 224) and stack them, so a call
+    gets a few batches, all of the same shape."""
+    chunks: list[list[np.ndarray]] = []
+    for batch in batches:
+        if chunks and len(chunks[-1]) < size and chunks[-1][0].shape == batch.shape:
+            chunks[-1].append(batch)
+        else:
+            chunks.append([batch])
+    return chunks
+
+
 def calibrate(model_path: Path, images: ImageSet | Sequence[ImageSet], cache_dir: Path,
               method: str = DEFAULT_METHOD, batch_size: int = 8,
               chunk_batches: int = 4) -> CalibrationResult:
@@ -143,12 +156,9 @@ def calibrate(model_path: Path, images: ImageSet | Sequence[ImageSet], cache_dir
             model_path, list(QUANTIZED_OP_TYPES),
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=METHODS[method])
-        # Histogram calibrators hold every intermediate output of a collect_data call in memory
-        # (~60 MB per image for VGG16 at 224): feed them a few batches at a time.
         with contextlib.redirect_stdout(io.StringIO()):  # ORT prints per-chunk status lines
-            for first in range(0, len(batches), chunk_batches):
-                calibrator.collect_data(ImageReader(batches[first:first + chunk_batches],
-                                                    progress=progress))
+            for chunk in _chunks(batches, chunk_batches):
+                calibrator.collect_data(ImageReader(chunk, progress=progress))
             ranges = calibrator.compute_data()
         del calibrator
     check_ranges(ranges, f"calibration of {model_path} on {sets[0].source}")

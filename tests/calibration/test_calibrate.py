@@ -59,3 +59,13 @@ def test_nan_in_calibration_data_is_a_clear_error(fp32_graph, images, tmp_path):
 def test_unknown_method():
     with pytest.raises(ConfigError, match="unknown calibration method 'kl'.*minmax"):
         check_method("kl")
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_sets_of_several_sizes_and_ragged_batches_calibrate(fp32_graph, tmp_path, method):
+    rng = np.random.default_rng(2)
+    sets = [ImageSet(rng.standard_normal((13, 3, 64, 64), dtype=np.float32), None, "a"),
+            ImageSet(rng.standard_normal((3, 3, 96, 64), dtype=np.float32), None, "b")]
+    result = calibrate(fp32_graph, sets, tmp_path, method, batch_size=4)
+    assert result.count == 16 and not result.cached
+    assert calibrate(fp32_graph, sets, tmp_path, method, batch_size=4).cached

@@ -203,3 +203,18 @@ def test_engines_stage_without_tensorrt_records_the_cpu_backend(monkeypatch, pre
     assert not any(a["format"] == "plan" for a in manifest["artifacts"])
     with pytest.raises(te.TensorRTUnavailable, match="BACKEND=tensorrt, but"):
         build_engines(root / "manifest.json", "tensorrt", log=lambda *_: None)
+
+
+def test_build_interrupted_mid_way_leaves_no_plan(fake_trt, tmp_path, monkeypatch):
+    def interrupted(self, network, config):
+        raise KeyboardInterrupt  # the process killed while TensorRT builds
+
+    monkeypatch.setattr(fake_trt.Builder, "build_serialized_network", interrupted)
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"previous")
+    with pytest.raises(KeyboardInterrupt):
+        te.onnx_to_plan(tmp_path / "m.onnx", tmp_path / "m.plan", DYNAMIC,
+                        te.EngineConfig(timing_cache=cache))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "timing.cache"]
+    assert cache.read_bytes() == b"previous"  # the shared cache is not half-written either
