@@ -307,7 +307,7 @@ def verify_onnx(outputs: dict[tuple, np.ndarray],
     return checks
 
 
-def _peak_rss_mib() -> float:
+def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -356,7 +356,7 @@ def export_model(model: nn.Module, config: ExportConfig, out_dir: Path, weights:
         check_graph(final)
     finally:
         raw.unlink(missing_ok=True)
-    report = ExportReport(final, weights, simplified, note, counts, checks, timings, _peak_rss_mib())
+    report = ExportReport(final, weights, simplified, note, counts, checks, timings, peak_rss_mib())
     log(f"simplify: {note}")
     for stage, ops in counts.items():
         log(f"  ops {stage}: {sum(ops.values())} ({', '.join(f'{k} {v}' for k, v in ops.items())})")

@@ -24,7 +24,7 @@ from calibration.preprocessing import Preprocessing
 from models import ConfigError
 
 from .compare import compare
-from .export import model_from_manifest
+from .export import model_from_manifest, peak_rss_mib
 from .fp16 import onnx_to_fp16
 from .manifest import artifact_entry, read_manifest, write_manifest
 from .ort_models import onnx_to_ort
@@ -229,7 +229,9 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
         "fallback": {k: v.to_json() for k, v in fallback.items()},
     }
     manifest["parity"]["heldout-vs-eager"] = parity
-    manifest["precision_timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    manifest["calibration"]["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    manifest["calibration"]["peak_rss_mib"] = round(peak_rss_mib())
     write_manifest(manifest_path, manifest)
-    log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
+        + f"; peak memory {peak_rss_mib():.0f} MiB")
     return manifest_path
