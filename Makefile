@@ -15,6 +15,7 @@ WIDTH_MULT  ?=
 BACKEND     ?= auto
 LABELS      ?=
 BENCH_ARGS  ?=
+PRECISION_ARGS ?=
 TOLERANCES  ?=
 OUT         ?= build
 
@@ -48,7 +49,7 @@ $(D)/.settings-export: FORCE
 	@echo "$(EXPORT_ARGS)" | cmp -s - $@ || echo "$(EXPORT_ARGS)" > $@
 $(D)/.settings-calib: FORCE
 	@mkdir -p $(D)
-	@echo "$(CALIB_DIR)" | cmp -s - $@ || echo "$(CALIB_DIR)" > $@
+	@echo "$(CALIB_DIR) $(PRECISION_ARGS)" | cmp -s - $@ || echo "$(CALIB_DIR) $(PRECISION_ARGS)" > $@
 $(D)/.settings-backend: FORCE
 	@mkdir -p $(D)
 	@echo "$(BACKEND)" | cmp -s - $@ || echo "$(BACKEND)" > $@
@@ -61,7 +62,7 @@ $(D)/.export.done: $(STAMP) $(D)/.settings-export $(CHECKPOINT) $(LABELS) $(wild
 # model.fp16.onnx, model.int8-{trt,cpu}.onnx, engines/ort/*.ort.
 $(D)/.precision.done: $(D)/.export.done $(D)/.settings-calib $(wildcard calibration/*.py) \
 		exporter/precision.py exporter/quantize.py exporter/fp16.py exporter/ort_models.py
-	$(CLI) precision --manifest $(D)/manifest.json $(CALIB_ARGS)
+	$(CLI) precision --manifest $(D)/manifest.json $(CALIB_ARGS) $(PRECISION_ARGS)
 	touch $@
 
 # engines/trt/{fp16,int8}.plan where TensorRT and a GPU exist (BACKEND=auto|tensorrt|ort).

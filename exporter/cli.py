@@ -71,7 +71,8 @@ def _cmd_precision(args: argparse.Namespace) -> int:
     config = PrecisionConfig(
         calib_source="noise" if args.calib_noise else args.calib_dir,
         calib_count=args.calib_count, heldout_count=args.heldout_count, method=args.method,
-        agreement_target=args.agreement_target, metric=args.metric, max_fallback=args.max_fallback)
+        agreement_target=args.agreement_target, metric=args.metric, max_fallback=args.max_fallback,
+        largest_share=args.calib_largest_share)
     build_precision_graphs(Path(args.manifest), config)
     return 0
 
@@ -165,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     precision.add_argument("--metric", choices=["top1", "cosine"], default=None,
                            help="agreement metric (default: top1 with a checkpoint, else cosine)")
     precision.add_argument("--max-fallback", type=int, default=6)
+    precision.add_argument("--calib-largest-share", type=float, default=0.0,
+                           help="share of calibration images taken at the largest declared size "
+                           "(for graphs served far above their opt size)")
     precision.set_defaults(run=_cmd_precision)
 
     parity = sub.add_parser("parity", help="the CI gate: every artifact against eager PyTorch")

@@ -22,7 +22,7 @@ from exporter.manifest import read_manifest, sha256_file, verify_artifacts
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["WIDTH_MULT=0.125", "NUM_CLASSES=10", "IMG_SIZE=64",
+TINY = ["WIDTH_MULT=0.125", "NUM_CLASSES=10",
         "BENCH_ARGS=--seconds 0.2 --no-compile --batches 1"]
 
 
@@ -109,7 +109,7 @@ def test_rebuilds_only_what_changed(tmp_path):
     assert again.returncode == 0 and stages_run(again) == []
 
     calib = tmp_path / "calib.npy"
-    np.save(calib, np.random.default_rng(0).standard_normal((40, 3, 64, 64), dtype=np.float32))
+    np.save(calib, np.random.default_rng(0).standard_normal((40, 3, 224, 224), dtype=np.float32))
     new_data = build(f"CHECKPOINT={checkpoint}", f"CALIB_DIR={calib}")
     assert stages_run(new_data) == ["precision", "engines", "parity", "bench"]
 

@@ -68,3 +68,15 @@ def test_second_run_reuses_the_calibration_cache(digits_build):
     build_precision_graphs(manifest_path, config, log=lambda *_: None)
     second = json.loads(manifest_path.read_text())["calibration"]
     assert second["cached"] and second["ranges"] == first["ranges"]
+
+
+def test_calibrating_a_share_at_the_largest_size_adds_those_images(precision_build, tmp_path):
+    import shutil
+
+    root = tmp_path / "se"
+    shutil.copytree(precision_build, root)
+    build_precision_graphs(root / "manifest.json", PrecisionConfig(
+        calib_source="noise", calib_count=16, heldout_count=8, largest_share=0.25),
+        log=lambda *_: None)
+    calibration = json.loads((root / "manifest.json").read_text())["calibration"]
+    assert calibration["images"] == 16 and not calibration["cached"]  # 12 at 224 + 4 at 448
