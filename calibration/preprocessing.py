@@ -29,3 +29,8 @@ class Preprocessing:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Preprocessing:
+        """From a manifest's `preprocessing` (JSON lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

@@ -141,8 +141,7 @@ def _load_data(manifest: dict, config: PrecisionConfig) -> tuple[CalibrationData
     graph calibrated only at 64x64 clipped at 448x448 (the parity gate caught it); but widening
     the ranges for 448 cost the digits fixture 2.3 points at its opt size, so it is opt-in
     (docs/precision.md)."""
-    pre = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
-                           for k, v in manifest["preprocessing"].items()})
+    pre = Preprocessing.from_json(manifest["preprocessing"])
     dyn = manifest["dynamic"]
     largest = (dyn["height"]["max"], dyn["width"]["max"])
     at_largest = int(config.calib_count * config.largest_share) if largest != tuple(pre.crop) else 0

@@ -86,8 +86,7 @@ def digits_manifest(tmp_path_factory):
 
 def test_consumer_top1_equals_eager_for_fp32_and_agrees_for_int8(digits_manifest, digit_files):
     manifest = read_manifest(digits_manifest)
-    pre = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
-                           for k, v in manifest["preprocessing"].items()})
+    pre = Preprocessing.from_json(manifest["preprocessing"])
     eager = run_torch(model_from_manifest(manifest),
                       np.stack([load_image(p, pre) for p in digit_files])).argmax(1)
     fp32 = classify.classify(digits_manifest, digit_files, "fp32")
