@@ -77,7 +77,7 @@ def check_method(method: str) -> str:
     return method
 
 
-def file_sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -143,7 +143,7 @@ def calibrate(model_path: Path, images: ImageSet | Sequence[ImageSet], cache_dir
                 f"holds NaN or Inf values; check how the data was preprocessed")
     data_sha = hashlib.sha256("".join(s.sha256() for s in sets).encode()).hexdigest()
     count = sum(len(s) for s in sets)
-    path = cache_path(cache_dir, file_sha256(model_path), data_sha, method, count)
+    path = cache_path(cache_dir, sha256_file(model_path), data_sha, method, count)
     start = time.perf_counter()
     cached = _load_cached(path)
     if cached is not None:

@@ -139,6 +139,16 @@ def split_counts(available: int, calibration: int, heldout: int) -> tuple[int, i
     return calibration_used, heldout_used, [note]
 
 
+def _split(images: np.ndarray, labels: np.ndarray | None, n_cal: int, n_held: int, source: str,
+           pre: Preprocessing, notes: list[str]) -> CalibrationData:
+    """The first n_cal (already shuffled) images calibrate, the next n_held are held out."""
+    def part(chosen: slice) -> ImageSet:
+        return ImageSet(images[chosen], None if labels is None else labels[chosen], source)
+
+    return CalibrationData(part(slice(0, n_cal)), part(slice(n_cal, n_cal + n_held)), pre,
+                           tuple(notes))
+
+
 def from_folder(folder: Path, pre: Preprocessing, calibration: int, heldout: int,
                 seed: int = 0) -> CalibrationData:
     files, labels = list_images(folder)
@@ -151,14 +161,9 @@ def from_folder(folder: Path, pre: Preprocessing, calibration: int, heldout: int
         raise CalibrationDataError(f"no image in {folder} could be decoded; first bad file: {bad[0]}")
     notes = [f"skipped {len(bad)} undecodable files, first: {bad[0]}"] if bad else []
     n_cal, n_held, split_notes = split_counts(len(images), calibration, heldout)
-    stacked = np.stack(images).astype(np.float32)
     label_array = np.asarray(kept_labels) if labels is not None else None
-    source = f"folder {folder}"
-    return CalibrationData(
-        ImageSet(stacked[:n_cal], None if label_array is None else label_array[:n_cal], source),
-        ImageSet(stacked[n_cal:n_cal + n_held],
-                 None if label_array is None else label_array[n_cal:n_cal + n_held], source),
-        pre, tuple(notes + split_notes))
+    return _split(np.stack(images).astype(np.float32), label_array, n_cal, n_held,
+                  f"folder {folder}", pre, notes + split_notes)
 
 
 def from_array_file(path: Path, pre: Preprocessing, calibration: int, heldout: int,
@@ -187,11 +192,7 @@ def from_array_file(path: Path, pre: Preprocessing, calibration: int, heldout: i
     array = array[order].astype(np.float32)
     labels = labels[order] if labels is not None else None
     n_cal, n_held, notes = split_counts(len(array), calibration, heldout)
-    return CalibrationData(
-        ImageSet(array[:n_cal], None if labels is None else labels[:n_cal], f"file {path}"),
-        ImageSet(array[n_cal:n_cal + n_held], None if labels is None else labels[n_cal:n_cal + n_held],
-                 f"file {path}"),
-        pre, tuple(notes))
+    return _split(array, labels, n_cal, n_held, f"file {path}", pre, notes)
 
 
 def _bundled_views(names: Sequence[str], count: int, pre: Preprocessing, seed: int) -> np.ndarray:

@@ -8,10 +8,8 @@ because a graph that accepts a shape is not proof that it computes the right ans
 from __future__ import annotations
 
 import collections
-import logging
 import resource
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from models import ConfigError, ToolchainError
 from models.layers import DEFAULT_ATTENTION_BUDGET_BYTES, attention_map_bytes
 
 from .compare import Comparison, compare
+from .console import quiet
 from .files import atomic_path, ensure_writable_dir
 from .runners import OnnxRuntimeRunner, run_torch
 
@@ -208,8 +207,7 @@ def torch_to_onnx(model: nn.Module, path: Path, config: ExportConfig) -> Path:
     example = torch.randn(example_batch, 3, _example_side(config.height),
                           _example_side(config.width))
     try:
-        with warnings.catch_warnings(), _quiet_torch_onnx():
-            warnings.simplefilter("ignore")
+        with quiet("torch"):
             program = torch.onnx.export(
                 model, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_shapes={"x": dynamic}, opset_version=config.opset, dynamo=True,
@@ -226,23 +224,6 @@ def torch_to_onnx(model: nn.Module, path: Path, config: ExportConfig) -> Path:
 
 def _example_side(axis: AxisRange) -> int:
     return axis.opt if axis.opt >= 64 or not axis.dynamic else min(64, axis.max)
-
-
-class _quiet_torch_onnx:
-    """torch.onnx prints progress lines and logs on success; keep the console for our report."""
-
-    def __enter__(self):
-        self._level = logging.getLogger("torch").level
-        logging.getLogger("torch").setLevel(logging.ERROR)
-        import contextlib
-        import io
-
-        self._redirect = contextlib.redirect_stdout(io.StringIO())
-        self._redirect.__enter__()
-
-    def __exit__(self, *exc):
-        self._redirect.__exit__(*exc)
-        logging.getLogger("torch").setLevel(self._level)
 
 
 def _strip_trace_metadata(proto: onnx.ModelProto) -> None:

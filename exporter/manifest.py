@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import json
 import platform
 from importlib import metadata
 from pathlib import Path
 
+from calibration.calibrate import sha256_file
 from models import ToolchainError
 
 from .files import write_text_atomic
@@ -23,14 +23,6 @@ _VERSIONED = ("torch", "torchvision", "onnx", "onnxscript", "onnxsim", "onnxrunt
 
 class ManifestError(ToolchainError):
     """The manifest or an artifact it lists is missing, malformed or was changed."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tool_versions() -> dict[str, str]:

@@ -103,7 +103,7 @@ def quantize_with_fallback(model_path: Path, out_path: Path, ranges, target: Int
     report = FallbackReport(target.value, metric, config.agreement_target, initial, initial)
     if current < config.agreement_target and config.max_fallback > 0:
         subset = slice(0, config.sensitivity_images)
-        baseline = score([], subset)
+        baseline = initial if config.sensitivity_images is None else score([], subset)
         gains = {n: score([n], subset) - baseline for n in quantizable_nodes(model_path)}
         ranking = sorted(gains, key=gains.get, reverse=True)[:config.max_fallback]
         log(f"  {target.value}: {metric} {initial:.4f} < {config.agreement_target}; "

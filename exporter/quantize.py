@@ -9,10 +9,7 @@ Both come from the same cached ranges, so calibration runs once per model and da
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import io
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from calibration.calibrate import METHODS, QUANTIZED_OP_TYPES, CalibrationResult
 from models import ToolchainError
 
+from .console import quiet
 from .files import atomic_path
 
 
@@ -58,7 +56,7 @@ def onnx_to_int8(model_path: Path, out_path: Path, ranges: CalibrationResult, ta
                  nodes_to_exclude: Sequence[str] = ()) -> Path:
     """Quantize ``model_path`` with the cached ranges (calibration does not run again)."""
     settings = _SETTINGS[target]
-    with atomic_path(out_path) as tmp, _quiet_ort_quantization():
+    with atomic_path(out_path) as tmp, quiet():
         quantize_static(
             str(model_path), str(tmp), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=True, reduce_range=False,
@@ -75,19 +73,6 @@ def onnx_to_int8(model_path: Path, out_path: Path, ranges: CalibrationResult, ta
             raise QuantizationError(f"{out_path.name} breaks TensorRT's Q/DQ rules: "
                                     + "; ".join(violations[:5]))
     return out_path
-
-
-@contextlib.contextmanager
-def _quiet_ort_quantization():
-    """quantize_static logs a pre-processing hint on every call; the graph needs none."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
