@@ -27,7 +27,7 @@ PARITY_ARGS  = $(CALIB_ARGS) $(if $(TOLERANCES),--tolerances $(TOLERANCES))
 EXPORT_ARGS  = $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
                $(if $(LABELS),--labels $(LABELS))
 
-.PHONY: setup card onnx precision engine parity bench triton test lint clean FORCE
+.PHONY: setup card onnx precision engine parity bench triton test test-isa lint clean FORCE
 .DELETE_ON_ERROR:
 
 setup: $(STAMP)
@@ -99,7 +99,17 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=10
+
+# The tests whose verdict depends on the CPU's kernels, again with torch (oneDNN and ATen) held
+# to other instruction sets than this machine's best: a test that passes only on one CPU fails
+# here first. ONNX Runtime's kernels have no such switch; they follow the CPU.
+ISAS ?= AVX2:avx2 AVX512_CORE_VNNI:avx512
+test-isa: $(STAMP)
+	@for isa in $(ISAS); do \
+		echo "== pytest -m numerics with ONEDNN_MAX_CPU_ISA=$${isa%%:*} ATEN_CPU_CAPABILITY=$${isa##*:}"; \
+		ONEDNN_MAX_CPU_ISA=$${isa%%:*} ATEN_CPU_CAPABILITY=$${isa##*:} MKL_ENABLE_INSTRUCTIONS=$${isa%%_*} $(PY) -m pytest -m numerics -q -p no:cacheprovider || exit 1; \
+	done
 
 clean:
 	rm -rf $(OUT)

@@ -1,18 +1,30 @@
 """A small trained fixture: a reduced-width variant trained on scikit-learn's handwritten digits.
 
 Random-init VGG logits are nearly flat, so top-1 agreement on them says little. These models
-are trained in seconds on the CPU on a real image task, so that int8/fp16 accuracy gaps mean
-something. The digits (8x8, 16 grey levels) are upsampled to 32x32 uint8 images and go through
-the toolchain's own preprocessing, the one the manifest records.
+are trained on the CPU on a real image task, so that int8/fp16 accuracy gaps mean something.
+The digits (8x8, 16 grey levels) are upsampled to 32x32 uint8 images and go through the
+toolchain's own preprocessing, the one the manifest records.
+
+What a model learns in a few epochs depends on the CPU's kernels (oneDNN picks AMX, AVX-512 or
+AVX2 paths, with different rounding), so the fixture is defined by what it reaches, not by its
+recipe: it trains until its accuracy on a validation slice reaches ``TARGET_ACCURACY``, within a
+bounded number of cycles, and raises ``FixtureError`` if it does not. Tests compare against
+``TrainedFixture.validation_accuracy`` and chance, never against one machine's result.
+
+Split of the 1,797 digits (seeded order): the first ``TRAIN_COUNT`` are trained on, the next
+``VALIDATION_COUNT`` decide when training is done, and the last 600 are never seen in training
+(calibration and held-out sets of the tests and of the accuracy table).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import models
 from calibration.data import image_transform, to_rgb
@@ -20,7 +32,27 @@ from calibration.preprocessing import Preprocessing
 
 SIZE = 32
 WIDTH = 0.125
-TRAIN_COUNT = 1197  # the other 600 images: calibration and held-out, never trained on
+CLASSES = 10
+CHANCE = 1 / CLASSES
+TRAIN_COUNT = 1000
+VALIDATION_COUNT = 197
+UNSEEN_START = TRAIN_COUNT + VALIDATION_COUNT  # the 600 images no training step or decision saw
+TARGET_ACCURACY = 0.95  # on the validation slice; seen reached in 24 epochs on AVX-512 and AVX2
+EPOCHS_PER_CYCLE = 24
+MAX_CYCLES = 3
+LEARNING_RATE = 3e-3
+
+
+class FixtureError(RuntimeError):
+    """The fixture did not reach the accuracy the tests rely on: its numbers would mean nothing."""
+
+
+@dataclass(frozen=True)
+class TrainedFixture:
+    model: nn.Module  # eval mode
+    variant: str
+    validation_accuracy: float
+    epochs: int
 
 
 def digit_images(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -42,33 +74,54 @@ def preprocess(pixels: np.ndarray) -> np.ndarray:
     return np.stack([transform(to_rgb(Image.fromarray(p))).numpy() for p in pixels])
 
 
-def train(variant: str, epochs: int = 12, seed: int = 0) -> torch.nn.Module:
-    """A trained reduced-width ``variant`` (eval mode); ~95-96% held-out accuracy (se, vgg16)."""
-    pixels, labels = digit_images(seed)
-    x = torch.from_numpy(preprocess(pixels[:TRAIN_COUNT]))
-    y = torch.from_numpy(labels[:TRAIN_COUNT]).long()
-    torch.manual_seed(seed)
-    model = models.create_model(variant, num_classes=10, width=WIDTH).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+def accuracy(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
+    return float((np.asarray(logits).argmax(1) == np.asarray(labels)).mean())
+
+
+def _train_cycle(model: nn.Module, x: torch.Tensor, y: torch.Tensor, learning_rate: float,
+                 generator: torch.Generator) -> None:
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     steps_per_epoch = -(-len(x) // 64)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3,
-                                                   total_steps=epochs * steps_per_epoch)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate,
+                                                   total_steps=EPOCHS_PER_CYCLE * steps_per_epoch)
+    model.train()
+    for _ in range(EPOCHS_PER_CYCLE):
         for batch in torch.randperm(len(x), generator=generator).split(64):
             optimizer.zero_grad()
             F.cross_entropy(model(x[batch]), y[batch]).backward()
             optimizer.step()
             schedule.step()
-    return model.eval()
+    model.eval()
 
 
-def write_heldout_npz(path: Path, seed: int = 0) -> Path:
-    """The 600 images never trained on, as uint8 images + labels (a CALIB_DIR .npz source)."""
+def train(variant: str, seed: int = 0, target: float = TARGET_ACCURACY) -> TrainedFixture:
+    """A reduced-width ``variant`` trained until its validation accuracy reaches ``target``: one
+    24-epoch one-cycle schedule, then up to two more at a third of the learning rate each."""
     pixels, labels = digit_images(seed)
-    np.savez(path, images=pixels[TRAIN_COUNT:], labels=labels[TRAIN_COUNT:])
+    x = torch.from_numpy(preprocess(pixels[:UNSEEN_START]))
+    y = torch.from_numpy(labels[:UNSEEN_START]).long()
+    train_x, train_y = x[:TRAIN_COUNT], y[:TRAIN_COUNT]
+    validation_x, validation_y = x[TRAIN_COUNT:], y[TRAIN_COUNT:]
+    torch.manual_seed(seed)
+    model = models.create_model(variant, num_classes=CLASSES, width=WIDTH)
+    generator = torch.Generator().manual_seed(seed)
+    reached = []
+    for cycle in range(MAX_CYCLES):
+        _train_cycle(model, train_x, train_y, LEARNING_RATE / 3**cycle, generator)
+        with torch.inference_mode():
+            reached.append(accuracy(model(validation_x), validation_y))
+        if reached[-1] >= target:
+            return TrainedFixture(model, variant, reached[-1], (cycle + 1) * EPOCHS_PER_CYCLE)
+    raise FixtureError(
+        f"the digits fixture ({variant}, width {WIDTH}) reached validation accuracy "
+        f"{', '.join(f'{a:.3f}' for a in reached)} after {MAX_CYCLES} cycles of "
+        f"{EPOCHS_PER_CYCLE} epochs, below the target {target}; tests that compare int8/fp16 "
+        f"accuracy against it would measure noise. Change the recipe in benchmarks/digits.py")
+
+
+def write_unseen_npz(path: Path, seed: int = 0) -> Path:
+    """The 600 images never trained or validated on, as uint8 images + labels (a CALIB_DIR
+    .npz source)."""
+    pixels, labels = digit_images(seed)
+    np.savez(path, images=pixels[UNSEEN_START:], labels=labels[UNSEEN_START:])
     return path
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(logits.argmax(1) == labels))

@@ -21,13 +21,15 @@ from . import digits
 COLUMNS = ("eager-fp32", "fp16-onnx", "int8-trt-onnx", "int8-cpu-onnx")
 
 
-def fixture_manifest(variant: str, root: Path) -> Path:
-    checkpoint = models.save_checkpoint(digits.train(variant), root / f"{variant}.pt", variant, 10,
-                                        digits.WIDTH)
-    config = ExportConfig(variant, num_classes=10, model_width=digits.WIDTH, checkpoint=checkpoint,
-                          batch=batch_range(1, 1, 8), height=image_range("height", 32, 32, 64),
-                          width=image_range("width", 32, 32, 64))
-    return export_to_folder(config, root / variant, log=lambda *_: None)
+def fixture_manifest(variant: str, root: Path) -> tuple[Path, digits.TrainedFixture]:
+    """The trained fixture of ``variant``, exported into ``root/variant``: (manifest, fixture)."""
+    fixture = digits.train(variant)
+    checkpoint = models.save_checkpoint(fixture.model, root / f"{variant}.pt", variant,
+                                        digits.CLASSES, digits.WIDTH)
+    config = ExportConfig(variant, num_classes=digits.CLASSES, model_width=digits.WIDTH,
+                          checkpoint=checkpoint, batch=batch_range(1, 1, 8),
+                          height=image_range("height", 32, 32, 64), width=image_range("width", 32, 32, 64))
+    return export_to_folder(config, root / variant, log=lambda *_: None), fixture
 
 
 def main() -> None:
@@ -38,13 +40,15 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.out or tempfile.mkdtemp(prefix="digits-"))
     root.mkdir(parents=True, exist_ok=True)
-    npz = digits.write_heldout_npz(root / "digits-heldout.npz")
+    npz = digits.write_unseen_npz(root / "digits-unseen.npz")
     print("| variant | calibration | " + " | ".join(COLUMNS)
           + " | int8 gap (trt / cpu) | int8 top-1 agreement (trt / cpu) | layers kept float |")
     print("|---|---|" + "---|" * len(COLUMNS) + "---|---|---|")
     for variant in args.variants:
         start = time.perf_counter()
-        manifest_path = fixture_manifest(variant, root)
+        manifest_path, fixture = fixture_manifest(variant, root)
+        print(f"<!-- {variant}: validation accuracy {fixture.validation_accuracy:.3f} after "
+              f"{fixture.epochs} epochs -->", flush=True)
         for method in args.methods:
             build_precision_graphs(manifest_path, PrecisionConfig(
                 calib_source=str(npz), calib_count=256, heldout_count=344, method=method,

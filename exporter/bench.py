@@ -122,7 +122,7 @@ def run_bench(manifest_path: Path, config: BenchConfig = BenchConfig(), log=prin
         spec = manifest["model"]
         macs_per_image = model_card(spec["variant"], height, spec["num_classes"],
                                     spec["model_width"]).macs["total"]
-    peaks = gemm_peak_gmacs()
+    peaks = gemm_peak_gmacs(seconds=min(2.0, config.seconds_per_case))
     log(f"machine peak (ONNX Runtime GEMM): fp32 {peaks['fp32']:.0f} GMAC/s, "
         f"int8 {peaks['int8']:.0f} GMAC/s")
     runners = bench_runners(manifest, root, config)

@@ -65,10 +65,14 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
                               f"pass the path of a .pt, .pth or .safetensors file")
     if not os.access(path, os.R_OK):
         raise CheckpointError(f"checkpoint {path} is not readable; check its permissions")
-    if path.suffix == ".safetensors":
+    kind = checkpoint_format(path)
+    if kind == "safetensors":
         obj, metadata = _read_safetensors(path)
-    else:
+    elif kind in ("zip", "pickle"):
         obj, metadata = _read_torch(path), {}
+    else:
+        raise CheckpointError(f"checkpoint {path} is {kind}; pass a file written by torch.save "
+                              f"(.pt/.pth) or by safetensors (.safetensors)")
     if isinstance(obj, dict):
         for key in _STATE_DICT_KEYS:
             if isinstance(obj.get(key), dict):
@@ -83,9 +87,29 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return state, metadata
 
 
+def checkpoint_format(path: Path) -> str:
+    """What the file holds, from its first bytes (not its name): "zip" (torch.save),
+    "pickle" (torch.save's legacy format), "safetensors", or a description of what it is not."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+        size = os.fstat(f.fileno()).st_size
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:  # pickle PROTO opcode
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
+        return "safetensors"
+    looks = "text" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "binary data"
+    return (f"not a PyTorch checkpoint (neither a zip archive nor a pickle) and not a "
+            f"safetensors file: it starts with {head!r}, which looks like {looks}")
+
+
 def _read_torch(path: Path) -> object:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:  # a file object: torch.load reads a path by its suffix
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"checkpoint {path} was refused: it contains pickled objects other than tensors "

@@ -1,3 +1,7 @@
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -49,8 +53,6 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="session")
 def precision_build(exported, tmp_path_factory):
     """A tiny se build with every precision graph (random init, calibrated on noise)."""
-    import shutil
-
     from exporter.precision import PrecisionConfig, build_precision_graphs
 
     root = tmp_path_factory.mktemp("precision") / "se"
@@ -58,3 +60,36 @@ def precision_build(exported, tmp_path_factory):
     build_precision_graphs(root / "manifest.json", PrecisionConfig(
         calib_source="noise", calib_count=16, heldout_count=8), log=lambda *_: None)
     return root
+
+
+@dataclass(frozen=True)
+class DigitsBuild:
+    manifest: Path
+    fixture: object  # benchmarks.digits.TrainedFixture
+    config: object  # exporter.precision.PrecisionConfig
+    log: list
+
+
+@pytest.fixture(scope="session")
+def digits_build(tmp_path_factory) -> DigitsBuild:
+    """The trained se digits fixture with every precision graph, built once per session.
+    Tests that change the build work on a copy (copy_build)."""
+    from benchmarks import digits
+    from benchmarks.precision_table import fixture_manifest
+    from exporter.precision import PrecisionConfig, build_precision_graphs
+
+    root = tmp_path_factory.mktemp("digits")
+    manifest, fixture = fixture_manifest("se", root)
+    npz = digits.write_unseen_npz(root / "digits-unseen.npz")
+    config = PrecisionConfig(calib_source=str(npz), calib_count=256, heldout_count=344,
+                             metric="top1")
+    lines: list[str] = []
+    build_precision_graphs(manifest, config, log=lines.append)
+    return DigitsBuild(manifest, fixture, config, lines)
+
+
+def copy_build(folder: Path, tmp_path: Path) -> Path:
+    """A private copy of a session-scoped build folder, for tests that change it."""
+    target = tmp_path / folder.name
+    shutil.copytree(folder, target)
+    return target

@@ -22,7 +22,9 @@ from exporter.manifest import read_manifest, sha256_file, verify_artifacts
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["WIDTH_MULT=0.125", "NUM_CLASSES=10",
+# Reduced width, few calibration images and a short bench: these tests are about what make does
+# with files, not about numerics, and each runs several builds.
+TINY = ["WIDTH_MULT=0.125", "NUM_CLASSES=10", "PRECISION_ARGS=--calib-count 32 --heldout-count 8",
         "BENCH_ARGS=--seconds 0.2 --no-compile --batches 1"]
 
 

@@ -18,8 +18,9 @@ from calibration.preprocessing import Preprocessing
 from consumer import classify
 from exporter.export import model_from_manifest
 from exporter.manifest import ManifestError, read_manifest, validate_manifest, write_manifest
-from exporter.runners import run_torch
+from exporter.runners import OnnxRuntimeRunner, run_torch
 from exporter.triton import manifest_to_triton
+from tests.conftest import copy_build
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,49 +55,66 @@ def test_consumer_preprocessing_is_the_toolchains():
 
 @pytest.fixture(scope="module")
 def digit_files(tmp_path_factory):
-    """Held-out digits (never trained on) as PNG files, as an integrator would have them."""
+    """Digits no training step saw, as PNG files, as an integrator would have them."""
     from benchmarks import digits
 
     folder = tmp_path_factory.mktemp("digit-pngs")
     pixels, labels = digits.digit_images()
     paths = []
-    for i in range(digits.TRAIN_COUNT, digits.TRAIN_COUNT + 48):
+    for i in range(digits.UNSEEN_START, digits.UNSEEN_START + 48):
         paths.append(folder / f"{i}_{labels[i]}.png")
         Image.fromarray(pixels[i]).save(paths[-1])
     return paths
 
 
 @pytest.fixture(scope="module")
-def digits_manifest(tmp_path_factory):
-    from benchmarks import digits
-    from benchmarks.precision_table import fixture_manifest
-    from exporter.precision import PrecisionConfig, build_precision_graphs
-
-    root = tmp_path_factory.mktemp("digits-edge")
-    manifest_path = fixture_manifest("vgg16", root)
-    npz = digits.write_heldout_npz(root / "heldout.npz")
-    build_precision_graphs(manifest_path, PrecisionConfig(calib_source=str(npz), calib_count=256,
-                                                          heldout_count=64, metric="top1"),
-                           log=lambda *_: None)
-    manifest = read_manifest(manifest_path)
+def digits_manifest(digits_build, tmp_path_factory):
+    """The session's trained digits build, with class names added to its manifest."""
+    root = copy_build(digits_build.manifest.parent, tmp_path_factory.mktemp("digits-edge"))
+    manifest = read_manifest(root / "manifest.json")
     manifest["labels"] = [f"digit {i}" for i in range(10)]
-    write_manifest(manifest_path, manifest)
-    return manifest_path
+    write_manifest(root / "manifest.json", manifest)
+    return root / "manifest.json"
 
 
-def test_consumer_top1_equals_eager_for_fp32_and_agrees_for_int8(digits_manifest, digit_files):
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    return shifted / shifted.sum(1, keepdims=True)
+
+
+def _check_top5(results, probabilities: np.ndarray) -> None:
+    """The consumer's top-5 (label, p) are the reference's probabilities at those labels, in
+    descending order, led by the reference's most probable class (ties between near-equal small
+    probabilities may order differently, so labels are not compared by rank)."""
+    for result, p in zip(results, probabilities, strict=True):
+        assert len(result) == 5
+        indices = [int(label.split()[-1]) for label, _ in result]
+        got = np.array([q for _, q in result])
+        np.testing.assert_allclose(got, p[indices], atol=1e-5)
+        assert (np.diff(got) <= 0).all() and got[0] >= p.max() - 1e-5
+
+
+@pytest.mark.numerics
+def test_consumer_computes_what_the_toolchain_computes(digits_manifest, digit_files):
+    """fp32: the consumer's probabilities are eager PyTorch's; int8: they are the int8 artifact's
+    as the toolchain runs it. So the consumer's preprocessing, artifact choice and decoding are
+    right; how close int8 is to eager is the parity gate's business (and is only bounded loosely
+    here, far from both chance and the gate's budget)."""
+    from benchmarks import digits
+
     manifest = read_manifest(digits_manifest)
     pre = Preprocessing.from_json(manifest["preprocessing"])
-    eager = run_torch(model_from_manifest(manifest),
-                      np.stack([load_image(p, pre) for p in digit_files])).argmax(1)
-    fp32 = classify.classify(digits_manifest, digit_files, "fp32")
-    int8 = classify.classify(digits_manifest, digit_files, "int8")
-    top1 = lambda results: np.array([int(r[0][0].split()[-1]) for r in results])  # noqa: E731
-    assert (top1(fp32) == eager).all()
-    assert np.mean(top1(int8) == eager) >= 0.97  # the int8 parity target
+    batch = np.stack([load_image(p, pre) for p in digit_files])
+    eager = run_torch(model_from_manifest(manifest), batch)
+    int8 = OnnxRuntimeRunner(digits_manifest.parent / "engines/ort/model.int8-cpu.ort")(batch)
+    fp32_results = classify.classify(digits_manifest, digit_files, "fp32")
+    int8_results = classify.classify(digits_manifest, digit_files, "int8")
+    _check_top5(fp32_results, _softmax(eager))
+    _check_top5(int8_results, _softmax(int8))
+    assert np.mean(int8.argmax(1) == eager.argmax(1)) >= 0.8  # chance: 0.1
     truth = np.array([int(p.stem.split("_")[1]) for p in digit_files])
-    assert np.mean(top1(fp32) == truth) > 0.9  # a trained model on real digits
-    assert len(fp32[0]) == 5 and fp32[0][0][0].startswith("digit ")
+    assert digits.accuracy(eager, truth) > 5 * digits.CHANCE  # a trained model on real digits
+    assert fp32_results[0][0][0].startswith("digit ")
 
 
 def test_consumer_cli_prints_top5_and_refuses_an_edited_artifact(digits_manifest, digit_files,

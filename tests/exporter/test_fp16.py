@@ -3,10 +3,14 @@ import onnx
 import pytest
 
 from exporter.compare import compare
+from exporter.console import quiet
 from exporter.export import build_model
 from exporter.fp16 import FP32_OPS, onnx_to_fp16
 from exporter.runners import OnnxRuntimeRunner, run_torch
+from models.layers import LinearAttention
 from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.numerics
 
 
 @pytest.mark.parametrize("variant", ["vgg16", "se", "la", "sa"])
@@ -36,14 +40,22 @@ def test_reductions_and_softmax_stay_in_float32(exported, tmp_path):
 
 
 @pytest.mark.slow
-def test_full_size_la_fp16_at_448_stays_finite(tmp_path):
-    """The full-size linear attention at its largest declared size: 200,704 tokens in stage 1."""
-    from exporter.export import ExportConfig, batch_range, export_to_folder, image_range
+def test_full_width_linear_attention_in_fp16_at_448_stays_finite(tmp_path):
+    """Stage 1 of full-size VGG16-LA (two 64-channel convs and the attention block), exported and
+    converted to fp16, at 448x448: 200,704 tokens, the largest token sums of any block of any
+    variant at the largest declared size. (The whole full-size graph is exported once, in
+    test_export; this keeps the 448 check to the part where fp16 can overflow.)"""
+    import torch
 
-    config = ExportConfig("la", batch=batch_range(1, 1, 2), height=image_range("height", 224, 224, 448),
-                          width=image_range("width", 224, 224, 448))
-    manifest = export_to_folder(config, tmp_path / "la", log=lambda *_: None)
-    fp16 = onnx_to_fp16(manifest.parent / "model.onnx", tmp_path / "la.fp16.onnx")
+    import models
+
+    stage = models.create_model("la").features[:5]
+    assert isinstance(stage[4], LinearAttention) and stage[4].out_proj.in_channels == 64
     x = np.random.default_rng(0).standard_normal((1, 3, 448, 448), dtype=np.float32)
-    result = compare(OnnxRuntimeRunner(fp16)(x), run_torch(build_model(config)[0], x), x.shape, 1e-2)
+    with quiet("torch"):
+        program = torch.onnx.export(stage, (torch.from_numpy(x),), None, input_names=["input"],
+                                    output_names=["features"], opset_version=18, dynamo=True)
+    program.save(str(tmp_path / "stage1.onnx"))
+    fp16 = onnx_to_fp16(tmp_path / "stage1.onnx", tmp_path / "stage1.fp16.onnx")
+    result = compare(OnnxRuntimeRunner(fp16)(x), run_torch(stage, x), x.shape, 1e-2)
     assert result.finite and result.passed, result.describe()

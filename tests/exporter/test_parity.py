@@ -13,6 +13,8 @@ from exporter.manifest import ManifestError, read_manifest, sha256_file, write_m
 from exporter.parity import breaches, load_tolerances, metrics, run_parity
 from models import ConfigError
 
+pytestmark = pytest.mark.numerics
+
 
 @pytest.fixture
 def build(precision_build):

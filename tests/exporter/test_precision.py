@@ -1,4 +1,8 @@
-"""The precision stage end to end, on the trained digits fixture (benchmarks/digits.py)."""
+"""The precision stage end to end, on the trained digits fixture (benchmarks/digits.py).
+
+Every threshold here comes from the fixture's own measured accuracy, the stage's own targets or
+the gate's budgets (exporter/tolerances.toml), never from one machine's result: what a model
+computes in int8 or fp16 differs between AVX2, AVX-512 VNNI and AMX kernels."""
 
 import json
 
@@ -6,46 +10,63 @@ import numpy as np
 import pytest
 
 from benchmarks import digits
-from benchmarks.precision_table import fixture_manifest
 from exporter.manifest import FORMATS, PRECISIONS, TARGETS, sha256_file
-from exporter.precision import PrecisionConfig, build_precision_graphs
+from exporter.parity import load_tolerances
+from exporter.precision import FP16_TOLERANCE, build_precision_graphs
 from exporter.runners import OnnxRuntimeRunner
+from tests.conftest import copy_build
+
+pytestmark = pytest.mark.numerics
 
 
-@pytest.fixture(scope="module")
-def digits_build(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    manifest_path = fixture_manifest("se", root)
-    npz = digits.write_heldout_npz(root / "digits-heldout.npz")
-    config = PrecisionConfig(calib_source=str(npz), calib_count=256, heldout_count=344,
-                             metric="top1")
-    lines = []
-    build_precision_graphs(manifest_path, config, log=lines.append)
-    return manifest_path, config, lines
+def _heldout(build):
+    return json.loads(build.manifest.read_text())["parity"]["heldout-vs-eager"]
 
 
-def test_trained_fixture_int8_accuracy_within_one_point(digits_build):
-    manifest_path, _, _ = digits_build
-    parity = json.loads(manifest_path.read_text())["parity"]["heldout-vs-eager"]
-    eager = parity["eager-fp32"]["accuracy"]
-    assert eager > 0.9, "the fixture must be trained for its accuracy gaps to mean anything"
+def test_fixture_is_trained_as_its_validation_says(digits_build):
+    parity = _heldout(digits_build)
     assert parity["eager-fp32"]["images"] == 344
+    eager = parity["eager-fp32"]["accuracy"]
+    # The fixture reached >= 0.95 on 197 validation images. On 344 unseen ones the two figures
+    # differ by noise with sigma ~2 points (binomial, both sets): 8 points is 4 sigma. A model
+    # that learnt nothing scores chance (10%).
+    assert digits_build.fixture.validation_accuracy >= digits.TARGET_ACCURACY
+    assert eager >= digits_build.fixture.validation_accuracy - 0.08
+    assert eager > 5 * digits.CHANCE
+
+
+def test_int8_graphs_meet_the_fallback_target_and_the_gate_budget(digits_build):
+    manifest = json.loads(digits_build.manifest.read_text())
+    parity = manifest["parity"]["heldout-vs-eager"]
+    goal = digits_build.config.agreement_target
+    for target, report in manifest["calibration"]["fallback"].items():
+        assert report["met"] and report["final"] >= goal, (target, report)
+    budget = load_tolerances("se")["int8"]
+    eager = parity["eager-fp32"]["accuracy"]
     for name in ("int8-trt-onnx", "int8-cpu-onnx", "int8-cpu-ort"):
-        assert eager - parity[name]["accuracy"] <= 0.01, (name, parity[name])
-        assert parity[name]["top1_agreement"] >= 0.97
-    assert abs(eager - parity["fp16-onnx"]["accuracy"]) <= 0.003
-    assert parity["fp32-ort"]["top1_agreement"] == 1.0
+        assert parity[name]["top1_agreement"] >= budget["top1_min"], (name, parity[name])
+        assert eager - parity[name]["accuracy"] <= budget["accuracy_drop_max"], (name, parity[name])
+
+
+def test_fp16_and_fp32_ort_graphs_agree_with_eager_within_their_budgets(digits_build):
+    parity = _heldout(digits_build)
+    budget = load_tolerances("se")["fp16"]
+    fp16 = parity["fp16-onnx"]
+    assert fp16["finite"] and fp16["rel_max"] <= FP16_TOLERANCE
+    assert fp16["top1_agreement"] >= budget["top1_min"]
+    assert abs(parity["eager-fp32"]["accuracy"] - fp16["accuracy"]) <= budget["accuracy_drop_max"]
+    # fp32 differs from eager by ~1e-6 relative: only a top-1 margin that small could flip
+    assert parity["fp32-ort"]["top1_agreement"] == 1.0 and parity["fp32-ort"]["rel_max"] < 1e-4
 
 
 def test_every_artifact_is_listed_with_its_sha256(digits_build):
-    manifest_path, _, _ = digits_build
-    manifest = json.loads(manifest_path.read_text())
+    manifest = json.loads(digits_build.manifest.read_text())
     listed = {a["path"]: a for a in manifest["artifacts"]}
     assert set(listed) == {"model.onnx", "model.fp16.onnx", "model.int8-trt.onnx",
                            "model.int8-cpu.onnx", "engines/ort/model.fp32.ort",
                            "engines/ort/model.int8-cpu.ort"}
     for path, entry in listed.items():
-        assert entry["sha256"] == sha256_file(manifest_path.parent / path)
+        assert entry["sha256"] == sha256_file(digits_build.manifest.parent / path)
         assert entry["format"] in FORMATS and entry["precision"] in PRECISIONS
         assert entry["target"] in TARGETS
     assert listed["model.int8-trt.onnx"]["target"] == "tensorrt"
@@ -53,28 +74,26 @@ def test_every_artifact_is_listed_with_its_sha256(digits_build):
 
 
 def test_ort_format_model_runs_like_its_onnx_graph(digits_build):
-    manifest_path, _, _ = digits_build
-    root = manifest_path.parent
+    root = digits_build.manifest.parent
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 64), dtype=np.float32)
     onnx_out = OnnxRuntimeRunner(root / "model.int8-cpu.onnx")(x)
     ort_out = OnnxRuntimeRunner(root / "engines/ort/model.int8-cpu.ort")(x)
     np.testing.assert_allclose(ort_out, onnx_out, rtol=1e-5, atol=1e-5 * np.abs(onnx_out).max())
 
 
-def test_second_run_reuses_the_calibration_cache(digits_build):
-    manifest_path, config, lines = digits_build
-    first = json.loads(manifest_path.read_text())["calibration"]
+def test_second_run_reuses_the_calibration_cache(digits_build, tmp_path):
+    root = copy_build(digits_build.manifest.parent, tmp_path)
+    first = json.loads((root / "manifest.json").read_text())["calibration"]
     assert not first["cached"] and first["method"] == "percentile" and first["images"] == 256
-    build_precision_graphs(manifest_path, config, log=lambda *_: None)
-    second = json.loads(manifest_path.read_text())["calibration"]
+    build_precision_graphs(root / "manifest.json", digits_build.config, log=lambda *_: None)
+    second = json.loads((root / "manifest.json").read_text())["calibration"]
     assert second["cached"] and second["ranges"] == first["ranges"]
 
 
 def test_calibrating_a_share_at_the_largest_size_adds_those_images(precision_build, tmp_path):
-    import shutil
+    from exporter.precision import PrecisionConfig
 
-    root = tmp_path / "se"
-    shutil.copytree(precision_build, root)
+    root = copy_build(precision_build, tmp_path)
     build_precision_graphs(root / "manifest.json", PrecisionConfig(
         calib_source="noise", calib_count=16, heldout_count=8, largest_share=0.25),
         log=lambda *_: None)

@@ -114,6 +114,7 @@ def test_checker_catches_each_rule(tmp_path, kwargs, message):
     assert any(message in v for v in violations), violations
 
 
+@pytest.mark.numerics
 def test_fallback_keeps_sensitive_layers_in_float_until_the_target(exported, images, tmp_path):
     fp32 = exported("se").parent / "model.onnx"
     ranges = calibrate(fp32, images, tmp_path / "calib", "minmax")

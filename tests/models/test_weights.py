@@ -169,3 +169,26 @@ def test_plain_pickle_without_tensors_is_refused(tiny, tmp_path):
         pickle.dump({"not": "tensors"}, f)
     with pytest.raises(models.CheckpointError, match="(no state dict|refused|not a PyTorch)"):
         models.load_weights(tiny("se"), path)
+
+
+@pytest.mark.parametrize(("content", "what"), [
+    (b"epoch 12, loss 0.31\nsaved by train.py\n", "looks like text"),
+    (b"\x00\x01\x02\x03binary", "looks like binary data"),
+    (b"", "empty"),
+])
+def test_a_file_that_is_no_checkpoint_says_what_it_is(tiny, tmp_path, content, what):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(models.CheckpointError, match=f"weights.pt is .*{what}.*torch.save"):
+        models.load_weights(tiny("se"), path)
+
+
+@pytest.mark.parametrize(("written", "named"), [(".safetensors", ".pt"), (".pt", ".safetensors")])
+def test_the_format_is_read_from_the_content_not_the_name(tiny, tmp_path, written, named):
+    source = tiny("se")
+    path = models.save_checkpoint(source, tmp_path / f"se{written}", "se", 10, 0.125)
+    renamed = path.rename(tmp_path / f"weights{named}")
+    target = tiny("se")
+    models.load_weights(target, renamed)
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(),
+                                                target.state_dict().values(), strict=True))
