@@ -23,7 +23,7 @@ CLI          = $(PY) -m exporter
 D            = $(OUT)/$(VARIANT)
 MODEL_ARGS   = --variant $(VARIANT) --num-classes $(NUM_CLASSES) $(if $(WIDTH_MULT),--width-mult $(WIDTH_MULT))
 CALIB_ARGS   = $(if $(CALIB_DIR),--calib-dir $(CALIB_DIR))
-PARITY_ARGS  = $(CALIB_ARGS) $(if $(TOLERANCES),--tolerances $(TOLERANCES))
+PARITY_ARGS  = $(if $(TOLERANCES),--tolerances $(TOLERANCES))
 EXPORT_ARGS  = $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
                $(if $(LABELS),--labels $(LABELS))
 
@@ -50,9 +50,11 @@ $(D)/.settings-export: FORCE
 $(D)/.settings-calib: FORCE
 	@mkdir -p $(D)
 	@echo "$(CALIB_DIR) $(PRECISION_ARGS)" | cmp -s - $@ || echo "$(CALIB_DIR) $(PRECISION_ARGS)" > $@
-$(D)/.settings-backend: FORCE
+# The backend as resolved on this machine ("auto -> ort"), not as asked: installing tensorrt
+# on a GPU machine changes it, and the engines stage runs again.
+$(D)/.settings-backend: $(STAMP) FORCE
 	@mkdir -p $(D)
-	@echo "$(BACKEND)" | cmp -s - $@ || echo "$(BACKEND)" > $@
+	@b="$(BACKEND) -> $$($(PY) -m exporter.gpu_probe $(BACKEND))"; echo "$$b" | cmp -s - $@ || echo "$$b" > $@
 
 # OUT/VARIANT/model.onnx + manifest.json: fp32, dynamic batch/H/W, verified, simplified.
 $(D)/.export.done: $(STAMP) $(D)/.settings-export $(CHECKPOINT) $(LABELS) $(wildcard models/*.py) exporter/export.py

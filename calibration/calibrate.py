@@ -26,6 +26,7 @@ from models import ConfigError
 
 from .data import ImageSet
 from .errors import CalibrationDataError, CalibrationRangeError
+from .hashing import sha256_file
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -75,14 +76,6 @@ def check_method(method: str) -> str:
     if method not in METHODS:
         raise ConfigError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
     return method
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_path(cache_dir: Path, model_sha: str, data_sha: str, method: str, count: int) -> Path:

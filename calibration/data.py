@@ -1,8 +1,16 @@
-"""Calibration and held-out data: image folders, .npy/.npz tensors, or bundled photographs.
+"""Calibration, tuning and held-out data: image folders, .npy/.npz tensors, or bundled photographs.
 
-Every image goes through one preprocessing definition (calibration.preprocessing), the one the
-manifest records for runtimes. The sample is deterministic, and the held-out set used for parity
-never shares an image with the calibration set.
+One source is split three ways, and no image is in two sets:
+
+- calibration: the activation ranges of the int8 graphs come from these;
+- tuning: the layer fallback measures int8 agreement on these to choose layers kept in float;
+- held-out: the parity gate measures every artifact on these, and nothing else saw them.
+
+The split is assigned before any image is decoded (a shuffled file or index list, cut in three),
+so the parity gate rebuilds exactly the held-out set from the manifest's record of it (source,
+seed, counts) and checks it by the sha256 of its image identities (relative path and file hash,
+array index and file hash, photograph and view). Every image goes through one preprocessing
+definition (calibration.preprocessing), the one the manifest records for runtimes.
 """
 
 from __future__ import annotations
@@ -11,46 +19,74 @@ import hashlib
 import importlib.resources
 import logging
 import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
 from .errors import CalibrationDataError
+from .hashing import sha256_file
 from .preprocessing import Preprocessing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-DEFAULT_CALIBRATION_COUNT = 256
-DEFAULT_HELDOUT_COUNT = 64
-MIN_CALIBRATION_COUNT = 16
-MIN_HELDOUT_COUNT = 8
-# Colour photographs shipped inside scikit-image's wheel. Split by photo, so that no held-out
-# view is a crop of a calibration photo (the two motorcycle frames stay together).
-BUNDLED_CALIBRATION = ("astronaut.png", "hubble_deep_field.jpg", "ihc.png",
-                       "motorcycle_left.png", "motorcycle_right.png", "retina.jpg")
-BUNDLED_HELDOUT = ("chelsea.png", "coffee.png", "rocket.jpg")
+SPLITS = ("calibration", "tuning", "heldout")
+BUNDLED, NOISE = "bundled", "noise"  # the two sources that are not files
+# Photographs shipped inside scikit-image's wheel, split by photograph so that no tuning or
+# held-out view is a crop of a calibration photo (the two motorcycle frames stay together).
+BUNDLED_PHOTOS = {
+    "calibration": ("astronaut.png", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png",
+                    "motorcycle_right.png", "retina.jpg"),
+    "tuning": ("coffee.png", "camera.png", "coins.png"),
+    "heldout": ("chelsea.png", "rocket.jpg", "gravel.png"),
+}
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class SplitCounts:
+    calibration: int = 256
+    tuning: int = 64
+    heldout: int = 64
+
+    @property
+    def total(self) -> int:
+        return self.calibration + self.tuning + self.heldout
+
+    def to_json(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in SPLITS}
+
+
+DEFAULT_COUNTS = SplitCounts()
+MIN_COUNTS = SplitCounts(calibration=16, tuning=8, heldout=8)
+
+
+@dataclass(frozen=True)
 class ImageSet:
-    """Preprocessed NCHW float32 images, with labels where the source has them."""
+    """Preprocessed NCHW float32 images, with labels where the source has them, and the
+    identity of each image (what makes two sets provably disjoint)."""
 
     images: np.ndarray
     labels: np.ndarray | None
     source: str
+    ids: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.images)
 
     def sha256(self) -> str:
+        """Of the pixels: the calibration cache key."""
         return hashlib.sha256(np.ascontiguousarray(self.images).tobytes()).hexdigest()
+
+    def ids_sha256(self) -> str:
+        """Of the identities: stable across machines (pixels may differ in the last bit)."""
+        return hashlib.sha256("\n".join(self.ids).encode()).hexdigest()
 
     def batches(self, size: int) -> Iterator[np.ndarray]:
         for start in range(0, len(self.images), size):
@@ -58,11 +94,21 @@ class ImageSet:
 
 
 @dataclass(frozen=True)
-class CalibrationData:
+class DataSplit:
     calibration: ImageSet
+    tuning: ImageSet
     heldout: ImageSet
     preprocessing: Preprocessing
-    notes: tuple[str, ...] = ()
+    source: str  # as given: a path, "bundled" or "noise"
+    seed: int
+    notes: tuple[str, ...] = field(default=())
+
+    def record(self) -> dict:
+        """What the manifest keeps, so that later stages rebuild the same sets."""
+        sets = {name: getattr(self, name) for name in SPLITS}
+        return {"source": self.source, "description": self.heldout.source, "seed": self.seed,
+                "counts": {name: len(s.ids) for name, s in sets.items()},
+                "ids_sha256": {name: s.ids_sha256() for name, s in sets.items()}}
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -91,6 +137,52 @@ def load_image(path: Path, pre: Preprocessing) -> np.ndarray:
         return image_transform(pre)(to_rgb(image)).numpy()
 
 
+def resize_images(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Preprocessed images at another input size (bilinear, antialiased when shrinking): the same
+    images, so no split is crossed, at the shapes the declared range allows."""
+    if images.shape[2:] == (height, width):
+        return images
+    resized = F.interpolate(torch.from_numpy(images), size=(height, width), mode="bilinear",
+                            align_corners=False, antialias=True)
+    return resized.numpy().astype(np.float32)
+
+
+def split_counts(available: int, wanted: SplitCounts) -> tuple[SplitCounts, list[str]]:
+    """How many images go to each set; warn when fewer than asked, refuse below the minimum."""
+    if available >= wanted.total:
+        return wanted, []
+    share = available // 5
+    tuning = min(wanted.tuning, max(MIN_COUNTS.tuning, share))
+    heldout = min(wanted.heldout, max(MIN_COUNTS.heldout, share))
+    calibration = min(wanted.calibration, available - tuning - heldout)
+    if calibration < MIN_COUNTS.calibration:
+        raise CalibrationDataError(
+            f"only {available} usable images: calibration needs at least {MIN_COUNTS.total} "
+            f"({MIN_COUNTS.calibration} to calibrate, {MIN_COUNTS.tuning} to tune the layer "
+            f"fallback, {MIN_COUNTS.heldout} held out for parity); add images")
+    used = SplitCounts(calibration, tuning, heldout)
+    note = (f"asked for {wanted.calibration} calibration + {wanted.tuning} tuning + "
+            f"{wanted.heldout} held-out images, found {available}: using {calibration} + "
+            f"{tuning} + {heldout}")
+    log.warning(note)
+    return used, [note]
+
+
+def _cut(items: Sequence, counts: SplitCounts) -> dict[str, Sequence]:
+    bounds = np.cumsum([0] + [getattr(counts, name) for name in SPLITS])
+    return {name: items[bounds[i]:bounds[i + 1]] for i, name in enumerate(SPLITS)}
+
+
+def _build_split(source: str, pre: Preprocessing, seed: int, notes: list[str],
+                 make_set: Callable[[str], ImageSet], subsets: Sequence[str]) -> DataSplit:
+    """Decode only the sets asked for; the others keep their identities, with no pixels."""
+    sets = {}
+    for name in SPLITS:
+        full = make_set(name) if name in subsets else None
+        sets[name] = full if full is not None else make_set(name, decode=False)
+    return DataSplit(**sets, preprocessing=pre, source=source, seed=seed, notes=tuple(notes))
+
+
 def list_images(folder: Path) -> tuple[list[Path], list[int] | None]:
     """Files under ``folder`` (recursive), sorted; labels when it has ImageFolder's layout."""
     if not folder.is_dir():
@@ -108,66 +200,47 @@ def list_images(folder: Path) -> tuple[list[Path], list[int] | None]:
     return files, None
 
 
-def _decode_all(files: Sequence[Path], labels: Sequence[int] | None, pre: Preprocessing,
-                desc: str) -> tuple[list[np.ndarray], list[int], list[str]]:
-    images, kept_labels, bad = [], [], []
-    for i, path in enumerate(tqdm(files, desc=desc, unit="img", leave=False)):
-        try:
-            images.append(load_image(path, pre))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            bad.append(f"{path} ({type(e).__name__})")
-            continue
-        if labels is not None:
-            kept_labels.append(labels[i])
-    return images, kept_labels, bad
+def _empty(pre: Preprocessing) -> np.ndarray:
+    return np.zeros((0, 3, *pre.crop), np.float32)
 
 
-def split_counts(available: int, calibration: int, heldout: int) -> tuple[int, int, list[str]]:
-    """How many images go to each set; warn when fewer than asked, refuse below the minimum."""
-    if available >= calibration + heldout:
-        return calibration, heldout, []
-    heldout_used = min(heldout, max(MIN_HELDOUT_COUNT, available // 5))
-    calibration_used = available - heldout_used
-    if calibration_used < MIN_CALIBRATION_COUNT:
-        raise CalibrationDataError(
-            f"only {available} usable images: calibration needs at least "
-            f"{MIN_CALIBRATION_COUNT + MIN_HELDOUT_COUNT} ({MIN_CALIBRATION_COUNT} to calibrate, "
-            f"{MIN_HELDOUT_COUNT} held out for parity); add images")
-    note = (f"asked for {calibration} calibration + {heldout} held-out images, found {available}: "
-            f"using {calibration_used} + {heldout_used}")
-    log.warning(note)
-    return calibration_used, heldout_used, [note]
-
-
-def _split(images: np.ndarray, labels: np.ndarray | None, n_cal: int, n_held: int, source: str,
-           pre: Preprocessing, notes: list[str]) -> CalibrationData:
-    """The first n_cal (already shuffled) images calibrate, the next n_held are held out."""
-    def part(chosen: slice) -> ImageSet:
-        return ImageSet(images[chosen], None if labels is None else labels[chosen], source)
-
-    return CalibrationData(part(slice(0, n_cal)), part(slice(n_cal, n_cal + n_held)), pre,
-                           tuple(notes))
-
-
-def from_folder(folder: Path, pre: Preprocessing, calibration: int, heldout: int,
-                seed: int = 0) -> CalibrationData:
+def from_folder(folder: Path, pre: Preprocessing, counts: SplitCounts, seed: int = 0,
+                subsets: Sequence[str] = SPLITS) -> DataSplit:
+    """Shuffled files cut in three; an undecodable file is dropped from its set, with a note."""
     files, labels = list_images(folder)
     order = list(range(len(files)))
     random.Random(seed).shuffle(order)
-    files = [files[i] for i in order]
-    labels = [labels[i] for i in order] if labels is not None else None
-    images, kept_labels, bad = _decode_all(files, labels, pre, f"decoding {folder.name}")
-    if not images:
-        raise CalibrationDataError(f"no image in {folder} could be decoded; first bad file: {bad[0]}")
-    notes = [f"skipped {len(bad)} undecodable files, first: {bad[0]}"] if bad else []
-    n_cal, n_held, split_notes = split_counts(len(images), calibration, heldout)
-    label_array = np.asarray(kept_labels) if labels is not None else None
-    return _split(np.stack(images).astype(np.float32), label_array, n_cal, n_held,
-                  f"folder {folder}", pre, notes + split_notes)
+    counts, notes = split_counts(len(files), counts)
+    parts = _cut(order, counts)
+    description = f"folder {folder}"
+
+    def make_set(name: str, decode: bool = True) -> ImageSet:
+        chosen = parts[name]
+        ids = tuple(f"{files[i].relative_to(folder).as_posix()}@{sha256_file(files[i])[:16]}"
+                    for i in chosen)
+        if not decode:
+            return ImageSet(_empty(pre), None, description, ids)
+        images, kept, bad = [], [], []
+        for i in tqdm(chosen, desc=f"decoding {name} images", unit="img", leave=False):
+            try:
+                images.append(load_image(files[i], pre))
+                kept.append(i)
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+                bad.append(f"{files[i]} ({type(e).__name__})")
+        if bad:
+            notes.append(f"{name}: skipped {len(bad)} undecodable files, first: {bad[0]}")
+        if not images:
+            raise CalibrationDataError(f"no {name} image in {folder} could be decoded; first bad "
+                                       f"file: {bad[0]}")
+        kept_ids = tuple(ids[chosen.index(i)] for i in kept)
+        kept_labels = np.asarray([labels[i] for i in kept]) if labels is not None else None
+        return ImageSet(np.stack(images).astype(np.float32), kept_labels, description, kept_ids)
+
+    return _build_split(str(folder), pre, seed, notes, make_set, subsets)
 
 
-def from_array_file(path: Path, pre: Preprocessing, calibration: int, heldout: int,
-                    seed: int = 0) -> CalibrationData:
+def from_array_file(path: Path, pre: Preprocessing, counts: SplitCounts, seed: int = 0,
+                    subsets: Sequence[str] = SPLITS) -> DataSplit:
     """(N, 3, H, W) float arrays are taken as preprocessed; (N, H, W[, C]) uint8 as images."""
     try:
         loaded = np.load(path, allow_pickle=False)
@@ -180,19 +253,33 @@ def from_array_file(path: Path, pre: Preprocessing, calibration: int, heldout: i
             array, labels = loaded, None
     except (ValueError, OSError, IndexError) as e:
         raise CalibrationDataError(f"cannot read {path} as .npy/.npz without pickles: {e}") from None
-    if array.dtype == np.uint8 and array.ndim in (3, 4):
-        transform = image_transform(pre)
-        array = np.stack([transform(to_rgb(Image.fromarray(a))).numpy()
-                          for a in tqdm(array, desc=f"preprocessing {path.name}", leave=False)])
-    elif not (array.ndim == 4 and array.shape[1] == 3 and np.issubdtype(array.dtype, np.floating)):
+    is_images = array.dtype == np.uint8 and array.ndim in (3, 4)
+    if not is_images and not (array.ndim == 4 and array.shape[1] == 3
+                              and np.issubdtype(array.dtype, np.floating)):
         raise CalibrationDataError(
             f"{path} holds an array of shape {array.shape} and dtype {array.dtype}; expected "
             f"preprocessed float (N, 3, H, W) or uint8 images (N, H, W[, 3])")
     order = np.random.default_rng(seed).permutation(len(array))
-    array = array[order].astype(np.float32)
-    labels = labels[order] if labels is not None else None
-    n_cal, n_held, notes = split_counts(len(array), calibration, heldout)
-    return _split(array, labels, n_cal, n_held, f"file {path}", pre, notes)
+    counts, notes = split_counts(len(array), counts)
+    parts = _cut(order, counts)
+    file_sha = sha256_file(path)[:16]
+    description = f"file {path}"
+
+    def make_set(name: str, decode: bool = True) -> ImageSet:
+        chosen = parts[name]
+        ids = tuple(f"{path.name}@{file_sha}[{i}]" for i in chosen)
+        if not decode:
+            return ImageSet(_empty(pre), None, description, ids)
+        if is_images:
+            transform = image_transform(pre)
+            images = np.stack([transform(to_rgb(Image.fromarray(array[i]))).numpy()
+                               for i in tqdm(chosen, desc=f"preprocessing {path.name}", leave=False)])
+        else:
+            images = array[chosen]
+        return ImageSet(images.astype(np.float32), labels[chosen] if labels is not None else None,
+                        description, ids)
+
+    return _build_split(str(path), pre, seed, notes, make_set, subsets)
 
 
 def _bundled_views(names: Sequence[str], count: int, pre: Preprocessing, seed: int) -> np.ndarray:
@@ -209,46 +296,60 @@ def _bundled_views(names: Sequence[str], count: int, pre: Preprocessing, seed: i
     with torch.random.fork_rng(devices=[]):  # deterministic, and the caller's RNG is untouched
         torch.manual_seed(seed)
         views = [augment(photos[i % len(photos)]).numpy() for i in range(count)]
-    return np.stack(views).astype(np.float32)
+    return np.stack(views).astype(np.float32) if views else _empty(pre)
 
 
-def bundled_photos(pre: Preprocessing, calibration: int, heldout: int, seed: int = 0) -> CalibrationData:
+def bundled_photos(pre: Preprocessing, counts: SplitCounts, seed: int = 0,
+                   subsets: Sequence[str] = SPLITS) -> DataSplit:
     try:
-        import skimage  # noqa: F401
+        import skimage
     except ImportError:
         raise CalibrationDataError("the default calibration photos come with scikit-image; "
                                    "install it (pip install scikit-image) or set CALIB_DIR") from None
-    source = "scikit-image's bundled photographs (deterministic crops and flips)"
-    return CalibrationData(
-        ImageSet(_bundled_views(BUNDLED_CALIBRATION, calibration, pre, seed), None, source),
-        ImageSet(_bundled_views(BUNDLED_HELDOUT, heldout, pre, seed + 1), None, source),
-        pre, (f"no CALIB_DIR given: {source}",))
+    description = "scikit-image's bundled photographs (deterministic crops and flips)"
+
+    def make_set(name: str, decode: bool = True) -> ImageSet:
+        names, count = BUNDLED_PHOTOS[name], getattr(counts, name)
+        set_seed = seed + SPLITS.index(name)
+        ids = tuple(f"skimage-{skimage.__version__}/{names[i % len(names)]}:view{i}:seed{set_seed}"
+                    for i in range(count))
+        images = _bundled_views(names, count, pre, set_seed) if decode else _empty(pre)
+        return ImageSet(images, None, description, ids)
+
+    return _build_split(BUNDLED, pre, seed, [f"no CALIB_DIR given: {description}"], make_set,
+                        subsets)
 
 
-def random_noise(pre: Preprocessing, calibration: int, heldout: int, seed: int = 0) -> CalibrationData:
+def random_noise(pre: Preprocessing, counts: SplitCounts, seed: int = 0,
+                 subsets: Sequence[str] = SPLITS) -> DataSplit:
     """Only when asked for explicitly: ranges from noise say little about real images."""
-    rng = np.random.default_rng(seed)
-    h, w = pre.crop
-    make = lambda n: rng.standard_normal((n, 3, h, w), dtype=np.float32)  # noqa: E731
-    return CalibrationData(ImageSet(make(calibration), None, "random noise"),
-                           ImageSet(make(heldout), None, "random noise"), pre,
-                           ("calibrated on random noise, as asked: int8 ranges may not fit real images",))
+    def make_set(name: str, decode: bool = True) -> ImageSet:
+        count = getattr(counts, name)
+        ids = tuple(f"noise:seed{seed}:{name}:{i}" for i in range(count))
+        rng = np.random.default_rng([seed, SPLITS.index(name)])
+        images = (rng.standard_normal((count, 3, *pre.crop), dtype=np.float32) if decode
+                  else _empty(pre))
+        return ImageSet(images, None, "random noise", ids)
+
+    return _build_split(NOISE, pre, seed, ["random noise, as asked: int8 ranges may not fit "
+                                           "real images"], make_set, subsets)
 
 
-def load_calibration_data(source: str | Path | None, pre: Preprocessing,
-                          calibration: int = DEFAULT_CALIBRATION_COUNT,
-                          heldout: int = DEFAULT_HELDOUT_COUNT, seed: int = 0) -> CalibrationData:
-    """``source``: a folder, a .npy/.npz file, None for the bundled photos, or "noise"."""
-    if source is None or source == "":
-        return bundled_photos(pre, calibration, heldout, seed)
-    if source == "noise":
-        return random_noise(pre, calibration, heldout, seed)
+def load_data_split(source: str | Path | None, pre: Preprocessing,
+                    counts: SplitCounts = DEFAULT_COUNTS, seed: int = 0,
+                    subsets: Sequence[str] = SPLITS) -> DataSplit:
+    """``source``: a folder, a .npy/.npz file, None or "bundled" (the bundled photos), or
+    "noise". Only the sets in ``subsets`` are decoded; every set's identities are known."""
+    if source in (None, "", BUNDLED):
+        return bundled_photos(pre, counts, seed, subsets)
+    if source == NOISE:
+        return random_noise(pre, counts, seed, subsets)
     path = Path(source)
     if path.suffix in (".npy", ".npz"):
         if not path.is_file():
             raise CalibrationDataError(f"calibration file {path} does not exist")
-        return from_array_file(path, pre, calibration, heldout, seed)
-    return from_folder(path, pre, calibration, heldout, seed)
+        return from_array_file(path, pre, counts, seed, subsets)
+    return from_folder(path, pre, counts, seed, subsets)
 
 
 def check_fits_range(images: np.ndarray, height: tuple[int, int], width: tuple[int, int],

@@ -107,7 +107,9 @@ def bench_runners(manifest: dict, root: Path, config: BenchConfig) -> dict[str, 
         elif artifact["format"] == "plan":
             from .tensorrt_engine import TensorRTRunner
 
-            runners[f"trt:{name}"] = (TensorRTRunner(root / artifact["path"]), artifact["precision"])
+            trusted = manifest.get("tensorrt", {}).get("version_compatible", False)
+            runners[f"trt:{name}"] = (TensorRTRunner(root / artifact["path"], host_code_allowed=trusted),
+                                      artifact["precision"])
     return runners
 
 

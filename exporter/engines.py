@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from .manifest import artifact_entry, read_manifest, write_manifest
-from .quantize import Int8Target
 from .tensorrt_engine import EngineConfig, onnx_to_plan, resolve_backend
 
 
@@ -20,6 +19,8 @@ def build_engines(manifest_path: Path, backend: str = "auto", log=print) -> Path
     manifest["backend"] = {"requested": backend, "used": chosen, "why": why}
     manifest["artifacts"] = [a for a in manifest["artifacts"] if a["format"] != "plan"]
     if chosen == "tensorrt":
+        from .quantize import Int8Target
+
         trt_dir = root / "engines" / "trt"
         config = EngineConfig(timing_cache=trt_dir / "timing.cache")
         for name, graph in (("fp16", root / "model.fp16.onnx"),
@@ -28,6 +29,7 @@ def build_engines(manifest_path: Path, backend: str = "auto", log=print) -> Path
             manifest["artifacts"].append(artifact_entry(report.plan, root, "plan", name, "tensorrt"))
             log(f"  built {report.plan} (layer info: {report.layers.name})")
         manifest["tensorrt"] = {"version": report.tensorrt_version, "gpu": report.gpu,
-                                "compute_capability": report.compute_capability}
+                                "compute_capability": report.compute_capability,
+                                "version_compatible": config.version_compatible}
     write_manifest(manifest_path, manifest)
     return manifest_path

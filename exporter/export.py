@@ -160,9 +160,15 @@ def read_labels(path: Path) -> tuple[str, ...]:
 
 def model_from_manifest(manifest: dict) -> nn.Module:
     """The eager model a manifest's artifacts were exported from (for parity)."""
+    from .manifest import ManifestError, sha256_file
+
     spec = dict(manifest["model"])
     checkpoint = spec.pop("checkpoint")
-    spec.pop("checkpoint_sha256", None)
+    recorded = spec.pop("checkpoint_sha256", None)
+    if checkpoint and recorded and Path(checkpoint).is_file() and sha256_file(checkpoint) != recorded:
+        raise ManifestError(f"checkpoint {checkpoint} changed since the build (its sha256 is not the "
+                            f"one the manifest records): the artifacts were made from other "
+                            f"weights; rebuild with `make engine CHECKPOINT={checkpoint}`")
     config = ExportConfig(checkpoint=Path(checkpoint) if checkpoint else None, **spec,
                           batch=batch_range(1, 1, 1), height=image_range("height", 32, 32, 32),
                           width=image_range("width", 32, 32, 32))

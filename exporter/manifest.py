@@ -8,15 +8,15 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from calibration.calibrate import sha256_file
+from calibration.hashing import sha256_file
 from models import ToolchainError
 
 from .files import write_text_atomic
 
-SCHEMA_VERSION = "1.0"
-FORMATS = ("onnx", "ort", "plan")
-PRECISIONS = ("fp32", "fp16", "int8")
-TARGETS = ("any", "tensorrt", "onnxruntime-cpu")
+SCHEMA_VERSION = "1.1"  # 1.1 added data_split, openvino-ir, bf16 and openvino-cpu; reads 1.0
+FORMATS = ("onnx", "ort", "plan", "openvino-ir")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+TARGETS = ("any", "tensorrt", "onnxruntime-cpu", "openvino-cpu")
 _VERSIONED = ("torch", "torchvision", "onnx", "onnxscript", "onnxsim", "onnxruntime-gpu",
               "onnxruntime", "numpy", "tensorrt")
 

@@ -15,37 +15,73 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.data import load_calibration_data
+from calibration.data import NOISE, ImageSet, SplitCounts, load_data_split, resize_images
 from calibration.preprocessing import Preprocessing
 from models import ConfigError
 
 from .export import model_from_manifest
 from .files import atomic_path, write_text_atomic
-from .manifest import read_manifest, verify_artifacts, write_manifest
+from .manifest import ManifestError, read_manifest, verify_artifacts, write_manifest
 from .precision import run_batches
 from .report import ERRORS_PNG, plot_error_histograms, write_report
 from .runners import OnnxRuntimeRunner, run_torch
 
-METRICS = ("rel_l2_max", "cosine_min", "top1_min", "top5_min", "accuracy_drop_max")
+METRICS = ("rel_l2_max", "cosine_min", "top1_min", "top5_min", "accuracy_drop_max", "drift_max")
+DRIFT_FLOOR = 1e-4  # rel L2 differences below this are kernel noise, not drift
 AGREEMENT_METRICS = ("top1_min", "top5_min")  # meaningful only for trained weights
 
 
-def load_tolerances(variant: str, path: Path | None = None) -> dict[str, dict[str, float]]:
-    """precision -> budget, with [variant.<name>.<precision>] overrides applied."""
+PRECISION_BUDGETS = ("fp32", "fp16", "bf16", "int8")
+
+
+def _read_toml(path: Path | None) -> dict:
+    where = str(path) if path else "exporter/tolerances.toml"
     try:
         text = Path(path).read_text() if path else (
             importlib.resources.files("exporter") / "tolerances.toml").read_text()
-        config = tomllib.loads(text)
+        return tomllib.loads(text)
     except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"cannot read tolerances from {path or 'exporter/tolerances.toml'}: {e}") from None
-    budgets = {p: dict(v) for p, v in config.get("precision", {}).items()}
-    for precision, override in config.get("variant", {}).get(variant, {}).items():
-        budgets.setdefault(precision, {}).update(override)
-    for precision, budget in budgets.items():
-        unknown = set(budget) - set(METRICS)
-        if unknown:
-            raise ConfigError(f"tolerances for {precision}: unknown keys {sorted(unknown)}; "
+        raise ConfigError(f"cannot read tolerances from {where}: {e}") from None
+
+
+def _check_sections(config: dict, where: str) -> None:
+    from models import list_variants
+
+    unknown = set(config) - {"precision", "variant"}
+    unknown |= {f"precision.{p}" for p in config.get("precision", {}) if p not in PRECISION_BUDGETS}
+    for variant, overrides in config.get("variant", {}).items():
+        if variant not in list_variants():
+            unknown.add(f"variant.{variant}")
+            continue
+        unknown |= {f"variant.{variant}.{p}" for p in overrides if p not in PRECISION_BUDGETS}
+    if unknown:
+        raise ConfigError(f"tolerances in {where}: unknown sections {sorted(unknown)}; known: "
+                          f"[precision.<{'|'.join(PRECISION_BUDGETS)}>] and "
+                          f"[variant.<{'|'.join(list_variants())}>.<precision>]")
+    sections = [(f"precision.{p}", b) for p, b in config.get("precision", {}).items()]
+    sections += [(f"variant.{v}.{p}", b) for v, o in config.get("variant", {}).items()
+                 for p, b in o.items()]
+    for name, budget in sections:
+        bad = set(budget) - set(METRICS)
+        if bad:
+            raise ConfigError(f"tolerances in {where}, [{name}]: unknown keys {sorted(bad)}; "
                               f"known: {', '.join(METRICS)}")
+
+
+def load_tolerances(variant: str, path: Path | None = None) -> dict[str, dict[str, float]]:
+    """precision -> budget: the defaults (exporter/tolerances.toml), then a user file's sections
+    merged over them key by key, then [variant.<name>.<precision>] overrides of both."""
+    layers = [(_read_toml(None), "exporter/tolerances.toml")]
+    if path:
+        layers.append((_read_toml(path), str(path)))
+    budgets: dict[str, dict[str, float]] = {}
+    for config, where in layers:
+        _check_sections(config, where)
+        for precision, budget in config.get("precision", {}).items():
+            budgets.setdefault(precision, {}).update(budget)
+    for config, _ in layers:
+        for precision, override in config.get("variant", {}).get(variant, {}).items():
+            budgets.setdefault(precision, {}).update(override)
     return budgets
 
 
@@ -69,8 +105,17 @@ def metrics(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | Non
     return result
 
 
-def breaches(result: dict, budget: dict, trained: bool) -> list[str]:
+def breaches(result: dict, budget: dict, trained: bool, built: float | None = None) -> list[str]:
+    """What breaks the budget. ``built``: the rel L2 the precision stage measured for this
+    artifact on the same held-out images; drifting past it means the file no longer computes
+    what the build measured."""
     found = [] if result["finite"] else ["NaN or Inf in the outputs"]
+    if built is not None and "drift_max" in budget:
+        allowed = built * (1 + budget["drift_max"]) + DRIFT_FLOOR
+        if result["rel_l2"] > allowed:
+            found.append(f"drift: rel L2 {result['rel_l2']:.4g}, the build measured {built:.4g} on "
+                         f"the same images (allowed {allowed:.4g}): the artifact changed since it "
+                         f"was measured")
     checks = {
         "rel_l2_max": (result["rel_l2"], lambda v, b: v <= b),
         "cosine_min": (result["cosine"], lambda v, b: v >= b),
@@ -92,7 +137,7 @@ class ArtifactParity:
     precision: str
     cases: dict[str, dict] = field(default_factory=dict)  # case name -> metrics
     failures: list[str] = field(default_factory=list)
-    skipped: str | None = None
+    skipped: str | None = None  # only a TensorRT plan on a machine that cannot run one
 
     @property
     def passed(self) -> bool:
@@ -104,6 +149,8 @@ class ParityReport:
     variant: str
     trained: bool
     artifacts: list[ArtifactParity]
+    heldout: dict = field(default_factory=dict)  # what the held-out set is, and its sha256
+    shapes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -112,80 +159,148 @@ class ParityReport:
     def failures(self) -> list[str]:
         return [f"{a.path}: {f}" for a in self.artifacts for f in a.failures]
 
+    def skipped(self) -> list[str]:
+        return [f"{a.path}: {a.skipped}" for a in self.artifacts if a.skipped]
+
     def to_json(self) -> dict:
         return {"variant": self.variant, "trained_weights": self.trained, "passed": self.passed,
+                "heldout": self.heldout, "shapes": self.shapes,
                 "artifacts": [a.__dict__ | {"passed": a.passed} for a in self.artifacts]}
 
 
-def runner_for(artifact: dict, root: Path):
+def runner_for(artifact: dict, root: Path, manifest: dict):
     """ONNX Runtime on the CPU for ONNX/ORT files; TensorRT for plans (GPU machines)."""
     path = root / artifact["path"]
     if artifact["format"] == "plan":
         from .tensorrt_engine import TensorRTRunner
 
-        return TensorRTRunner(path)
+        # version-compatible plans embed host code: trusted, since this build made them
+        trusted = manifest.get("tensorrt", {}).get("version_compatible", False)
+        return TensorRTRunner(path, host_code_allowed=trusted)
     return OnnxRuntimeRunner(path)
 
 
-def parity_inputs(manifest: dict, calib_source: str | None, heldout: int, seed: int = 0):
-    """Held-out real images at the opt size (with labels where the source has them), and the
-    same held-out source preprocessed to shapes across the declared range."""
-    def heldout_at(height: int, width: int, count: int):
-        pre = Preprocessing.for_size(height, width)
-        return load_calibration_data(calib_source, pre, calibration=16, heldout=count, seed=seed).heldout
+def heldout_images(manifest: dict) -> ImageSet:
+    """Exactly the held-out set the precision stage set aside, rebuilt from the manifest's record
+    and checked by the sha256 of its image identities."""
+    record = manifest.get("data_split")
+    if record is None:
+        raise ManifestError("the manifest records no calibration/tuning/held-out split (a build "
+                            "older than schema 1.1); rebuild it with `make engine`")
+    pre = Preprocessing.from_json(manifest["preprocessing"])
+    split = load_data_split(record["source"], pre, SplitCounts(**record["counts"]), record["seed"],
+                            subsets=("heldout",))
+    if split.heldout.ids_sha256() != record["ids_sha256"]["heldout"]:
+        raise ManifestError(
+            f"the held-out images from {record['source']} are not the ones the build set aside "
+            f"(sha256 of their identities differs): the data changed since the build; rebuild "
+            f"with `make engine` so that calibration and parity see the same split")
+    return split.heldout
 
+
+def shape_cases(manifest: dict, heldout: ImageSet) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """The held-out images at the opt size, and resized to corners of the declared range: the
+    min batch at min H and max W, the max batch at the opt size, and the max size at batch 4 and
+    2 (images repeat where a batch is larger than the held-out set). Not gated: the smallest
+    square size (int8 graphs calibrated at the opt size are far less accurate there;
+    docs/precision.md)."""
     dyn = manifest["dynamic"]
     b, h, w = dyn["batch"], dyn["height"], dyn["width"]
-    opt = heldout_at(h["opt"], w["opt"], heldout)
-    cases = {"heldout": (opt.images, opt.labels)}
-    for n, hh, ww in dict.fromkeys([(b["min"], h["min"], w["max"]), (min(b["max"], 4), h["max"], w["min"]),
-                                    (min(b["max"], 2), h["max"], w["max"])]):
-        cases[f"{n}x3x{hh}x{ww}"] = (heldout_at(hh, ww, n).images[:n], None)
-    return cases, opt.source
+    cases = {"heldout": (heldout.images, heldout.labels)}
+    corners = [(b["min"], h["min"], w["max"]), (b["max"], h["opt"], w["opt"]),
+               (min(b["max"], 4), h["max"], w["min"]), (min(b["max"], 2), h["max"], w["max"])]
+    rng = np.random.default_rng(0)
+    for n, hh, ww in dict.fromkeys(corners):
+        if manifest["data_split"]["source"] == NOISE:  # resized noise is not noise: it is blur
+            cases[f"{n}x3x{hh}x{ww}"] = (rng.standard_normal((n, 3, hh, ww), dtype=np.float32), None)
+            continue
+        chosen = heldout.images[np.arange(n) % len(heldout)]
+        cases[f"{n}x3x{hh}x{ww}"] = (resize_images(chosen, hh, ww), None)
+    return cases
 
 
-def run_parity(manifest_path: Path, calib_source: str | None = None, heldout: int = 64,
-               tolerances: Path | None = None, log=print) -> ParityReport:
+FALLBACK_ARTIFACTS = {"int8-trt": ("model.int8-trt.onnx",),
+                      "int8-cpu": ("model.int8-cpu.onnx", "engines/ort/model.int8-cpu.ort")}
+
+
+def _check_artifact(artifact: dict, root: Path, manifest: dict, cases: dict, references: dict,
+                    budget: dict, trained: bool, errors: dict) -> ArtifactParity:
+    built_rel_l2 = {r["path"]: r["rel_l2"] for r in
+                    manifest["parity"].get("heldout-vs-eager", {}).values() if "rel_l2" in r}
+    from .tensorrt_engine import TensorRTUnavailable
+
+    entry = ArtifactParity(artifact["path"], artifact["precision"])
+    try:
+        runner = runner_for(artifact, root, manifest)
+    except TensorRTUnavailable as e:  # a plan where TensorRT cannot run: reported, not passed
+        entry.skipped = str(e).splitlines()[0]
+        return entry
+    except Exception as e:  # any other artifact that does not load fails the gate
+        entry.failures.append(f"cannot be loaded: {type(e).__name__}: {str(e).strip()[:300]}")
+        return entry
+    for name, (x, labels) in cases.items():
+        try:
+            outputs = run_batches(runner, x)
+        except Exception as e:  # a runtime error at a declared shape is a breach, not a crash
+            entry.failures.append(f"{name}: fails to run: {str(e).strip().splitlines()[-1][:240]}")
+            continue
+        built = None
+        if name == "heldout":
+            errors[artifact["path"]] = (outputs - references[name]).ravel()
+            built = built_rel_l2.get(artifact["path"])
+        result = metrics(outputs, references[name], labels)
+        entry.cases[name] = result
+        entry.failures += [f"{name}: {b}" for b in breaches(result, budget, trained, built)]
+    return entry
+
+
+def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print) -> ParityReport:
     manifest_path = Path(manifest_path)
     root = manifest_path.parent
     verify_artifacts(manifest_path)  # missing or edited artifacts are refused before anything runs
     manifest = read_manifest(manifest_path)
     budgets = load_tolerances(manifest["variant"], tolerances)
+    missing = sorted({a["precision"] for a in manifest["artifacts"]} - set(budgets))
+    if missing:
+        raise ConfigError(f"no parity budget for precision {', '.join(missing)}: add a "
+                          f"[precision.{missing[0]}] section to {tolerances or 'the tolerances'}")
     trained = bool(manifest["model"]["checkpoint"])
-    cases, source = parity_inputs(manifest, calib_source, heldout)
+    heldout = heldout_images(manifest)
+    cases = shape_cases(manifest, heldout)
     model = model_from_manifest(manifest)
     references = {name: run_batches(lambda x: run_torch(model, x), x) for name, (x, _) in cases.items()}
-    log(f"parity against eager PyTorch fp32 on {len(cases['heldout'][0])} held-out images "
-        f"({source}) and {len(cases) - 1} shapes; "
+    log(f"parity against eager PyTorch fp32 on {len(heldout)} held-out images ({heldout.source}; "
+        f"never used for calibration or tuning) and at {len(cases) - 1} corner shapes "
+        f"({', '.join(list(cases)[1:])}); "
         + ("trained weights: top-1/top-5 budgets apply" if trained else
            "random-init weights: top-1/top-5 reported, not gated"))
+    missed = {target: report for target, report in
+              manifest.get("calibration", {}).get("fallback", {}).items() if not report["met"]}
     results, errors = [], {}
     for artifact in manifest["artifacts"]:
-        entry = ArtifactParity(artifact["path"], artifact["precision"])
+        entry = _check_artifact(artifact, root, manifest, cases, references,
+                                budgets[artifact["precision"]], trained, errors)
+        for target, report in missed.items():
+            if artifact["path"] in FALLBACK_ARTIFACTS[target]:
+                entry.failures.append(f"the layer fallback missed its target: {report['metric']} "
+                                      f"{report['final']:.4f} < {report['goal']} on the tuning set")
         results.append(entry)
-        try:
-            runner = runner_for(artifact, root)
-        except Exception as e:  # a plan on a machine without TensorRT: say so, don't guess
-            entry.skipped = str(e).splitlines()[0]
-            log(f"  {artifact['path']}: skipped ({entry.skipped})")
+        if entry.skipped:
+            log(f"  {artifact['path']}: SKIPPED, not verified ({entry.skipped})")
             continue
-        budget = budgets.get(artifact["precision"], {})
-        for name, (x, labels) in cases.items():
-            outputs = run_batches(runner, x)
-            if name == "heldout":
-                errors[artifact["path"]] = (outputs - references[name]).ravel()
-            result = metrics(outputs, references[name], labels)
-            entry.cases[name] = result
-            entry.failures += [f"{name}: {b}" for b in breaches(result, budget, trained)]
-        worst = max(entry.cases.values(), key=lambda r: r["rel_l2"])
-        log(f"  {artifact['path']}: {'ok' if entry.passed else 'FAIL'} (worst rel L2 "
-            f"{worst['rel_l2']:.2e}, min cosine {min(r['cosine'] for r in entry.cases.values()):.5f})"
+        worst = max(entry.cases.values(), key=lambda r: r["rel_l2"], default=None)
+        summary = (f" (worst rel L2 {worst['rel_l2']:.2e}, min cosine "
+                   f"{min(r['cosine'] for r in entry.cases.values()):.5f})" if worst else "")
+        log(f"  {artifact['path']}: {'ok' if entry.passed else 'FAIL'}{summary}"
             + "".join(f"\n    {f}" for f in entry.failures))
-    report = ParityReport(manifest["variant"], trained, results)
+    report = ParityReport(manifest["variant"], trained, results,
+                          {"images": len(heldout), "source": heldout.source,
+                           "ids_sha256": heldout.ids_sha256()}, list(cases))
     write_parity_files(root, report)
     plot_error_histograms(root / ERRORS_PNG, errors)
     manifest["parity"]["gate"] = {"passed": report.passed, "failures": report.failures(),
-                                  "file": "parity.json", "junit": "parity.junit.xml"}
+                                  "skipped": report.skipped(), "file": "parity.json",
+                                  "junit": "parity.junit.xml"}
     write_manifest(manifest_path, manifest)
     write_report(root)
     return report

@@ -12,16 +12,16 @@ import numpy as np
 
 from calibration.calibrate import DEFAULT_METHOD, calibrate, check_method
 from calibration.data import (
-    DEFAULT_CALIBRATION_COUNT,
-    DEFAULT_HELDOUT_COUNT,
-    MIN_HELDOUT_COUNT,
-    CalibrationData,
+    DEFAULT_COUNTS,
+    DataSplit,
     ImageSet,
+    SplitCounts,
     check_fits_range,
-    load_calibration_data,
+    load_data_split,
+    resize_images,
 )
 from calibration.preprocessing import Preprocessing
-from models import ConfigError
+from models import ConfigError, ToolchainError
 
 from .compare import compare
 from .export import model_from_manifest, peak_rss_mib
@@ -36,17 +36,22 @@ log = logging.getLogger(__name__)
 FP16_TOLERANCE = 1e-2  # relative max error of the fp16 graph against eager fp32
 
 
+class FallbackTargetError(ToolchainError):
+    """An int8 graph missed its agreement target even with the most sensitive layers in float."""
+
+
 @dataclass(frozen=True)
 class PrecisionConfig:
     calib_source: str | None = None  # folder, .npy/.npz, None (bundled photos) or "noise"
-    calib_count: int = DEFAULT_CALIBRATION_COUNT
-    heldout_count: int = DEFAULT_HELDOUT_COUNT
+    calib_count: int = DEFAULT_COUNTS.calibration
+    tuning_count: int = DEFAULT_COUNTS.tuning  # the fallback chooses its layers on these
+    heldout_count: int = DEFAULT_COUNTS.heldout  # the gate measures on these; nothing else sees them
     method: str = DEFAULT_METHOD
     agreement_target: float = 0.99
     metric: str | None = None  # "top1" or "cosine"; None: top1 with a checkpoint, else cosine
     max_fallback: int = 6
-    sensitivity_images: int | None = None  # held-out images for the sensitivity scan; None: all
-    largest_share: float = 0.0  # share of the calibration set taken at the largest declared size
+    sensitivity_images: int | None = None  # tuning images for the sensitivity scan; None: all
+    largest_share: float = 0.0  # share of the calibration images resized to the largest size
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -55,10 +60,14 @@ class PrecisionConfig:
             raise ConfigError(f"agreement target {self.agreement_target} must be in (0, 1]")
         if self.metric not in (None, "top1", "cosine"):
             raise ConfigError(f"fallback metric {self.metric!r} must be 'top1' or 'cosine'")
-        if self.calib_count < 1 or self.heldout_count < 1:
-            raise ConfigError("calibration and held-out counts must be >= 1")
+        if min(self.calib_count, self.tuning_count, self.heldout_count) < 1:
+            raise ConfigError("calibration, tuning and held-out counts must be >= 1")
         if not 0 <= self.largest_share < 1:
             raise ConfigError(f"--calib-largest-share {self.largest_share} must be in [0, 1)")
+
+    @property
+    def counts(self) -> SplitCounts:
+        return SplitCounts(self.calib_count, self.tuning_count, self.heldout_count)
 
 
 def agreement(outputs: np.ndarray, reference: np.ndarray, metric: str) -> float:
@@ -67,6 +76,11 @@ def agreement(outputs: np.ndarray, reference: np.ndarray, metric: str) -> float:
     a, b = outputs.astype(np.float64), reference.astype(np.float64)
     cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
     return float(cosine.mean())
+
+
+def relative_l2(outputs: np.ndarray, reference: np.ndarray) -> float:
+    a, e = outputs.astype(np.float64), reference.astype(np.float64)
+    return float(np.linalg.norm(a - e) / max(np.linalg.norm(e), 1e-30))
 
 
 def run_batches(runner, images: np.ndarray, batch: int = 8) -> np.ndarray:
@@ -135,27 +149,27 @@ def check_fp16_at_max_size(fp16: Path, eager_model, manifest: dict, seed: int, l
         raise QuantizationError(f"the fp16 graph is not within tolerance at {c.describe()}")
 
 
-def _load_data(manifest: dict, config: PrecisionConfig) -> tuple[CalibrationData, list[ImageSet]]:
-    """Held-out and calibration images at the opt size, plus, if asked, a share of the
-    calibration set at the largest declared size. Ranges depend on resolution: a tiny random-init
+def _load_data(manifest: dict, config: PrecisionConfig) -> tuple[DataSplit, list[ImageSet]]:
+    """The three-way split at the opt size, and the calibration images: a share of them, if
+    asked, resized to the largest declared size. Ranges depend on resolution: a tiny random-init
     graph calibrated only at 64x64 clipped at 448x448 (the parity gate caught it); but widening
     the ranges for 448 cost the digits fixture 2.3 points at its opt size, so it is opt-in
     (docs/precision.md)."""
     pre = Preprocessing.from_json(manifest["preprocessing"])
     dyn = manifest["dynamic"]
+    split = load_data_split(config.calib_source, pre, config.counts, config.seed)
     largest = (dyn["height"]["max"], dyn["width"]["max"])
-    at_largest = int(config.calib_count * config.largest_share) if largest != tuple(pre.crop) else 0
-    data = load_calibration_data(config.calib_source, pre, config.calib_count - at_largest,
-                                 config.heldout_count, config.seed)
-    calibration = [data.calibration]
-    if at_largest:
-        calibration.append(load_calibration_data(
-            config.calib_source, Preprocessing.for_size(*largest), at_largest,
-            MIN_HELDOUT_COUNT, config.seed + 1).calibration)
-    for images in (*calibration, data.heldout):
+    calibration = [split.calibration]
+    at_largest = int(len(split.calibration) * config.largest_share)
+    if at_largest and largest != tuple(pre.crop):
+        images = split.calibration.images
+        calibration = [ImageSet(images[at_largest:], None, split.calibration.source),
+                       ImageSet(resize_images(images[:at_largest], *largest), None,
+                                f"{split.calibration.source}, resized to {largest[0]}x{largest[1]}")]
+    for images in (*calibration, split.tuning, split.heldout):
         check_fits_range(images.images, (dyn["height"]["min"], dyn["height"]["max"]),
                          (dyn["width"]["min"], dyn["width"]["max"]), images.source)
-    return data, calibration
+    return split, calibration
 
 
 def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=print) -> Path:
@@ -170,9 +184,12 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     data, calibration = _load_data(manifest, config)
     for note in data.notes:
         log(f"data: {note}")
-    heldout = data.heldout.images
+    log(f"data: {len(data.calibration)} calibration, {len(data.tuning)} tuning (layer fallback), "
+        f"{len(data.heldout)} held-out images (parity), disjoint")
+    heldout, tuning = data.heldout.images, data.tuning.images
     eager_model = model_from_manifest(manifest)
     reference = run_batches(lambda x: run_torch(eager_model, x), heldout)
+    tuning_reference = run_batches(lambda x: run_torch(eager_model, x), tuning)
     timings["data_and_eager"] = time.perf_counter() - start
     metric = config.metric or ("top1" if manifest["model"]["checkpoint"] else "cosine")
 
@@ -192,7 +209,8 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     fallback = {}
     for target in Int8Target:
         fallback[target.value] = quantize_with_fallback(
-            fp32, root / target.filename, ranges, target, heldout, reference, config, metric, log)
+            fp32, root / target.filename, ranges, target, tuning, tuning_reference, config, metric,
+            log)
     timings["quantize"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -217,7 +235,8 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     for name, (path, *_rest) in artifacts.items():
         outputs = run_batches(OnnxRuntimeRunner(path), heldout)
         c = compare(outputs, reference, heldout.shape, FP16_TOLERANCE)
-        parity[name] = {"rel_max": c.rel_max, "cosine": c.cosine, "finite": c.finite,
+        parity[name] = {"path": path.relative_to(root).as_posix(), "rel_max": c.rel_max,
+                        "rel_l2": relative_l2(outputs, reference), "cosine": c.cosine, "finite": c.finite,
                         "top1_agreement": agreement(outputs, reference, "top1"),
                         "images": len(heldout)}
         if labels is not None:
@@ -226,6 +245,7 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
             f"top-1 agreement {parity[name]['top1_agreement']:.3f}")
 
     manifest["artifacts"] = [artifact_entry(p, root, *rest) for p, *rest in artifacts.values()]
+    manifest["data_split"] = data.record()
     manifest["calibration"] = {
         "source": data.calibration.source, "method": ranges.method, "images": ranges.count,
         "heldout_images": len(heldout), "ranges": ranges.ranges_path.relative_to(root).as_posix(),
@@ -238,4 +258,13 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     write_manifest(manifest_path, manifest)
     log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
         + f"; peak memory {peak_rss_mib():.0f} MiB")
+    missed = [r for r in fallback.values() if not r.met]
+    if missed:  # the graphs and the manifest stay for inspection; the build (and the gate) fail
+        raise FallbackTargetError(
+            "; ".join(f"{r.target}: {r.metric} agreement {r.final:.4f} on the tuning images is "
+                      f"below the target {r.goal} with {len(r.fallen_back)} layers in float"
+                      for r in missed)
+            + f". Calibrate on more representative images (CALIB_DIR), try another --method, "
+              f"allow more layers in float (--max-fallback, now {config.max_fallback}) or lower "
+              f"--agreement-target")
     return manifest_path

@@ -155,12 +155,28 @@ def onnx_to_plan(onnx_path: Path, plan_path: Path, dynamic: dict, config: Engine
         with atomic_path(config.timing_cache) as tmp:
             tmp.write_bytes(bytes(builder_config.get_timing_cache().serialize()))
     layers = plan_path.with_suffix(".layers.json")
-    engine = trt.Runtime(logger).deserialize_cuda_engine(bytes(serialized))
+    engine = _deserialize(trt, logger, bytes(serialized), config.version_compatible, plan_path)
     info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
     with atomic_path(layers) as tmp:
         tmp.write_text(json.dumps(json.loads(info), indent=1))
     gpu, capability = _gpu_identity()
     return PlanReport(plan_path, layers, str(trt.__version__), gpu, capability)
+
+
+def _deserialize(trt, logger, data: bytes, host_code_allowed: bool, path: Path):
+    """A version-compatible plan embeds the builder's host code (the lean runtime), which the
+    runtime refuses unless allowed: allow it only for plans this toolchain built (trusted)."""
+    runtime = trt.Runtime(logger)
+    runtime.engine_host_code_allowed = host_code_allowed
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        reason = "; ".join(logger.errors) or "no reason given"
+        hint = ("" if host_code_allowed else " If it is a version-compatible plan, it embeds host "
+                "code: load it with host code allowed (only for plans you trust).")
+        raise EngineLoadError(
+            f"{path} could not be loaded: {reason}. Plans only load on the GPU model and "
+            f"TensorRT version that built them; rebuild with `make engine` on this machine.{hint}")
+    return engine
 
 
 def _gpu_identity() -> tuple[str, str]:
@@ -172,27 +188,64 @@ def _gpu_identity() -> tuple[str, str]:
     return torch.cuda.get_device_name(0), f"{major}.{minor}"
 
 
+class CudaBuffers:
+    """Device memory and a dedicated CUDA stream, from torch (already a dependency). A runner
+    never uses the legacy default stream, which would serialize it with all other work."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+        self.stream = torch.cuda.Stream()
+
+    @property
+    def stream_handle(self) -> int:
+        return self.stream.cuda_stream
+
+    def to_device(self, array: np.ndarray):
+        with self.torch.cuda.stream(self.stream):
+            return self.torch.from_numpy(array).to("cuda", non_blocking=False)
+
+    def empty(self, shape: tuple[int, ...]):
+        with self.torch.cuda.stream(self.stream):
+            return self.torch.empty(shape, dtype=self.torch.float32, device="cuda")
+
+    @staticmethod
+    def address(buffer) -> int:
+        return buffer.data_ptr()
+
+    def to_host(self, buffer) -> np.ndarray:
+        self.stream.synchronize()
+        return buffer.cpu().numpy()
+
+
 class TensorRTRunner:
     """Deserializes a plan, sets input shapes, runs on device buffers, returns host arrays.
 
-    Device buffers are torch CUDA tensors (torch is already a dependency)."""
+    ``host_code_allowed``: load version-compatible plans, which embed host code (trusted plans
+    only). ``buffers``: device memory and stream (CudaBuffers; tests pass a host double)."""
 
-    def __init__(self, plan_path: Path, trt=None) -> None:
+    def __init__(self, plan_path: Path, trt=None, host_code_allowed: bool = False,
+                 buffers=None) -> None:
         trt = trt or import_tensorrt()
         plan_path = Path(plan_path)
+        if buffers is None:
+            has_gpu, why = gpu_status()
+            if not has_gpu:
+                raise TensorRTUnavailable(f"cannot run {plan_path.name}: {why}")
+            buffers = CudaBuffers()
         logger = _recording_logger(trt)
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(plan_path.read_bytes())
-        if self.engine is None:
-            reason = "; ".join(logger.errors) or "no reason given"
-            raise EngineLoadError(
-                f"{plan_path} could not be loaded: {reason}. Plans only load on the GPU model and "
-                f"TensorRT version that built them; rebuild with `make engine` on this machine")
+        self.engine = _deserialize(trt, logger, plan_path.read_bytes(), host_code_allowed, plan_path)
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise EngineLoadError(f"{plan_path}: TensorRT could not create an execution context "
+                                  f"(out of device memory?): {'; '.join(logger.errors) or 'no reason'}")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output = next(n for n in names if n != self.input)
         self.profile = [tuple(s) for s in self.engine.get_tensor_profile_shape(self.input, 0)]
         self.plan_path = plan_path
+        self.buffers = buffers
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
         low, _, high = self.profile
@@ -204,17 +257,14 @@ class TensorRTRunner:
                 f"(min {low}, max {high}); export with a wider range (--batch/--height/--width)")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
         self.check_shape(batch.shape)
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda()
-        self.context.set_input_shape(self.input, tuple(batch.shape))
-        y = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=torch.float32,
-                        device="cuda")
-        self.context.set_tensor_address(self.input, x.data_ptr())
-        self.context.set_tensor_address(self.output, y.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        x = self.buffers.to_device(np.ascontiguousarray(batch, dtype=np.float32))
+        if not self.context.set_input_shape(self.input, tuple(batch.shape)):
+            raise ShapeOutsideProfileError(f"TensorRT refused input shape {tuple(batch.shape)} "
+                                           f"for {self.plan_path.name}")
+        y = self.buffers.empty(tuple(self.context.get_tensor_shape(self.output)))
+        self.context.set_tensor_address(self.input, self.buffers.address(x))
+        self.context.set_tensor_address(self.output, self.buffers.address(y))
+        if not self.context.execute_async_v3(self.buffers.stream_handle):
             raise EngineLoadError(f"TensorRT failed to run {self.plan_path.name}")
-        stream.synchronize()
-        return y.cpu().numpy()
+        return self.buffers.to_host(y)

@@ -8,6 +8,7 @@ from torch import nn
 
 from . import vgg
 from .errors import ConfigError
+from .names import VARIANT_NAMES
 
 _VARIANTS: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
@@ -73,3 +74,6 @@ register_variant("vgg16", vgg.vgg16, "torchvision's VGG16 (13 conv, 5 max-pools,
 register_variant("se", vgg.vgg16_se, "VGG16 + Squeeze-and-Excitation after each stage")
 register_variant("la", vgg.vgg16_la, "VGG16 + linear attention (O(HW)) after each stage")
 register_variant("sa", vgg.vgg16_sa, "VGG16 + softmax attention (O(HW^2)) after each stage")
+
+if tuple(list_variants()) != VARIANT_NAMES:  # the torch-free list must follow the registry
+    raise RuntimeError(f"models.names.VARIANT_NAMES {VARIANT_NAMES} != registered {list_variants()}")

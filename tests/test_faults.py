@@ -24,12 +24,25 @@ from tests.conftest import tiny_config
 REPO = Path(__file__).resolve().parents[1]
 # Reduced width, few calibration images and a short bench: these tests are about what make does
 # with files, not about numerics, and each runs several builds.
-TINY = ["WIDTH_MULT=0.125", "NUM_CLASSES=10", "PRECISION_ARGS=--calib-count 32 --heldout-count 8",
+TINY = ["WIDTH_MULT=0.125", "NUM_CLASSES=10",
+        "PRECISION_ARGS=--calib-count 24 --tuning-count 8 --heldout-count 8",
         "BENCH_ARGS=--seconds 0.2 --no-compile --batches 1"]
 
 
+def photo_crops(count: int, size: int) -> np.ndarray:
+    """uint8 (N, size, size, 3) crops of a bundled photograph: a CALIB_DIR of real pixels."""
+    import importlib.resources
+
+    from PIL import Image
+
+    photo = np.asarray(Image.open(importlib.resources.files("skimage") / "data" / "astronaut.png"))
+    rng = np.random.default_rng(0)
+    corners = rng.integers(0, photo.shape[0] - size, (count, 2))
+    return np.stack([photo[y:y + size, x:x + size, :3] for y, x in corners])
+
+
 def make(out: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    command = ["make", "--no-print-directory", "-C", str(REPO), *args, *TINY, f"OUT={out}"]
+    command = ["make", "--no-print-directory", "-C", str(REPO), *TINY, *args, f"OUT={out}"]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
@@ -67,8 +80,9 @@ def test_killed_during_export_leaves_nothing_finished_and_the_next_run_completes
     kill_when(tmp_path, ["engine", "VARIANT=se"],
               lambda _: any(p.stat().st_size > 0 for p in folder.glob(".model.raw.onnx.partial")))
     assert [f for f in finished_files(folder) if f != "build.log"] == []  # nothing looks finished
-    result = make(tmp_path, "engine", "VARIANT=se")
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = make(tmp_path, "onnx", "VARIANT=se")  # the stage that was killed, again (the whole
+    assert result.returncode == 0, result.stderr[-2000:]  # chain: test_rebuilds_only_what_changed)
+    assert stages_run(result) == ["export"] and (folder / ".export.done").exists()
     verify_artifacts(folder / "manifest.json")
     assert not list(folder.glob(".*.partial"))
 
@@ -83,23 +97,25 @@ def test_killed_during_calibration_then_completes(tmp_path):
     assert not (folder / ".precision.done").exists()
     assert set(before) <= set(after)
     verify_artifacts(folder / "manifest.json")  # the manifest still describes finished files
-    result = make(tmp_path, "engine", "VARIANT=se")
+    result = make(tmp_path, "precision", "VARIANT=se")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert stages_run(result)[0] == "precision"  # export was not redone
+    assert stages_run(result) == ["precision"]  # export was not redone
     assert {a["path"] for a in read_manifest(folder / "manifest.json")["artifacts"]} >= {
         "model.int8-trt.onnx", "model.int8-cpu.onnx"}
 
 
 def test_rebuilds_only_what_changed(tmp_path):
     # The checkpoints here hold random weights: top-1 agreement on their flat logits is noise,
-    # so this build's budgets leave it out (the gate applies it to any checkpoint by default).
+    # so this build's budgets (merged over the defaults) switch it off; the gate applies it to
+    # any checkpoint by default.
     budgets = tmp_path / "tolerances.toml"
-    budgets.write_text("[precision.int8]\nrel_l2_max = 0.12\ncosine_min = 0.98\n"
-                       "[precision.fp32]\nrel_l2_max = 1e-4\n[precision.fp16]\nrel_l2_max = 5e-3\n")
+    budgets.write_text("".join(f"[precision.{p}]\ntop1_min = 0.0\ntop5_min = 0.0\n"
+                               for p in ("fp32", "fp16", "int8")))
     checkpoint = tmp_path / "se.pt"
 
-    def build(*settings):
-        return make(tmp_path, "engine", "VARIANT=se", f"TOLERANCES={budgets}", *settings)
+    def build(*settings):  # random weights: the fallback compares logits by cosine, not top-1
+        return make(tmp_path, "engine", "VARIANT=se", f"TOLERANCES={budgets}",
+                    f"{TINY[2]} --metric cosine", *settings)
 
     torch.manual_seed(3)
     models.save_checkpoint(models.create_model("se", num_classes=10, width=0.125), checkpoint,
@@ -109,10 +125,12 @@ def test_rebuilds_only_what_changed(tmp_path):
     assert stages_run(first) == ["export", "precision", "engines", "parity", "bench"]
     again = build(f"CHECKPOINT={checkpoint}")
     assert again.returncode == 0 and stages_run(again) == []
+    assert (tmp_path / "se" / ".settings-backend").read_text().strip() == "auto -> ort"
 
-    calib = tmp_path / "calib.npy"
-    np.save(calib, np.random.default_rng(0).standard_normal((40, 3, 224, 224), dtype=np.float32))
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, images=photo_crops(40, 256))
     new_data = build(f"CHECKPOINT={checkpoint}", f"CALIB_DIR={calib}")
+    assert new_data.returncode == 0, new_data.stderr[-2000:]
     assert stages_run(new_data) == ["precision", "engines", "parity", "bench"]
 
     time.sleep(1.1)  # a new checkpoint, same path: everything after it is rebuilt

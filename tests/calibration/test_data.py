@@ -5,18 +5,20 @@ import pytest
 from PIL import Image
 
 from calibration.data import (
-    BUNDLED_CALIBRATION,
-    BUNDLED_HELDOUT,
-    MIN_CALIBRATION_COUNT,
-    MIN_HELDOUT_COUNT,
+    BUNDLED_PHOTOS,
+    MIN_COUNTS,
+    SPLITS,
+    SplitCounts,
     check_fits_range,
-    load_calibration_data,
+    load_data_split,
     load_image,
+    resize_images,
 )
 from calibration.errors import CalibrationDataError
 from calibration.preprocessing import Preprocessing
 
 PRE = Preprocessing.for_size(64, 64)
+SMALL = SplitCounts(calibration=24, tuning=8, heldout=8)
 
 
 def _write_images(folder, count, size=(80, 72), suffixes=(".png", ".jpg", ".bmp", ".webp")):
@@ -27,57 +29,114 @@ def _write_images(folder, count, size=(80, 72), suffixes=(".png", ".jpg", ".bmp"
         Image.fromarray(pixels).save(folder / f"img{i:03d}{suffixes[i % len(suffixes)]}")
 
 
-def test_flat_folder_recursive_and_deterministic(tmp_path):
-    _write_images(tmp_path / "a", 20)
-    _write_images(tmp_path / "a" / "nested", 12)
-    first = load_calibration_data(tmp_path / "a", PRE, calibration=24, heldout=8)
-    again = load_calibration_data(tmp_path / "a", PRE, calibration=24, heldout=8)
-    assert first.calibration.images.shape == (24, 3, 64, 64)
-    assert len(first.heldout) == 8
-    assert first.calibration.sha256() == again.calibration.sha256()
-    calibration = {img.tobytes() for img in first.calibration.images}
-    assert not any(img.tobytes() in calibration for img in first.heldout.images)  # disjoint
+def _assert_disjoint(split):
+    """No image identity, and no image, is in two sets."""
+    ids = [set(getattr(split, name).ids) for name in SPLITS]
+    assert all(len(i) == len(getattr(split, n).ids) for i, n in zip(ids, SPLITS, strict=True))
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    pixels = [{img.tobytes() for img in getattr(split, name).images} for name in SPLITS]
+    assert not (pixels[0] & pixels[1] or pixels[0] & pixels[2] or pixels[1] & pixels[2])
+
+
+def _sources(tmp_path):
+    """Every kind of source, each with enough images for SMALL."""
+    _write_images(tmp_path / "flat", 30)
+    _write_images(tmp_path / "flat" / "nested", 12)
+    for name in ("cat", "dog"):
+        _write_images(tmp_path / "classes" / name, 22)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", images=rng.integers(0, 256, (44, 40, 40), dtype=np.uint8),
+             labels=np.arange(44) % 3)
+    np.save(tmp_path / "t.npy", rng.standard_normal((44, 3, 64, 64), dtype=np.float32))
+    return [tmp_path / "flat", tmp_path / "classes", tmp_path / "d.npz", tmp_path / "t.npy",
+            None, "noise"]
+
+
+def test_every_source_splits_into_three_disjoint_deterministic_sets(tmp_path):
+    for source in _sources(tmp_path):
+        split = load_data_split(source, PRE, SMALL, seed=3)
+        again = load_data_split(source, PRE, SMALL, seed=3)
+        _assert_disjoint(split)
+        assert [len(getattr(split, n)) for n in SPLITS] == [24, 8, 8], source
+        assert split.record() == again.record(), source
+        assert split.heldout.sha256() == again.heldout.sha256(), source
+        record = split.record()
+        assert record["counts"] == SMALL.to_json() and record["seed"] == 3
+        other = load_data_split(source, PRE, SMALL, seed=4).record()["ids_sha256"]
+        assert other != record["ids_sha256"], source  # another seed, another split
+
+
+def test_the_held_out_set_alone_is_the_same_set(tmp_path):
+    """Parity decodes only the held-out set; it must be exactly the one the build set aside."""
+    for source in _sources(tmp_path):
+        full = load_data_split(source, PRE, SMALL, seed=1)
+        alone = load_data_split(source, PRE, SMALL, seed=1, subsets=("heldout",))
+        assert len(alone.calibration) == 0 and alone.calibration.ids == full.calibration.ids
+        assert alone.heldout.ids == full.heldout.ids
+        np.testing.assert_array_equal(alone.heldout.images, full.heldout.images)
+        assert alone.record() == full.record(), source
+
+
+def test_a_changed_file_changes_the_identity(tmp_path):
+    _write_images(tmp_path, 40)
+    before = load_data_split(tmp_path, PRE, SMALL).record()["ids_sha256"]
+    heldout_file = load_data_split(tmp_path, PRE, SMALL).heldout.ids[0].split("@")[0]
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / heldout_file)
+    after = load_data_split(tmp_path, PRE, SMALL).record()["ids_sha256"]
+    assert after["heldout"] != before["heldout"] and after["calibration"] == before["calibration"]
 
 
 def test_imagefolder_layout_gives_labels(tmp_path):
     for name in ("cat", "dog"):
-        _write_images(tmp_path / name, 14)
-    data = load_calibration_data(tmp_path, PRE, calibration=20, heldout=8)
-    labels = np.concatenate([data.calibration.labels, data.heldout.labels])
-    assert sorted(set(labels.tolist())) == [0, 1]
+        _write_images(tmp_path / name, 20)
+    data = load_data_split(tmp_path, PRE, SMALL)
+    labels = np.concatenate([data.calibration.labels, data.tuning.labels, data.heldout.labels])
+    assert sorted(set(labels.tolist())) == [0, 1] and len(labels) == 40
 
 
 def test_empty_folder(tmp_path):
     with pytest.raises(CalibrationDataError, match="holds no image files"):
-        load_calibration_data(tmp_path, PRE)
+        load_data_split(tmp_path, PRE)
 
 
 def test_missing_folder(tmp_path):
     with pytest.raises(CalibrationDataError, match="does not exist"):
-        load_calibration_data(tmp_path / "nope", PRE)
+        load_data_split(tmp_path / "nope", PRE)
 
 
-def test_folder_without_decodable_images_names_the_first_bad_file(tmp_path):
-    for name in ("b.png", "a.jpg"):
-        (tmp_path / name).write_bytes(b"not an image at all")
-    with pytest.raises(CalibrationDataError, match=r"no image .* could be decoded; first bad file: .*a\.jpg"):
-        load_calibration_data(tmp_path, PRE)
+def test_folder_without_decodable_images_names_a_bad_file(tmp_path):
+    for i in range(MIN_COUNTS.total):
+        (tmp_path / f"broken{i:02d}.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(CalibrationDataError, match=r"no calibration image .* could be decoded; "
+                                                   r"first bad file: .*broken\d+\.jpg"):
+        load_data_split(tmp_path, PRE, MIN_COUNTS)
+
+
+def test_an_undecodable_file_is_dropped_from_its_set_with_a_note(tmp_path):
+    _write_images(tmp_path, 40)
+    heldout_file = load_data_split(tmp_path, PRE, SMALL).heldout.ids[0].split("@")[0]
+    (tmp_path / heldout_file).write_bytes(b"truncated")
+    data = load_data_split(tmp_path, PRE, SMALL)
+    assert len(data.heldout) == 7 and len(data.calibration) == 24
+    assert any("heldout: skipped 1 undecodable" in note for note in data.notes)
 
 
 def test_fewer_images_than_asked_warns_and_continues(tmp_path, caplog):
     _write_images(tmp_path, 40)
     with caplog.at_level(logging.WARNING):
-        data = load_calibration_data(tmp_path, PRE, calibration=256, heldout=64)
-    assert len(data.calibration) + len(data.heldout) == 40
-    assert len(data.heldout) >= MIN_HELDOUT_COUNT and len(data.calibration) >= MIN_CALIBRATION_COUNT
-    assert "asked for 256 calibration + 64 held-out images, found 40" in caplog.text
+        data = load_data_split(tmp_path, PRE)
+    assert len(data.calibration) + len(data.tuning) + len(data.heldout) == 40
+    assert len(data.tuning) >= MIN_COUNTS.tuning and len(data.heldout) >= MIN_COUNTS.heldout
+    assert len(data.calibration) >= MIN_COUNTS.calibration
+    assert "asked for 256 calibration + 64 tuning + 64 held-out images, found 40" in caplog.text
     assert data.notes
+    _assert_disjoint(data)
 
 
 def test_too_few_images_is_an_error(tmp_path):
-    _write_images(tmp_path, MIN_CALIBRATION_COUNT + MIN_HELDOUT_COUNT - 1)
-    with pytest.raises(CalibrationDataError, match="only 23 usable images.*at least 24"):
-        load_calibration_data(tmp_path, PRE)
+    _write_images(tmp_path, MIN_COUNTS.total - 1)
+    with pytest.raises(CalibrationDataError, match="only 31 usable images.*at least 32"):
+        load_data_split(tmp_path, PRE)
 
 
 def test_grayscale_rgba_and_16_bit_images_are_converted(tmp_path):
@@ -102,31 +161,41 @@ def test_grayscale_rgba_and_16_bit_images_are_converted(tmp_path):
 
 def test_npz_uint8_images_with_labels_and_npy_tensors(tmp_path):
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", images=rng.integers(0, 256, (30, 40, 40), dtype=np.uint8),
-             labels=np.arange(30) % 3)
-    data = load_calibration_data(tmp_path / "d.npz", PRE, calibration=20, heldout=10)
-    assert data.calibration.images.shape == (20, 3, 64, 64) and len(data.heldout.labels) == 10
-    np.save(tmp_path / "t.npy", rng.standard_normal((30, 3, 64, 96), dtype=np.float32))
-    tensors = load_calibration_data(tmp_path / "t.npy", PRE, calibration=20, heldout=10)
-    assert tensors.calibration.images.shape == (20, 3, 64, 96)
+    np.savez(tmp_path / "d.npz", images=rng.integers(0, 256, (40, 40, 40), dtype=np.uint8),
+             labels=np.arange(40) % 3)
+    data = load_data_split(tmp_path / "d.npz", PRE, SMALL)
+    assert data.calibration.images.shape == (24, 3, 64, 64) and len(data.heldout.labels) == 8
+    np.save(tmp_path / "t.npy", rng.standard_normal((40, 3, 64, 96), dtype=np.float32))
+    tensors = load_data_split(tmp_path / "t.npy", PRE, SMALL)
+    assert tensors.calibration.images.shape == (24, 3, 64, 96)
     np.save(tmp_path / "bad.npy", np.zeros((5, 7), np.float32))
     with pytest.raises(CalibrationDataError, match=r"shape \(5, 7\)"):
-        load_calibration_data(tmp_path / "bad.npy", PRE)
+        load_data_split(tmp_path / "bad.npy", PRE)
 
 
 def test_bundled_photographs_by_default_split_by_photo():
-    assert not set(BUNDLED_CALIBRATION) & set(BUNDLED_HELDOUT)
-    data = load_calibration_data(None, PRE, calibration=20, heldout=6)
-    again = load_calibration_data(None, PRE, calibration=20, heldout=6)
-    assert data.calibration.images.shape == (20, 3, 64, 64) and len(data.heldout) == 6
-    assert data.calibration.sha256() == again.calibration.sha256()
-    assert "scikit-image" in data.calibration.source
+    photos = [set(BUNDLED_PHOTOS[name]) for name in SPLITS]
+    assert not (photos[0] & photos[1] or photos[0] & photos[2] or photos[1] & photos[2])
+    data = load_data_split(None, PRE, SMALL)
+    assert data.calibration.images.shape == (24, 3, 64, 64) and len(data.heldout) == 8
+    assert "scikit-image" in data.calibration.source and data.record()["source"] == "bundled"
     assert abs(float(data.calibration.images.mean())) < 1.5  # real photos, normalized
+    for name in SPLITS:  # each view names its photograph, which belongs to that set only
+        assert {i.split("/")[1].split(":")[0] for i in getattr(data, name).ids} <= set(
+            BUNDLED_PHOTOS[name])
 
 
 def test_noise_only_when_asked():
-    data = load_calibration_data("noise", PRE, calibration=20, heldout=6)
+    data = load_data_split("noise", PRE, SMALL)
     assert data.calibration.source == "random noise" and "noise" in data.notes[0]
+
+
+def test_resizing_keeps_the_images_and_reaches_the_shape():
+    images = load_data_split("noise", PRE, SMALL, subsets=("heldout",)).heldout.images
+    assert resize_images(images, 32, 448).shape == (8, 3, 32, 448)
+    assert resize_images(images, 64, 64) is images
+    smooth = np.ones((1, 3, 64, 64), np.float32) * 0.5
+    np.testing.assert_allclose(resize_images(smooth, 128, 32), 0.5, atol=1e-6)
 
 
 def test_calibration_shape_must_fit_the_declared_range():

@@ -7,9 +7,12 @@ trip. It computes nothing: engine numerics are covered by the GPU-marked tests."
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import json
 import types
+
+import numpy as np
 
 __version__ = "11.4.0"
 
@@ -21,6 +24,8 @@ class FakeTensorRT(types.ModuleType):
         self.calls: list[tuple] = []
         self.parser_errors: list[tuple[str, str, str]] = []  # (node, op, description)
         self.loadable = True  # False: deserialize_cuda_engine returns None, as for another GPU
+        self.version_compatible_plans = False  # True: plans load only with host code allowed
+        self.num_classes = 10
         fake = self
 
         class Severity(enum.IntEnum):
@@ -155,6 +160,36 @@ class FakeTensorRT(types.ModuleType):
                 assert fmt is LayerInformationFormat.JSON
                 return json.dumps({"Layers": [{"Name": "conv1", "Precision": "fake"}]})
 
+        class ExecutionContext:
+            """Runs a stand-in network on host memory at the addresses it was given: logits[i, c]
+            = mean(input[i]) + c. So a runner that sets the wrong shape, swaps the addresses or
+            never calls execute_async_v3 gets wrong numbers back."""
+
+            def __init__(self) -> None:
+                self.shapes: dict[str, tuple] = {}
+                self.addresses: dict[str, int] = {}
+
+            def set_input_shape(self, name, shape):
+                fake.calls.append(("set_input_shape", name, tuple(shape)))
+                self.shapes[name] = tuple(shape)
+                return True
+
+            def get_tensor_shape(self, name):
+                assert name == "logits" and "input" in self.shapes, "input shape must be set first"
+                return (self.shapes["input"][0], fake.num_classes)
+
+            def set_tensor_address(self, name, address):
+                fake.calls.append(("set_tensor_address", name))
+                self.addresses[name] = int(address)
+                return True
+
+            def execute_async_v3(self, stream_handle):
+                fake.calls.append(("execute_async_v3", stream_handle))
+                x = _host_view(self.addresses["input"], self.shapes["input"])
+                y = _host_view(self.addresses["logits"], self.get_tensor_shape("logits"))
+                y[...] = x.mean(axis=(1, 2, 3))[:, None] + np.arange(fake.num_classes)
+                return True
+
         class Engine:
             num_io_tensors = 2
 
@@ -162,7 +197,7 @@ class FakeTensorRT(types.ModuleType):
                 return Inspector()
 
             def create_execution_context(self):
-                return object()
+                return ExecutionContext()
 
             def get_tensor_name(self, i):
                 return ["input", "logits"][i]
@@ -176,12 +211,18 @@ class FakeTensorRT(types.ModuleType):
         class Runtime:
             def __init__(self, logger) -> None:
                 self.logger = logger
+                self.engine_host_code_allowed = False
 
             def deserialize_cuda_engine(self, data):
-                fake.calls.append(("deserialize_cuda_engine", bytes(data)[:5]))
+                fake.calls.append(("deserialize_cuda_engine", bytes(data)[:5],
+                                   self.engine_host_code_allowed))
                 if not fake.loadable:
                     self.logger.log(Severity.ERROR, "The engine plan file is generated on an "
                                     "incompatible device, expecting compute 9.0 got compute 8.6")
+                    return None
+                if fake.version_compatible_plans and not self.engine_host_code_allowed:
+                    self.logger.log(Severity.ERROR, "Cannot deserialize engine with lean runtime "
+                                    "since host code is not allowed")
                     return None
                 return Engine()
 
@@ -193,3 +234,32 @@ class FakeTensorRT(types.ModuleType):
 
     def call_names(self) -> list[str]:
         return [c[0] for c in self.calls]
+
+
+def _host_view(address: int, shape: tuple) -> np.ndarray:
+    """The float32 array at a host address (what a CUDA kernel would read or write)."""
+    count = int(np.prod(shape))
+    return np.ctypeslib.as_array((ctypes.c_float * count).from_address(address)).reshape(shape)
+
+
+class HostBuffers:
+    """exporter.tensorrt_engine.CudaBuffers on host memory, with a recognizable stream handle."""
+
+    stream_handle = 0x5EED  # not 0: the runner must not use the legacy default stream
+
+    def __init__(self) -> None:
+        self.synchronized = 0
+
+    def to_device(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array, dtype=np.float32).copy()
+
+    def empty(self, shape: tuple) -> np.ndarray:
+        return np.full(shape, np.nan, dtype=np.float32)
+
+    @staticmethod
+    def address(buffer: np.ndarray) -> int:
+        return buffer.ctypes.data
+
+    def to_host(self, buffer: np.ndarray) -> np.ndarray:
+        self.synchronized += 1
+        return buffer.copy()

@@ -38,6 +38,18 @@ def test_every_build_manifest_validates_and_a_broken_one_is_refused(precision_bu
         validate_manifest(broken)
 
 
+def test_a_schema_1_0_manifest_stays_readable(precision_build, tmp_path):
+    """1.1 only added optional fields: a 1.0 build validates, and the consumer reads it."""
+    manifest = read_manifest(precision_build / "manifest.json")
+    assert manifest["schema_version"] == "1.1" and "data_split" in manifest
+    old = {k: v for k, v in manifest.items() if k != "data_split"} | {"schema_version": "1.0"}
+    validate_manifest(old)
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(old))
+    assert classify.load_manifest(path)["schema_version"] == "1.0"
+    assert classify.pick_artifact(old, "int8")["path"] == "engines/ort/model.int8-cpu.ort"
+
+
 def test_schema_is_documented_field_by_field():
     schema = json.loads((importlib.resources.files("exporter") / "manifest.schema.json").read_text())
     doc = (REPO / "docs" / "manifest.md").read_text()

@@ -4,11 +4,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 import models
 from exporter import export as export_stage
+from exporter.compare import compare
 from exporter.export import (
+    EXPORT_TOLERANCE,
     ExportConfig,
     VerificationError,
     batch_range,
@@ -16,6 +19,7 @@ from exporter.export import (
     export_model,
     export_to_folder,
     image_range,
+    model_from_manifest,
     verification_shapes,
 )
 from exporter.files import OutputError
@@ -28,16 +32,47 @@ def _quiet(*_):
     pass
 
 
+def _check_against_eager(graph, model, shapes, seed=7):
+    """An independent re-check: ORT on the graph file against eager, at the given shapes."""
+    runner = OnnxRuntimeRunner(graph)
+    rng = np.random.default_rng(seed)
+    results = []
+    for shape in shapes:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        results.append(compare(runner(x), run_torch(model, x), shape, EXPORT_TOLERANCE))
+    return results
+
+
 @pytest.mark.parametrize("variant", ["vgg16", "se", "la", "sa"])
-def test_every_variant_exports_and_verifies_across_its_range(exported, variant):
+def test_every_variant_exports_and_matches_eager_across_its_range(exported, variant):
     manifest = json.loads(exported(variant).read_text())
-    checks = manifest["parity"]["onnx-fp32-vs-eager"]["checks"]
-    assert len(checks) >= 4 and all(c["passed"] for c in checks)
-    shapes = [tuple(c["shape"]) for c in checks]
+    shapes = [tuple(c["shape"]) for c in manifest["parity"]["onnx-fp32-vs-eager"]["checks"]]
+    assert len(shapes) >= 4
     assert any(s[0] > 1 for s in shapes)  # batch > 1
     assert any(s[2] != s[3] for s in shapes)  # non-square
     assert any(224 not in s[2:] for s in shapes)  # non-224
     assert manifest["export"]["simplified"] is True
+    results = _check_against_eager(exported(variant).parent / "model.onnx",
+                                   model_from_manifest(manifest), shapes)
+    assert all(r.passed for r in results), [r.describe() for r in results]
+
+
+def test_the_recheck_and_the_export_verification_catch_a_graph_off_by_0_1_percent(exported, tmp_path):
+    """The negative of the test above: one conv weight x1.001 is caught by both."""
+    manifest = json.loads(exported("se").read_text())
+    model = onnx.load(str(exported("se").parent / "model.onnx"))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    weight = next(i for i in model.graph.initializer if i.name == conv.input[1])
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.001, weight.name))
+    onnx.save(model, str(tmp_path / "off.onnx"))
+    eager = model_from_manifest(manifest)
+    shapes = [(2, 3, 64, 96)]
+    assert not any(r.passed for r in _check_against_eager(tmp_path / "off.onnx", eager, shapes))
+    x = np.random.default_rng(0).standard_normal(shapes[0], dtype=np.float32)
+    references = {shapes[0]: (x, run_torch(eager, x))}
+    outputs = export_stage.run_references(OnnxRuntimeRunner(tmp_path / "off.onnx"), references, "g")
+    with pytest.raises(VerificationError, match="differs from eager PyTorch at 1 of 1 shapes"):
+        export_stage.verify_onnx(outputs, references, EXPORT_TOLERANCE, "the graph")
 
 
 def test_exported_graph_has_symbolic_batch_height_width(exported):
@@ -161,16 +196,17 @@ def test_unwritable_output_folder_is_a_clear_error(tmp_path):
 
 def test_checkpoint_weights_are_exported(tmp_path):
     config = tiny_config("se")
-    source, _ = build_model(config)
-    with torch.no_grad():
-        source.classifier[6].bias.fill_(3.0)
+    torch.manual_seed(11)  # other weights than the seeded default the export would build
+    source = models.create_model("se", num_classes=10, width=0.125)
     path = models.save_checkpoint(source, tmp_path / "se.safetensors", "se", 10, 0.125)
     manifest = json.loads(export_to_folder(
         tiny_config("se", checkpoint=path), tmp_path / "out", log=_quiet).read_text())
     assert "loaded" in manifest["weights"]
-    out = OnnxRuntimeRunner(tmp_path / "out" / "model.onnx")(
-        np.zeros((1, 3, 64, 64), dtype=np.float32))
-    assert np.allclose(out, 3.0, atol=1e-3)
+    x = np.random.default_rng(3).standard_normal((2, 3, 64, 96), dtype=np.float32)
+    out = OnnxRuntimeRunner(tmp_path / "out" / "model.onnx")(x)
+    np.testing.assert_allclose(out, run_torch(source, x), rtol=1e-4, atol=1e-4 * np.abs(out).max())
+    default, _ = build_model(config)  # the graph is not what the default weights compute
+    assert np.abs(out - run_torch(default, x)).max() > 100 * 1e-4 * np.abs(out).max()
 
 
 @pytest.mark.slow
@@ -190,3 +226,18 @@ def test_export_with_opt_size_32_stays_dynamic(tmp_path):
                          width=image_range("width", 32, 32, 96))
     manifest = json.loads(export_to_folder(config, tmp_path, log=_quiet).read_text())
     assert manifest["parity"]["onnx-fp32-vs-eager"]["passed"]
+
+
+def test_a_checkpoint_changed_after_the_build_is_refused(tmp_path):
+    from exporter.manifest import ManifestError
+
+    path = models.save_checkpoint(build_model(tiny_config("se"))[0], tmp_path / "se.pt", "se", 10,
+                                  0.125)
+    manifest_path = export_to_folder(tiny_config("se", checkpoint=path), tmp_path / "out", log=_quiet)
+    manifest = json.loads(manifest_path.read_text())
+    model_from_manifest(manifest)  # unchanged: fine
+    torch.manual_seed(5)
+    models.save_checkpoint(models.create_model("se", num_classes=10, width=0.125), path, "se", 10,
+                           0.125)
+    with pytest.raises(ManifestError, match="se.pt changed since the build.*make engine CHECKPOINT="):
+        model_from_manifest(manifest)

@@ -29,14 +29,19 @@ def test_fp16_graph_is_finite_and_close_at_the_largest_declared_size(exported, v
     assert any(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)
 
 
-def test_reductions_and_softmax_stay_in_float32(exported, tmp_path):
-    fp16 = onnx_to_fp16(exported("sa").parent / "model.onnx", tmp_path / "sa.fp16.onnx")
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(fp16)))
+@pytest.mark.parametrize(("variant", "kept_ops"), [
+    ("se", {"ReduceMean"}), ("la", {"ReduceSum"}), ("sa", {"Softmax"})])
+def test_reductions_and_softmax_stay_in_float32(exported, tmp_path, variant, kept_ops):
+    fp16 = onnx_to_fp16(exported(variant).parent / "model.onnx", tmp_path / "model.fp16.onnx")
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(fp16)), strict_mode=True)
     types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
     kept = [n for n in model.graph.node if n.op_type in FP32_OPS]
-    assert {n.op_type for n in kept} == {"Softmax"}
-    for node in kept:
-        assert types.get(node.output[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT
+    assert {n.op_type for n in kept} == kept_ops
+    for node in kept:  # the type must be known, and float32
+        assert types[node.output[0]] == onnx.TensorProto.FLOAT, node.name
+        assert types[node.input[0]] == onnx.TensorProto.FLOAT, node.name
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs and all(types[n.output[0]] == onnx.TensorProto.FLOAT16 for n in convs)
 
 
 @pytest.mark.slow

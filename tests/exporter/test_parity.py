@@ -1,7 +1,8 @@
-"""The CI gate: it passes a good build and fails a bad one, with files CI can read."""
+"""The CI gate: it passes a good build and fails a bad one, with files CI can read. Every
+negative test plants a bug into a copy of a good build, updates the manifest's sha256 as a
+careless rebuild would, and shows the gate fails on it."""
 
 import json
-import shutil
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -9,54 +10,64 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from exporter.cli import main
 from exporter.manifest import ManifestError, read_manifest, sha256_file, write_manifest
 from exporter.parity import breaches, load_tolerances, metrics, run_parity
 from models import ConfigError
+from tests.conftest import copy_build
 
 pytestmark = pytest.mark.numerics
 
 
-@pytest.fixture
-def build(precision_build):
-    return precision_build
+def _quiet(*_):
+    pass
 
 
-def _copy(build, tmp_path):
-    root = tmp_path / "se"
-    shutil.copytree(build, root)
-    return root
+def _rehash(root, path):
+    """What a careless rebuild does: the manifest follows the file, whatever is in it."""
+    manifest = read_manifest(root / "manifest.json")
+    entry = next(a for a in manifest["artifacts"] if a["path"] == path)
+    entry["sha256"] = sha256_file(root / path)
+    entry["bytes"] = (root / path).stat().st_size
+    write_manifest(root / "manifest.json", manifest)
 
 
-def test_gate_passes_a_good_build_and_writes_json_junit_and_report(build, tmp_path):
-    root = _copy(build, tmp_path)
-    report = run_parity(root / "manifest.json", calib_source="noise", heldout=8, log=lambda *_: None)
+def _scale_initializer(root, path, pick, factor=1.05):
+    """Multiply one initializer chosen by pick(node, model) -> name by factor; rehash."""
+    model = onnx.load(str(root / path))
+    name = pick(model)
+    tensor = next(i for i in model.graph.initializer if i.name == name)
+    tensor.CopyFrom(numpy_helper.from_array(
+        (numpy_helper.to_array(tensor) * factor).astype(numpy_helper.to_array(tensor).dtype), name))
+    onnx.save(model, str(root / path))
+    _rehash(root, path)
+    return name
+
+
+def test_gate_passes_a_good_build_and_writes_json_junit_and_report(precision_build, tmp_path):
+    root = copy_build(precision_build, tmp_path)
+    report = run_parity(root / "manifest.json", log=_quiet)
     assert report.passed, report.failures()
     parity = json.loads((root / "parity.json").read_text())
     assert parity["passed"] and len(parity["artifacts"]) == 6
-    assert all(len(a["cases"]) >= 3 for a in parity["artifacts"])  # held-out + shapes
+    assert all(len(a["cases"]) == 5 for a in parity["artifacts"])  # held-out + 4 corner shapes
+    assert "32x3x224x224" in parity["shapes"]  # the max batch is gated
+    assert parity["heldout"]["ids_sha256"] == read_manifest(root / "manifest.json")[
+        "data_split"]["ids_sha256"]["heldout"]
     suite = ET.parse(root / "parity.junit.xml").getroot()
-    assert suite.get("failures") == "0" and int(suite.get("tests")) >= 18
+    assert suite.get("failures") == "0" and suite.get("skipped") == "0"
+    assert int(suite.get("tests")) == 30
     text = (root / "report.md").read_text()
     assert "Gate: **passed**" in text and "parity-errors.png" in text
     assert (root / "parity-errors.png").read_bytes()[:4] == b"\x89PNG"
     assert read_manifest(root / "manifest.json")["parity"]["gate"]["passed"]
 
 
-def test_gate_fails_a_model_with_one_conv_scaled_by_5_percent(build, tmp_path):
-    """A broken export that still wrote a consistent manifest: only the numbers can catch it."""
-    root = _copy(build, tmp_path)
-    path = root / "model.onnx"
-    model = onnx.load(str(path))
-    conv = next(n for n in model.graph.node if n.op_type == "Conv")
-    weight = next(i for i in model.graph.initializer if i.name == conv.input[1])
-    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.05, weight.name))
-    onnx.save(model, str(path))
-    manifest = read_manifest(root / "manifest.json")
-    entry = next(a for a in manifest["artifacts"] if a["path"] == "model.onnx")
-    entry["sha256"] = sha256_file(path)
-    write_manifest(root / "manifest.json", manifest)
-
-    report = run_parity(root / "manifest.json", calib_source="noise", heldout=8, log=lambda *_: None)
+def test_gate_fails_a_model_with_one_conv_scaled_by_5_percent(precision_build, tmp_path):
+    root = copy_build(precision_build, tmp_path)
+    _scale_initializer(root, "model.onnx", lambda m: next(
+        n for n in m.graph.node if n.op_type == "Conv").input[1])
+    report = run_parity(root / "manifest.json", log=_quiet)
     assert not report.passed
     assert all(f.startswith("model.onnx: ") for f in report.failures())
     assert any("rel_l2" in f for f in report.failures())
@@ -65,30 +76,123 @@ def test_gate_fails_a_model_with_one_conv_scaled_by_5_percent(build, tmp_path):
     assert "Gate: **FAILED**" in (root / "report.md").read_text()
 
 
-def test_an_artifact_edited_after_the_build_is_refused(build, tmp_path):
-    root = _copy(build, tmp_path)
+def test_gate_fails_an_int8_graph_with_one_dequantize_scale_x105(precision_build, tmp_path):
+    """Too small for the absolute int8 budget; the drift check catches it."""
+    root = copy_build(precision_build, tmp_path)
+    good = run_parity(copy_build(precision_build, tmp_path / "good") / "manifest.json", log=_quiet)
+    good_int8 = next(a for a in good.artifacts if a.path == "model.int8-trt.onnx")
+    _scale_initializer(root, "model.int8-trt.onnx", lambda m: next(
+        n for n in m.graph.node if n.op_type == "DequantizeLinear"
+        and any(i.name == n.input[0] and i.data_type == onnx.TensorProto.INT8
+                for i in m.graph.initializer)).input[1])
+    report = run_parity(root / "manifest.json", log=_quiet)
+    bad = next(a for a in report.artifacts if a.path == "model.int8-trt.onnx")
+    assert bad.cases["heldout"]["rel_l2"] <= load_tolerances("se")["int8"]["rel_l2_max"]
+    assert bad.cases["heldout"]["rel_l2"] > good_int8.cases["heldout"]["rel_l2"]
+    assert not report.passed
+    assert [f for f in report.failures() if "drift" in f] and all(
+        f.startswith("model.int8-trt.onnx") for f in report.failures())
+
+
+def test_gate_fails_an_fp16_graph_with_one_weight_x105(precision_build, tmp_path):
+    root = copy_build(precision_build, tmp_path)
+    _scale_initializer(root, "model.fp16.onnx", lambda m: next(
+        n for n in m.graph.node if n.op_type == "Conv").input[1])
+    report = run_parity(root / "manifest.json", log=_quiet)
+    assert not report.passed
+    assert all(f.startswith("model.fp16.onnx") for f in report.failures())
+
+
+@pytest.mark.parametrize("path", ["model.int8-cpu.onnx", "engines/ort/model.fp32.ort"])
+def test_an_artifact_that_does_not_load_fails_the_gate(precision_build, tmp_path, capsys, path):
+    root = copy_build(precision_build, tmp_path)
+    (root / path).write_bytes(b"not a model")
+    _rehash(root, path)
+    report = run_parity(root / "manifest.json", log=_quiet)
+    assert not report.passed and report.skipped() == []
+    assert [f for f in report.failures() if f.startswith(f"{path}: cannot be loaded")]
+    assert main(["parity", "--manifest", str(root / "manifest.json")]) == 1
+    assert "parity: FAILED" in capsys.readouterr().err
+
+
+def test_a_plan_without_tensorrt_is_reported_as_skipped_not_verified(precision_build, tmp_path,
+                                                                     monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    root = copy_build(precision_build, tmp_path)
+    (root / "engines" / "trt").mkdir(parents=True)
+    (root / "engines/trt/int8.plan").write_bytes(b"PLAN")
+    manifest = read_manifest(root / "manifest.json")
+    from exporter.manifest import artifact_entry
+
+    manifest["artifacts"].append(artifact_entry(root / "engines/trt/int8.plan", root, "plan",
+                                                "int8", "tensorrt"))
+    write_manifest(root / "manifest.json", manifest)
+    assert main(["parity", "--manifest", str(root / "manifest.json")]) == 0
+    out = capsys.readouterr().out
+    assert "SKIPPED, not verified" in out and "1 TensorRT plans NOT verified" in out
+    gate = read_manifest(root / "manifest.json")["parity"]["gate"]
+    assert gate["skipped"] and gate["skipped"][0].startswith("engines/trt/int8.plan")
+
+
+def test_a_missed_fallback_target_fails_the_gate(precision_build, tmp_path):
+    root = copy_build(precision_build, tmp_path)
+    manifest = read_manifest(root / "manifest.json")
+    manifest["calibration"]["fallback"]["int8-cpu"]["met"] = False
+    write_manifest(root / "manifest.json", manifest)
+    report = run_parity(root / "manifest.json", log=_quiet)
+    failing = {f.split(":")[0] for f in report.failures()}
+    assert failing == {"model.int8-cpu.onnx", "engines/ort/model.int8-cpu.ort"}
+    assert all("fallback missed its target" in f for f in report.failures())
+
+
+def test_held_out_images_that_changed_since_the_build_are_refused(precision_build, tmp_path):
+    root = copy_build(precision_build, tmp_path)
+    manifest = read_manifest(root / "manifest.json")
+    manifest["data_split"]["seed"] = 7  # another split than the one set aside
+    write_manifest(root / "manifest.json", manifest)
+    with pytest.raises(ManifestError, match="held-out images .* are not the ones the build set aside"):
+        run_parity(root / "manifest.json", log=_quiet)
+
+
+def test_an_artifact_edited_after_the_build_is_refused(precision_build, tmp_path):
+    root = copy_build(precision_build, tmp_path)
     with open(root / "model.int8-cpu.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ManifestError, match="model.int8-cpu.onnx no longer matches the sha256"):
-        run_parity(root / "manifest.json", calib_source="noise", heldout=8, log=lambda *_: None)
+        run_parity(root / "manifest.json", log=_quiet)
 
 
-def test_a_missing_artifact_is_refused(build, tmp_path):
-    root = _copy(build, tmp_path)
+def test_a_missing_artifact_is_refused(precision_build, tmp_path):
+    root = copy_build(precision_build, tmp_path)
     (root / "engines" / "ort" / "model.fp32.ort").unlink()
     with pytest.raises(ManifestError, match="model.fp32.ort listed in .* is missing"):
-        run_parity(root / "manifest.json", calib_source="noise", heldout=8, log=lambda *_: None)
+        run_parity(root / "manifest.json", log=_quiet)
 
 
-def test_tolerances_come_from_the_file_with_variant_overrides(tmp_path):
+def test_a_user_tolerances_file_merges_over_the_defaults(tmp_path):
     default = load_tolerances("se")
     assert default["fp32"]["rel_l2_max"] == 1e-4
     assert load_tolerances("sa")["fp16"]["rel_l2_max"] == 1e-2 > default["fp16"]["rel_l2_max"]
     custom = tmp_path / "t.toml"
-    custom.write_text("[precision.int8]\nrel_l2_max = 0.5\n[variant.se.int8]\ncosine_min = 0.5\n")
-    assert load_tolerances("se", custom)["int8"] == {"rel_l2_max": 0.5, "cosine_min": 0.5}
-    custom.write_text("[precision.int8]\nrel_l2 = 0.5\n")
-    with pytest.raises(ConfigError, match="unknown keys \\['rel_l2'\\]"):
+    custom.write_text("[precision.fp32]\nrel_l2_max = 1e-3\n[variant.se.fp32]\ncosine_min = 0.5\n")
+    merged = load_tolerances("se", custom)
+    assert merged["int8"] == default["int8"]  # a file without an int8 section still gates int8
+    assert merged["fp32"] == {**default["fp32"], "rel_l2_max": 1e-3, "cosine_min": 0.5}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[precision.int8]\nrel_l2 = 0.5\n", r"\[precision.int8\]: unknown keys \['rel_l2'\]"),
+    ("[precision.in8]\nrel_l2_max = 0.5\n", r"unknown sections \['precision.in8'\]"),
+    ("[variant.sse.int8]\nrel_l2_max = 0.5\n", r"unknown sections \['variant.sse'\]"),
+    ("[precison.int8]\nrel_l2_max = 0.5\n", r"unknown sections \['precison'\]"),
+    ("[variant.se.int9]\nrel_l2_max = 0.5\n", r"unknown sections \['variant.se.int9'\]"),
+])
+def test_misspelled_tolerances_are_refused(tmp_path, text, message):
+    custom = tmp_path / "t.toml"
+    custom.write_text(text)
+    with pytest.raises(ConfigError, match=message):
         load_tolerances("se", custom)
 
 
@@ -103,11 +207,9 @@ def test_nan_always_fails_and_agreement_is_gated_only_for_trained_weights():
     assert "NaN or Inf in the outputs" in breaches(metrics(poisoned, reference), budget, False)
 
 
-def test_cli_exit_code_is_the_verdict(build, tmp_path, capsys):
-    from exporter.cli import main
-
-    root = _copy(build, tmp_path)
-    args = ["parity", "--manifest", str(root / "manifest.json"), "--calib-noise", "--heldout-count", "8"]
+def test_cli_exit_code_is_the_verdict(precision_build, tmp_path, capsys):
+    root = copy_build(precision_build, tmp_path)
+    args = ["parity", "--manifest", str(root / "manifest.json")]
     assert main(args) == 0
     strict = tmp_path / "strict.toml"
     strict.write_text("[precision.int8]\nrel_l2_max = 1e-6\n")

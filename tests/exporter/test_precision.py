@@ -25,9 +25,9 @@ def _heldout(build):
 
 def test_fixture_is_trained_as_its_validation_says(digits_build):
     parity = _heldout(digits_build)
-    assert parity["eager-fp32"]["images"] == 344
+    assert parity["eager-fp32"]["images"] == 248
     eager = parity["eager-fp32"]["accuracy"]
-    # The fixture reached >= 0.95 on 197 validation images. On 344 unseen ones the two figures
+    # The fixture reached >= 0.95 on 197 validation images. On 248 unseen ones the two figures
     # differ by noise with sigma ~2 points (binomial, both sets): 8 points is 4 sigma. A model
     # that learnt nothing scores chance (10%).
     assert digits_build.fixture.validation_accuracy >= digits.TARGET_ACCURACY
@@ -95,7 +95,31 @@ def test_calibrating_a_share_at_the_largest_size_adds_those_images(precision_bui
 
     root = copy_build(precision_build, tmp_path)
     build_precision_graphs(root / "manifest.json", PrecisionConfig(
-        calib_source="noise", calib_count=16, heldout_count=8, largest_share=0.25),
+        calib_source="noise", calib_count=16, tuning_count=8, heldout_count=8, largest_share=0.25),
         log=lambda *_: None)
     calibration = json.loads((root / "manifest.json").read_text())["calibration"]
     assert calibration["images"] == 16 and not calibration["cached"]  # 12 at 224 + 4 at 448
+    assert json.loads((root / "manifest.json").read_text())["data_split"]["counts"]["calibration"] == 16
+
+
+def test_the_split_is_recorded_and_the_fallback_tunes_on_its_own_images(digits_build):
+    manifest = json.loads(digits_build.manifest.read_text())
+    split = manifest["data_split"]
+    assert split["counts"] == {"calibration": 256, "tuning": 96, "heldout": 248}
+    assert len(set(split["ids_sha256"].values())) == 3
+    assert manifest["calibration"]["images"] == 256
+    assert any("96 tuning (layer fallback), 248 held-out images (parity)" in line
+               for line in digits_build.log)
+
+
+def test_a_missed_fallback_target_fails_the_build_and_keeps_the_record(precision_build, tmp_path):
+    from exporter.precision import FallbackTargetError, PrecisionConfig
+
+    root = copy_build(precision_build, tmp_path)
+    config = PrecisionConfig(calib_source="noise", calib_count=16, tuning_count=8, heldout_count=8,
+                             agreement_target=1.0, max_fallback=1)  # cosine 1.0: unreachable
+    with pytest.raises(FallbackTargetError, match="int8-trt: cosine agreement .* below the "
+                                                  "target 1.0 with 1 layers in float"):
+        build_precision_graphs(root / "manifest.json", config, log=lambda *_: None)
+    fallback = json.loads((root / "manifest.json").read_text())["calibration"]["fallback"]
+    assert not fallback["int8-trt"]["met"] and not fallback["int8-cpu"]["met"]

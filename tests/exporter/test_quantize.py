@@ -135,6 +135,10 @@ def test_fallback_keeps_sensitive_layers_in_float_until_the_target(exported, ima
     final = agreement(run_batches(OnnxRuntimeRunner(out), heldout), reference, "cosine")
     assert final == pytest.approx(report.final)  # the file on disk is the reported graph
     kept_float = {f["node"] for f in report.fallen_back}
-    conv_inputs = {n.name: n.input[1] for n in onnx.load(str(out)).graph.node if n.name in kept_float}
-    initializers = {i.name for i in onnx.load(str(out)).graph.initializer}
-    assert all(w in initializers for w in conv_inputs.values())  # float weights, no DQ
+    graph = onnx.load(str(out)).graph
+    weights = {n.name: n.input[1] for n in graph.node if n.name in kept_float}
+    assert set(weights) == kept_float  # every layer kept in float is still in the graph
+    float_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    assert set(weights.values()) <= float_weights  # fed by a float weight, not a DequantizeLinear
+    quantized = [n for n in graph.node if n.op_type == "Conv" and n.name not in kept_float]
+    assert quantized and all(w.input[1] not in float_weights for w in quantized)

@@ -7,7 +7,7 @@ import pytest
 
 from exporter import tensorrt_engine as te
 
-from .fake_tensorrt import FakeTensorRT
+from .fake_tensorrt import FakeTensorRT, HostBuffers
 
 DYNAMIC = {"batch": {"min": 1, "opt": 1, "max": 32},
            "height": {"min": 32, "opt": 224, "max": 448, "multiple_of": 32},
@@ -110,12 +110,49 @@ def test_plan_for_another_gpu_fails_to_load_with_the_reason(fake_trt, tmp_path):
     fake_trt.loadable = False
     (tmp_path / "m.plan").write_bytes(b"PLAN:x")
     with pytest.raises(te.EngineLoadError, match=r"incompatible device.*rebuild with `make engine`"):
+        te.TensorRTRunner(tmp_path / "m.plan", buffers=HostBuffers())
+
+
+def test_runner_sets_shapes_and_addresses_and_runs_on_its_own_stream(fake_trt, tmp_path):
+    (tmp_path / "m.plan").write_bytes(b"PLAN:x")
+    buffers = HostBuffers()
+    runner = te.TensorRTRunner(tmp_path / "m.plan", buffers=buffers)
+    for shape in [(1, 3, 224, 224), (3, 3, 96, 160)]:
+        x = np.random.default_rng(len(shape)).standard_normal(shape, dtype=np.float32)
+        out = runner(x)
+        expected = x.mean(axis=(1, 2, 3))[:, None] + np.arange(10)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+        assert ("set_input_shape", "input", shape) in fake_trt.calls
+    names = fake_trt.call_names()
+    assert names.count("set_tensor_address") == 4 and names.count("execute_async_v3") == 2
+    streams = {c[1] for c in fake_trt.calls if c[0] == "execute_async_v3"}
+    assert streams == {HostBuffers.stream_handle}  # its own stream, never the legacy default 0
+    assert buffers.synchronized == 2  # results are read only after the stream finished
+
+
+def test_version_compatible_plans_load_only_with_host_code_allowed(fake_trt, tmp_path):
+    fake_trt.version_compatible_plans = True
+    (tmp_path / "m.plan").write_bytes(b"PLAN:x")
+    with pytest.raises(te.EngineLoadError, match="host code is not allowed.*embeds host code"):
+        te.TensorRTRunner(tmp_path / "m.plan", buffers=HostBuffers())
+    runner = te.TensorRTRunner(tmp_path / "m.plan", host_code_allowed=True, buffers=HostBuffers())
+    assert runner.input == "input"
+    (tmp_path / "m.onnx").write_bytes(b"onnx")  # the build inspects its own plan: allowed there
+    te.onnx_to_plan(tmp_path / "m.onnx", tmp_path / "vc.plan", DYNAMIC,
+                    te.EngineConfig(version_compatible=True))
+    assert [c[2] for c in fake_trt.calls if c[0] == "deserialize_cuda_engine"][-1] is True
+
+
+def test_runner_without_a_gpu_is_unavailable_not_broken(fake_trt, tmp_path, monkeypatch):
+    monkeypatch.setattr(te, "gpu_status", lambda: (False, "no NVIDIA GPU visible to CUDA"))
+    (tmp_path / "m.plan").write_bytes(b"PLAN:x")
+    with pytest.raises(te.TensorRTUnavailable, match="cannot run m.plan: no NVIDIA GPU"):
         te.TensorRTRunner(tmp_path / "m.plan")
 
 
 def test_shape_outside_the_profile_is_refused(fake_trt, tmp_path):
     (tmp_path / "m.plan").write_bytes(b"PLAN:x")
-    runner = te.TensorRTRunner(tmp_path / "m.plan")
+    runner = te.TensorRTRunner(tmp_path / "m.plan", buffers=HostBuffers())
     runner.check_shape((8, 3, 224, 320))
     with pytest.raises(te.ShapeOutsideProfileError, match=r"\(64, 3, 224, 224\) is outside"):
         runner(np.zeros((64, 3, 224, 224), np.float32))
@@ -185,7 +222,8 @@ def test_engines_stage_adds_plans_to_the_manifest(fake_trt, monkeypatch, precisi
     assert set(plans) == {"engines/trt/fp16.plan", "engines/trt/int8.plan"}
     assert plans["engines/trt/int8.plan"]["precision"] == "int8"
     assert all(p["target"] == "tensorrt" for p in plans.values())
-    assert manifest["tensorrt"] == {"version": "11.4.0", "gpu": "NVIDIA H100", "compute_capability": "9.0"}
+    assert manifest["tensorrt"] == {"version": "11.4.0", "gpu": "NVIDIA H100", "compute_capability": "9.0",
+                                    "version_compatible": False}
     assert manifest["backend"]["used"] == "tensorrt"
     parsed = [c[1] for c in fake_trt.calls if c[0] == "parse_from_file"]
     assert [p.rsplit("/", 1)[-1] for p in parsed] == ["model.fp16.onnx", "model.int8-trt.onnx"]
@@ -223,3 +261,20 @@ def test_build_interrupted_mid_way_leaves_no_plan(fake_trt, tmp_path, monkeypatc
                         te.EngineConfig(timing_cache=cache))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "timing.cache"]
     assert cache.read_bytes() == b"previous"  # the shared cache is not half-written either
+
+
+def test_the_backend_stamp_follows_what_auto_would_choose(monkeypatch):
+    """Make's .settings-backend holds this: when tensorrt and a GPU appear, `make engine`
+    builds the plans instead of keeping the CPU-only build."""
+    import importlib.util
+    import os
+
+    from exporter import gpu_probe
+
+    assert gpu_probe.probable_backend("ort") == "ort"
+    assert gpu_probe.probable_backend("tensorrt") == "tensorrt"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(os.path, "exists", lambda path: False)
+    assert gpu_probe.probable_backend("auto") == "ort"  # tensorrt, but no driver
+    monkeypatch.setattr(os.path, "exists", lambda path: path in gpu_probe.NVIDIA_DRIVER_FILES)
+    assert gpu_probe.probable_backend("auto") == "tensorrt"

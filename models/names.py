@@ -1,0 +1,3 @@
+"""The variant names, without importing torch (the registry checks it registers exactly these)."""
+
+VARIANT_NAMES = ("la", "sa", "se", "vgg16")
