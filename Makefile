@@ -27,7 +27,7 @@ PARITY_ARGS  = $(if $(TOLERANCES),--tolerances $(TOLERANCES))
 EXPORT_ARGS  = $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
                $(if $(LABELS),--labels $(LABELS))
 
-.PHONY: setup card onnx precision engine parity bench triton test test-isa lint clean FORCE
+.PHONY: setup card onnx precision engine parity parity-selftest bench triton test test-isa lint clean FORCE
 .DELETE_ON_ERROR:
 
 setup: $(STAMP)
@@ -43,18 +43,19 @@ card: $(STAMP)
 	$(CLI) card $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(D)
 
 # The settings each stage was built with: rewritten only when they change, so that Make
-# rebuilds exactly the stages that depend on a changed setting.
+# rebuilds exactly the stages that depend on a changed setting. ("+": they run under `make -n`
+# too, so that a dry run lists exactly the stages a change would rebuild.)
 $(D)/.settings-export: FORCE
-	@mkdir -p $(D)
-	@echo "$(EXPORT_ARGS)" | cmp -s - $@ || echo "$(EXPORT_ARGS)" > $@
+	@+mkdir -p $(D)
+	@+echo "$(EXPORT_ARGS)" | cmp -s - $@ || echo "$(EXPORT_ARGS)" > $@
 $(D)/.settings-calib: FORCE
-	@mkdir -p $(D)
-	@echo "$(CALIB_DIR) $(PRECISION_ARGS)" | cmp -s - $@ || echo "$(CALIB_DIR) $(PRECISION_ARGS)" > $@
+	@+mkdir -p $(D)
+	@+echo "$(CALIB_DIR) $(PRECISION_ARGS)" | cmp -s - $@ || echo "$(CALIB_DIR) $(PRECISION_ARGS)" > $@
 # The backend as resolved on this machine ("auto -> ort"), not as asked: installing tensorrt
 # on a GPU machine changes it, and the engines stage runs again.
 $(D)/.settings-backend: $(STAMP) FORCE
-	@mkdir -p $(D)
-	@b="$(BACKEND) -> $$($(PY) -m exporter.gpu_probe $(BACKEND))"; echo "$$b" | cmp -s - $@ || echo "$$b" > $@
+	@+mkdir -p $(D)
+	@+b="$(BACKEND) -> $$($(PY) -m exporter.gpu_probe $(BACKEND))"; echo "$$b" | cmp -s - $@ || echo "$$b" > $@
 
 # OUT/VARIANT/model.onnx + manifest.json: fp32, dynamic batch/H/W, verified, simplified.
 $(D)/.export.done: $(STAMP) $(D)/.settings-export $(CHECKPOINT) $(LABELS) $(wildcard models/*.py) exporter/export.py
@@ -89,6 +90,10 @@ engine: $(D)/.parity.done $(D)/.bench.done
 # The CI gate and the speed report run on what exists, every time.
 parity: $(STAMP)
 	$(CLI) parity --manifest $(D)/manifest.json $(PARITY_ARGS)
+
+# The gate proves it can fail: known bugs planted into copies of the build, each must be caught.
+parity-selftest: $(STAMP)
+	$(CLI) selftest --manifest $(D)/manifest.json
 
 bench: $(STAMP)
 	$(CLI) bench --manifest $(D)/manifest.json $(BENCH_ARGS)

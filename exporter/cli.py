@@ -104,6 +104,20 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     return 1
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain_artifact
+
+    explain_artifact(Path(args.manifest), args.artifact, args.images)
+    return 0
+
+
+def _cmd_selftest(args: argparse.Namespace) -> int:
+    from .selftest import run_selftest
+
+    run_selftest(Path(args.manifest))
+    return 0
+
+
 def _cmd_engines(args: argparse.Namespace) -> int:
     from .engines import build_engines
 
@@ -179,6 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--manifest", required=True)
     parity.add_argument("--tolerances", help="a tolerances.toml (default: exporter/tolerances.toml)")
     parity.set_defaults(run=_cmd_parity)
+
+    explain = sub.add_parser("explain", help="where an artifact's error enters: each module's "
+                             "output against eager PyTorch, on the held-out images")
+    explain.add_argument("--manifest", required=True)
+    explain.add_argument("--artifact", required=True, help="an ONNX graph of the build, e.g. "
+                         "model.int8-cpu.onnx")
+    explain.add_argument("--images", type=int, default=8, help="held-out images to measure on")
+    explain.set_defaults(run=_cmd_explain)
+
+    selftest = sub.add_parser("selftest", help="plant known bugs into copies of the build's "
+                              "artifacts and show the gate fails each one")
+    selftest.add_argument("--manifest", required=True)
+    selftest.set_defaults(run=_cmd_selftest)
 
     engines = sub.add_parser("engines", help="TensorRT plans where a GPU and tensorrt exist")
     engines.add_argument("--manifest", required=True)

@@ -7,7 +7,9 @@ because a graph that accepts a shape is not proof that it computes the right ans
 
 from __future__ import annotations
 
+import ast
 import collections
+import json
 import resource
 import time
 from dataclasses import dataclass, field, replace
@@ -222,22 +224,63 @@ def torch_to_onnx(model: nn.Module, path: Path, config: ExportConfig) -> Path:
         raise ExportError(f"torch.onnx could not export variant {config.variant!r}: "
                           f"{str(e).strip().splitlines()[-1][:300]}") from e
     proto = program.model_proto
-    _strip_trace_metadata(proto)
+    _strip_trace_metadata(proto, module_outputs(proto, model))
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     return path
+
+
+# The modules whose outputs `explain` compares with eager: every layer with weights, the pools,
+# and the SE / attention blocks as a whole.
+EXPLAINED_MODULES = ("Conv2d", "Linear", "MaxPool2d", "ExportableAdaptiveAvgPool2d", "SEBlock",
+                     "LinearAttention", "SoftmaxAttention")
+MODULE_OUTPUTS_KEY = "attnvgg.module_outputs"
+
+
+def module_outputs(proto: onnx.ModelProto, model: nn.Module) -> list[dict]:
+    """[{module, kind, tensor}] in forward order: the ONNX tensor each module's output became,
+    read from the exporter's per-node name scopes (the last node inside the module's scope)."""
+    kinds = {name: type(m).__name__ for name, m in model.named_modules()}
+    last: dict[str, str] = {}
+    for node in proto.graph.node:
+        scopes = next((ast.literal_eval(p.value) for p in node.metadata_props  # a Python list repr
+                       if p.key == "pkg.torch.onnx.name_scopes"), None)
+        for scope in scopes or []:
+            if kinds.get(scope) in EXPLAINED_MODULES and node.output:
+                last.pop(scope, None)  # re-insert: dict order follows the module's last node
+                last[scope] = node.output[0]
+    return [{"module": m, "kind": kinds[m], "tensor": t} for m, t in last.items()]
 
 
 def _example_side(axis: AxisRange) -> int:
     return axis.opt if axis.opt >= 64 or not axis.dynamic else min(64, axis.max)
 
 
-def _strip_trace_metadata(proto: onnx.ModelProto) -> None:
-    """Drop the exporter's per-node stack traces: they hold absolute source paths, so the same
-    model exported from two checkouts would give different bytes."""
+def _strip_trace_metadata(proto: onnx.ModelProto, modules: list[dict]) -> None:
+    """Drop the exporter's per-node metadata: its stack traces hold absolute source paths, so the
+    same model exported from two checkouts would give different bytes. What `explain` needs of it
+    (which tensor is which module's output) is kept once, in the model's metadata."""
     for node in proto.graph.node:
         del node.metadata_props[:]
     proto.graph.doc_string = ""
+    onnx.helper.set_model_props(proto, {MODULE_OUTPUTS_KEY: json.dumps(modules)})
+
+
+def keep_only_module_map(proto: onnx.ModelProto) -> None:
+    """Model metadata written by tools (onnxsim, ORT quantization) is bookkeeping that would make
+    the bytes depend on the tool run; the module map is ours and stays."""
+    kept = [p for p in proto.metadata_props if p.key == MODULE_OUTPUTS_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+
+
+def read_module_outputs(path: Path) -> list[dict]:
+    """The module map of a graph this toolchain wrote (fp32, fp16 and int8 graphs keep the float
+    tensor names), restricted to tensors the graph still has."""
+    proto = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    produced = {o for n in proto.graph.node for o in n.output}
+    return [m for m in json.loads(props.get(MODULE_OUTPUTS_KEY, "[]")) if m["tensor"] in produced]
 
 
 def op_counts(path: Path) -> dict[str, int]:
@@ -251,7 +294,7 @@ def simplify_onnx(source: Path, target: Path) -> Path:
     simplified, ok = onnxsim.simplify(onnx.load(str(source)), check_n=0, certify=False)
     if not ok:
         raise ExportError("onnxsim reported that the simplified graph could not be validated")
-    del simplified.metadata_props[:]  # onnxsim's bookkeeping; not the runtime's business
+    keep_only_module_map(simplified)  # drop onnxsim's bookkeeping
     with atomic_path(target) as tmp:
         onnx.save_model(simplified, str(tmp))
     return target

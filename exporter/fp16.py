@@ -26,3 +26,21 @@ def onnx_to_fp16(source: Path, target: Path, keep_io_types: bool = True) -> Path
     with atomic_path(target) as tmp:
         onnx.save_model(converted, str(tmp))
     return target
+
+
+def fp16_violations(path: Path) -> list[str]:
+    """Every op of FP32_OPS that does not compute in float32 (its input or output typed fp16):
+    the cast islands that keep sums over every pixel or token out of fp16's range."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    types |= {t.name: t.data_type for t in model.graph.initializer}
+    problems = []
+    for node in model.graph.node:
+        if node.op_type in FP32_OPS:
+            for name in (node.input[0], node.output[0]):
+                if types.get(name) != onnx.TensorProto.FLOAT:
+                    kind = onnx.TensorProto.DataType.Name(types[name]) if name in types else "unknown"
+                    problems.append(f"{node.op_type} {node.name} computes on {name} as {kind}, "
+                                    f"not FLOAT: its cast island is missing")
+    return problems

@@ -19,12 +19,13 @@ from calibration.data import NOISE, ImageSet, SplitCounts, load_data_split, resi
 from calibration.preprocessing import Preprocessing
 from models import ConfigError
 
+from .explain import first_past, module_errors, write_explain_json
 from .export import model_from_manifest
 from .files import atomic_path, write_text_atomic
 from .manifest import ManifestError, read_manifest, verify_artifacts, write_manifest
 from .precision import run_batches
 from .report import ERRORS_PNG, plot_error_histograms, write_report
-from .runners import OnnxRuntimeRunner, run_torch
+from .runners import OnnxRuntimeRunner, OpenVinoRunner, run_torch
 
 METRICS = ("rel_l2_max", "cosine_min", "top1_min", "top5_min", "accuracy_drop_max", "drift_max")
 DRIFT_FLOOR = 1e-4  # rel L2 differences below this are kernel noise, not drift
@@ -135,13 +136,19 @@ def breaches(result: dict, budget: dict, trained: bool, built: float | None = No
 class ArtifactParity:
     path: str
     precision: str
+    reader: str = "onnxruntime"  # the runtime that ran it: onnxruntime, openvino, tensorrt
     cases: dict[str, dict] = field(default_factory=dict)  # case name -> metrics
     failures: list[str] = field(default_factory=list)
     skipped: str | None = None  # only a TensorRT plan on a machine that cannot run one
+    where: str | None = None  # for a failing graph: the module where its error passes the budget
 
     @property
     def passed(self) -> bool:
         return not self.failures
+
+    @property
+    def label(self) -> str:
+        return f"{self.path} [{self.reader}]"
 
 
 @dataclass
@@ -157,10 +164,11 @@ class ParityReport:
         return all(a.passed for a in self.artifacts)
 
     def failures(self) -> list[str]:
-        return [f"{a.path}: {f}" for a in self.artifacts for f in a.failures]
+        return [f"{a.label}: {f}" + (f"; {a.where}" if a.where else "")
+                for a in self.artifacts for f in a.failures]
 
     def skipped(self) -> list[str]:
-        return [f"{a.path}: {a.skipped}" for a in self.artifacts if a.skipped]
+        return [f"{a.label}: {a.skipped}" for a in self.artifacts if a.skipped]
 
     def to_json(self) -> dict:
         return {"variant": self.variant, "trained_weights": self.trained, "passed": self.passed,
@@ -168,15 +176,22 @@ class ParityReport:
                 "artifacts": [a.__dict__ | {"passed": a.passed} for a in self.artifacts]}
 
 
-def runner_for(artifact: dict, root: Path, manifest: dict):
-    """ONNX Runtime on the CPU for ONNX/ORT files; TensorRT for plans (GPU machines)."""
+READERS = {"onnx": ("onnxruntime", "openvino"), "ort": ("onnxruntime",), "plan": ("tensorrt",),
+           "openvino-ir": ("openvino",)}
+
+
+def runner_for(artifact: dict, root: Path, manifest: dict, reader: str):
+    """The artifact under one reader: ONNX Runtime and OpenVINO on the CPU (every portable graph
+    is read by both), TensorRT for plans (GPU machines)."""
     path = root / artifact["path"]
-    if artifact["format"] == "plan":
+    if reader == "tensorrt":
         from .tensorrt_engine import TensorRTRunner
 
         # version-compatible plans embed host code: trusted, since this build made them
         trusted = manifest.get("tensorrt", {}).get("version_compatible", False)
         return TensorRTRunner(path, host_code_allowed=trusted)
+    if reader == "openvino":
+        return OpenVinoRunner(path, "bf16" if artifact["precision"] == "bf16" else "f32")
     return OnnxRuntimeRunner(path)
 
 
@@ -223,15 +238,17 @@ FALLBACK_ARTIFACTS = {"int8-trt": ("model.int8-trt.onnx",),
                       "int8-cpu": ("model.int8-cpu.onnx", "engines/ort/model.int8-cpu.ort")}
 
 
-def _check_artifact(artifact: dict, root: Path, manifest: dict, cases: dict, references: dict,
-                    budget: dict, trained: bool, errors: dict) -> ArtifactParity:
-    built_rel_l2 = {r["path"]: r["rel_l2"] for r in
-                    manifest["parity"].get("heldout-vs-eager", {}).values() if "rel_l2" in r}
+def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cases: dict,
+                    references: dict, budget: dict, trained: bool,
+                    heldout_outputs: dict) -> ArtifactParity:
     from .tensorrt_engine import TensorRTUnavailable
 
-    entry = ArtifactParity(artifact["path"], artifact["precision"])
+    # the precision stage measured each graph with ONNX Runtime; drift is judged against that
+    built_rel_l2 = {r["path"]: r["rel_l2"] for r in
+                    manifest["parity"].get("heldout-vs-eager", {}).values() if "rel_l2" in r}
+    entry = ArtifactParity(artifact["path"], artifact["precision"], reader)
     try:
-        runner = runner_for(artifact, root, manifest)
+        runner = runner_for(artifact, root, manifest, reader)
     except TensorRTUnavailable as e:  # a plan where TensorRT cannot run: reported, not passed
         entry.skipped = str(e).splitlines()[0]
         return entry
@@ -246,15 +263,52 @@ def _check_artifact(artifact: dict, root: Path, manifest: dict, cases: dict, ref
             continue
         built = None
         if name == "heldout":
-            errors[artifact["path"]] = (outputs - references[name]).ravel()
-            built = built_rel_l2.get(artifact["path"])
+            heldout_outputs[entry.label] = outputs
+            built = built_rel_l2.get(artifact["path"]) if reader == "onnxruntime" else None
         result = metrics(outputs, references[name], labels)
         entry.cases[name] = result
         entry.failures += [f"{name}: {b}" for b in breaches(result, budget, trained, built)]
     return entry
 
 
-def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print) -> ParityReport:
+def static_violations(path: Path, artifact: dict) -> list[str]:
+    """What a graph's structure must obey, whatever its numbers on these images: TensorRT's Q/DQ
+    rules for the TensorRT int8 graph, float32 cast islands for the fp16 graph."""
+    if artifact["format"] != "onnx":
+        return []
+    from .fp16 import fp16_violations
+    from .quantize import tensorrt_qdq_violations
+
+    if artifact["precision"] == "int8" and artifact["target"] == "tensorrt":
+        found = tensorrt_qdq_violations(path)
+    elif artifact["precision"] == "fp16":
+        found = fp16_violations(path)
+    else:
+        return []
+    return [f"graph structure: {v}" for v in found[:5]] + (
+        [f"graph structure: and {len(found) - 5} more"] if len(found) > 5 else [])
+
+
+def reader_disagreement(entries: list[ArtifactParity], heldout_outputs: dict,
+                        budget: dict) -> str | None:
+    """Two readers of one graph that compute different things: reported as such, even when
+    each is within its budget against eager."""
+    outputs = [heldout_outputs[e.label] for e in entries if e.label in heldout_outputs]
+    if len(outputs) < 2:
+        return None
+    a, b = (o.astype(np.float64) for o in outputs[:2])
+    between = float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+    if between <= budget.get("rel_l2_max", float("inf")):
+        return None
+    return (f"readers disagree: {entries[0].reader} and {entries[1].reader} differ by rel L2 "
+            f"{between:.4g} on the held-out images (budget {budget['rel_l2_max']:.4g}); one of "
+            f"them does not compute what the graph says (see docs/precision.md)")
+
+
+def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
+               only: set[str] | None = None) -> ParityReport:
+    """The gate. ``only``: check just these artifact paths (the self-test's planted bugs); the
+    verdict then covers only them."""
     manifest_path = Path(manifest_path)
     root = manifest_path.parent
     verify_artifacts(manifest_path)  # missing or edited artifacts are refused before anything runs
@@ -276,23 +330,29 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print) -
            "random-init weights: top-1/top-5 reported, not gated"))
     missed = {target: report for target, report in
               manifest.get("calibration", {}).get("fallback", {}).items() if not report["met"]}
-    results, errors = [], {}
+    results, heldout_outputs = [], {}
     for artifact in manifest["artifacts"]:
-        entry = _check_artifact(artifact, root, manifest, cases, references,
-                                budgets[artifact["precision"]], trained, errors)
-        for target, report in missed.items():
-            if artifact["path"] in FALLBACK_ARTIFACTS[target]:
-                entry.failures.append(f"the layer fallback missed its target: {report['metric']} "
-                                      f"{report['final']:.4f} < {report['goal']} on the tuning set")
-        results.append(entry)
-        if entry.skipped:
-            log(f"  {artifact['path']}: SKIPPED, not verified ({entry.skipped})")
+        if only is not None and artifact["path"] not in only:
             continue
-        worst = max(entry.cases.values(), key=lambda r: r["rel_l2"], default=None)
-        summary = (f" (worst rel L2 {worst['rel_l2']:.2e}, min cosine "
-                   f"{min(r['cosine'] for r in entry.cases.values()):.5f})" if worst else "")
-        log(f"  {artifact['path']}: {'ok' if entry.passed else 'FAIL'}{summary}"
-            + "".join(f"\n    {f}" for f in entry.failures))
+        budget = budgets[artifact["precision"]]
+        entries = [_check_artifact(artifact, reader, root, manifest, cases, references, budget,
+                                   trained, heldout_outputs)
+                   for reader in READERS[artifact["format"]]]
+        disagreement = reader_disagreement(entries, heldout_outputs, budget)
+        if disagreement:
+            entries[-1].failures.append(disagreement)
+        entries[0].failures += static_violations(root / artifact["path"], artifact)
+        for entry in entries:
+            for target, report in missed.items():
+                if artifact["path"] in FALLBACK_ARTIFACTS[target]:
+                    entry.failures.append(f"the layer fallback missed its target: {report['metric']} "
+                                          f"{report['final']:.4f} < {report['goal']} on the tuning set")
+            results.append(entry)
+    explain_graphs(results, root, model, heldout, budgets, log)
+    for entry in results:
+        _log_entry(entry, log)
+    errors = {label: (outputs - references["heldout"]).ravel()
+              for label, outputs in heldout_outputs.items()}
     report = ParityReport(manifest["variant"], trained, results,
                           {"images": len(heldout), "source": heldout.source,
                            "ids_sha256": heldout.ids_sha256()}, list(cases))
@@ -306,20 +366,71 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print) -
     return report
 
 
+EXPLAIN_IMAGES = 8
+
+
+def explain_graphs(results: list[ArtifactParity], root: Path, model, heldout: ImageSet,
+                   budgets: dict, log) -> dict:
+    """Module-by-module error (exporter.explain) of every reduced-precision graph, for the report,
+    and of every failing graph, whose failure then names the module where the error first
+    grows past its budget."""
+    explained = {}
+    for entry in results:
+        graph = entry.path.endswith(".onnx") and entry.reader == "onnxruntime"
+        if not graph or (entry.precision == "fp32" and entry.passed) or entry.skipped:
+            continue
+        try:
+            explained[entry.path] = module_errors(root / entry.path, model,
+                                                  heldout.images[:EXPLAIN_IMAGES])
+        except Exception as e:  # a graph that does not load has failed already; say why not
+            log(f"  {entry.path}: no module-by-module error ({str(e).splitlines()[0][:160]})")
+            continue
+        if not entry.passed:
+            budget = budgets[entry.precision].get("rel_l2_max", 0.0)
+            first = first_past(explained[entry.path], budget)
+            entry.where = (f"error first grows past the rel L2 budget {budget:g} at {first.module} "
+                           f"({first.kind}, rel L2 {first.rel_l2:.3g})" if first else
+                           f"no module's output passes the rel L2 budget {budget:g} on "
+                           f"{EXPLAIN_IMAGES} held-out images")
+    write_explain_json(root, explained, EXPLAIN_IMAGES)
+    return explained
+
+
+def _log_entry(entry: ArtifactParity, log) -> None:
+    if entry.skipped:
+        log(f"  {entry.label}: SKIPPED, not verified ({entry.skipped})")
+        return
+    worst = max(entry.cases.values(), key=lambda r: r["rel_l2"], default=None)
+    summary = (f" (worst rel L2 {worst['rel_l2']:.2e}, min cosine "
+               f"{min(r['cosine'] for r in entry.cases.values()):.5f})" if worst else "")
+    log(f"  {entry.label}: {'ok' if entry.passed else 'FAIL'}{summary}"
+        + "".join(f"\n    {f}" for f in entry.failures) + (f"\n    {entry.where}" if entry.where else ""))
+
+
 def write_parity_files(root: Path, report: ParityReport) -> None:
+    """parity.json, and JUnit XML: per artifact and reader, a test case per input case and one
+    for what concerns the artifact as a whole (loading, readers' agreement, fallback target)."""
     write_text_atomic(root / "parity.json", json.dumps(report.to_json(), indent=2) + "\n")
-    suite = ET.Element("testsuite", name=f"parity-{report.variant}",
-                       tests=str(sum(max(1, len(a.cases)) for a in report.artifacts)),
-                       failures=str(sum(len(a.failures) for a in report.artifacts)),
-                       skipped=str(sum(a.skipped is not None for a in report.artifacts)))
+    suite = ET.Element("testsuite", name=f"parity-{report.variant}")
+    counts = {"tests": 0, "failures": 0, "skipped": 0}
     for artifact in report.artifacts:
+        whole = ET.SubElement(suite, "testcase", classname=artifact.label, name="artifact")
+        counts["tests"] += 1
         if artifact.skipped:
-            case = ET.SubElement(suite, "testcase", classname=artifact.path, name="all")
-            ET.SubElement(case, "skipped", message=artifact.skipped)
+            ET.SubElement(whole, "skipped", message=artifact.skipped)
+            counts["skipped"] += 1
+        general = [f for f in artifact.failures if f.split(": ")[0] not in artifact.cases]
+        if general:
+            ET.SubElement(whole, "failure", message="; ".join(general))
+            counts["failures"] += 1
         for name, result in artifact.cases.items():
-            case = ET.SubElement(suite, "testcase", classname=artifact.path, name=name)
+            case = ET.SubElement(suite, "testcase", classname=artifact.label, name=name)
+            counts["tests"] += 1
             failed = [f for f in artifact.failures if f.startswith(f"{name}: ")]
             if failed:
                 ET.SubElement(case, "failure", message="; ".join(failed)).text = json.dumps(result)
+                counts["failures"] += 1
+    for key, value in counts.items():
+        suite.set(key, str(value))
     with atomic_path(root / "parity.junit.xml") as tmp:
         ET.ElementTree(suite).write(tmp, encoding="utf-8", xml_declaration=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from calibration.calibrate import DEFAULT_METHOD, calibrate, check_method
 from calibration.data import (
@@ -24,6 +25,7 @@ from calibration.preprocessing import Preprocessing
 from models import ConfigError, ToolchainError
 
 from .compare import compare
+from .explain import module_errors
 from .export import model_from_manifest, peak_rss_mib
 from .fp16 import onnx_to_fp16
 from .manifest import artifact_entry, read_manifest, write_manifest
@@ -50,7 +52,6 @@ class PrecisionConfig:
     agreement_target: float = 0.99
     metric: str | None = None  # "top1" or "cosine"; None: top1 with a checkpoint, else cosine
     max_fallback: int = 6
-    sensitivity_images: int | None = None  # tuning images for the sensitivity scan; None: all
     largest_share: float = 0.0  # share of the calibration images resized to the largest size
     seed: int = 0
 
@@ -101,35 +102,49 @@ class FallbackReport:
         return self.__dict__
 
 
+def layer_ranking(int8_path: Path, model_path: Path, eager_model, images: np.ndarray) -> list[dict]:
+    """The quantized layers (Conv, Gemm) by the error each adds at its output, most first: the
+    module-by-module measurement of `explain` (exporter.explain), one run on the tuning images."""
+    nodes = {n.output[0]: n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node
+             if n.name in set(quantizable_nodes(model_path))}
+    errors = [e for e in module_errors(int8_path, eager_model, images) if e.tensor in nodes]
+    return [{"node": nodes[e.tensor], "module": e.module, "added": e.added}
+            for e in sorted(errors, key=lambda e: e.added, reverse=True)]
+
+
 def quantize_with_fallback(model_path: Path, out_path: Path, ranges, target: Int8Target,
-                           images: np.ndarray, reference: np.ndarray, config: PrecisionConfig,
-                           metric: str, log=print) -> FallbackReport:
-    """Quantize; if the agreement with ``reference`` is below the goal, measure each layer's
-    sensitivity once (every layer quantized but that one, on the held-out images) and keep layers
-    in float, most sensitive first, until the goal is met or ``max_fallback`` layers are float."""
-    def score(excluded: list[str], subset: slice = slice(None)) -> float:
+                           images: np.ndarray, reference: np.ndarray, eager_model,
+                           config: PrecisionConfig, metric: str, log=print) -> FallbackReport:
+    """Quantize; if the agreement with ``reference`` on the tuning ``images`` is below the goal,
+    rank the layers by the error each adds (one module-by-module measurement against
+    ``eager_model``) and keep them in float, most first, until the goal is met or
+    ``max_fallback`` layers are float."""
+    def score(excluded: list[str]) -> float:
         onnx_to_int8(model_path, out_path, ranges, target, excluded)
-        outputs = run_batches(OnnxRuntimeRunner(out_path), images[subset])
-        return agreement(outputs, reference[subset], metric)
+        return agreement(run_batches(OnnxRuntimeRunner(out_path), images), reference, metric)
 
     excluded: list[str] = []
     initial = current = score(excluded)
     report = FallbackReport(target.value, metric, config.agreement_target, initial, initial)
     if current < config.agreement_target and config.max_fallback > 0:
-        subset = slice(0, config.sensitivity_images)
-        baseline = initial if config.sensitivity_images is None else score([], subset)
-        gains = {n: score([n], subset) - baseline for n in quantizable_nodes(model_path)}
-        ranking = sorted(gains, key=gains.get, reverse=True)[:config.max_fallback]
-        log(f"  {target.value}: {metric} {initial:.4f} < {config.agreement_target}; "
-            f"most sensitive layers: {', '.join(ranking)}")
-        for node in ranking:
-            excluded.append(node)
-            current = score(excluded)
-            report.fallen_back.append({"node": node, "gain_when_float": round(gains[node], 4),
+        # errors of several layers can cancel: a layer stays float only if that helps, and at
+        # most 3 * max_fallback candidates are tried
+        ranking = layer_ranking(out_path, model_path, eager_model, images)[:3 * config.max_fallback]
+        log(f"  {target.value}: {metric} {initial:.4f} < {config.agreement_target}; layers adding "
+            f"the most error: {', '.join(r['module'] for r in ranking[:config.max_fallback])}")
+        for layer in ranking:
+            trial = score([*excluded, layer["node"]])
+            if trial <= current:
+                log(f"  {target.value}: {layer['module']} in float does not help ({metric} {trial:.4f})")
+                continue
+            excluded.append(layer["node"])
+            current = trial
+            report.fallen_back.append({**layer, "added": round(layer["added"], 5),
                                        f"{metric}_after": round(current, 4)})
-            log(f"  {target.value}: {node} kept in float ({metric} {current:.4f})")
-            if current >= config.agreement_target:
+            log(f"  {target.value}: {layer['module']} kept in float ({metric} {current:.4f})")
+            if current >= config.agreement_target or len(excluded) == config.max_fallback:
                 break
+        onnx_to_int8(model_path, out_path, ranges, target, excluded)  # the graph on disk: the best
     report.final, report.met = current, current >= config.agreement_target
     if not report.met:
         log(f"  {target.value}: WARNING {metric} {current:.4f} is below the target "
@@ -209,8 +224,8 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     fallback = {}
     for target in Int8Target:
         fallback[target.value] = quantize_with_fallback(
-            fp32, root / target.filename, ranges, target, tuning, tuning_reference, config, metric,
-            log)
+            fp32, root / target.filename, ranges, target, tuning, tuning_reference, eager_model,
+            config, metric, log)
     timings["quantize"] = time.perf_counter() - start
 
     start = time.perf_counter()

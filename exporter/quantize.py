@@ -22,6 +22,7 @@ from calibration.calibrate import METHODS, QUANTIZED_OP_TYPES, CalibrationResult
 from models import ToolchainError
 
 from .console import quiet
+from .export import keep_only_module_map
 from .files import atomic_path
 
 
@@ -64,7 +65,7 @@ def onnx_to_int8(model_path: Path, out_path: Path, ranges: CalibrationResult, ta
             calibration_cache_path=str(ranges.ranges_path), activation_type=settings["activation_type"],
             weight_type=settings["weight_type"], extra_options=dict(settings["extra_options"]))
         model = onnx.load(str(tmp))
-        del model.metadata_props[:]
+        keep_only_module_map(model)
         onnx.save_model(model, str(tmp))
     if target is Int8Target.TENSORRT:
         violations = tensorrt_qdq_violations(out_path)

@@ -11,6 +11,7 @@ from .files import atomic_path, write_text_atomic
 from .manifest import read_manifest, write_manifest
 
 ERRORS_PNG, LATENCY_PNG = "parity-errors.png", "bench-latency.png"
+MODULES_PNG = "explain-modules.png"
 
 
 def _pyplot():
@@ -41,6 +42,50 @@ def plot_error_histograms(path: Path, errors: dict[str, np.ndarray]) -> Path:
     return path
 
 
+def plot_module_errors(path: Path, explain: dict) -> Path:
+    """rel L2 against eager at each module's output, in forward order, one line per artifact."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    modules: list[str] = []
+    for name, errors in explain["artifacts"].items():
+        modules = modules or [e["module"] for e in errors]
+        ax.plot(range(len(errors)), [max(e["rel_l2"], 1e-9) for e in errors], marker=".", label=name)
+    ax.set_xticks(range(len(modules)), modules, rotation=90, fontsize=6)
+    ax.set(yscale="log", ylabel="rel L2 against eager at the module's output",
+           title=f"Where error enters, module by module ({explain['images']} held-out images)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _explain_section(explain: dict) -> list[str]:
+    from .explain import ModuleError, format_errors
+
+    lines = ["## Where error enters", "",
+             f"Each module's output in the artifact against eager PyTorch's, on {explain['images']} "
+             "held-out images (`python -m exporter explain --manifest manifest.json --artifact A` "
+             "prints the whole list). The ten modules that add the most error:", ""]
+    for name, errors in explain["artifacts"].items():
+        lines += [f"### {name}", "", format_errors([ModuleError(**e) for e in errors]), ""]
+    return lines + [f"![modules]({MODULES_PNG})", ""]
+
+
+def _selftest_section(selftest: dict) -> list[str]:
+    lines = ["## Gate self-test", "",
+             f"`make parity-selftest` planted {selftest['planted']} known bugs into copies of this "
+             f"build (manifest sha256 updated, as a careless rebuild would) and the gate caught "
+             f"**{selftest['caught']} of {selftest['planted']}**.", "",
+             "| bug | artifact | planted | caught | first failure |", "|---|---|---|---|---|"]
+    for bug in selftest["bugs"]:
+        first = bug["by"][0].replace("|", "/") if bug["by"] else ""
+        lines.append(f"| {bug['bug']} | {bug['artifact']} | {bug['planted']} | "
+                     f"{'yes' if bug['caught'] else '**NO**'} | {first} |")
+    return lines + [""]
+
+
 def plot_latency(path: Path, bench: dict) -> Path:
     plt = _pyplot()
     names = [n for n, per in bench["results"].items() if any("p50_ms" in r for r in per.values())]
@@ -64,19 +109,29 @@ def plot_latency(path: Path, bench: dict) -> Path:
 def _parity_section(parity: dict) -> list[str]:
     weights = ("trained weights" if parity["trained_weights"]
                else "random-init weights: top-1/top-5 not gated")
+    heldout = parity.get("heldout", {})
     lines = ["## Parity against eager PyTorch fp32", "",
-             f"Gate: **{'passed' if parity['passed'] else 'FAILED'}** ({weights})",
-             "", "| artifact | case | rel L2 | min cosine | max abs | top-1 | top-5 | accuracy | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"Gate: **{'passed' if parity['passed'] else 'FAILED'}** ({weights}). "
+             f"Held-out images: {heldout.get('images', '?')} ({heldout.get('source', '?')}), "
+             f"never used for calibration or tuning; shapes: {', '.join(parity.get('shapes', []))}. "
+             "Every portable graph is read by ONNX Runtime and by OpenVINO.",
+             "", "| artifact | reader | case | rel L2 | min cosine | max abs | top-1 | top-5 | accuracy "
+             "| verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for artifact in parity["artifacts"]:
+        reader = artifact.get("reader", "onnxruntime")
         if artifact["skipped"]:
-            lines.append(f"| {artifact['path']} | - | | | | | | | skipped: {artifact['skipped']} |")
+            lines.append(f"| {artifact['path']} | {reader} | - | | | | | | | "
+                         f"SKIPPED, not verified: {artifact['skipped']} |")
+        general = [f for f in artifact["failures"] if f.split(": ")[0] not in artifact["cases"]]
+        if general:
+            lines.append(f"| {artifact['path']} | {reader} | all | | | | | | | "
+                         f"FAIL: {'; '.join(general)} |")
         for case, r in artifact["cases"].items():
             failed = any(f.startswith(f"{case}: ") for f in artifact["failures"])
             accuracy = f"{100 * r['accuracy']:.2f}%" if "accuracy" in r else ""
-            lines.append(f"| {artifact['path']} | {case} | {r['rel_l2']:.2e} | {r['cosine']:.5f} | "
-                         f"{r['max_abs']:.2e} | {r['top1']:.3f} | {r['top5']:.3f} | {accuracy} | "
-                         f"{'FAIL' if failed else 'ok'} |")
+            lines.append(f"| {artifact['path']} | {reader} | {case} | {r['rel_l2']:.2e} | "
+                         f"{r['cosine']:.5f} | {r['max_abs']:.2e} | {r['top1']:.3f} | {r['top5']:.3f} "
+                         f"| {accuracy} | {'FAIL' if failed else 'ok'} |")
     return lines + ["", f"![errors]({ERRORS_PNG})", ""]
 
 
@@ -96,6 +151,13 @@ def write_report(root: Path) -> Path:
     lines.append("")
     if (root / "parity.json").is_file():
         lines += _parity_section(json.loads((root / "parity.json").read_text()))
+    if (root / "explain.json").is_file():
+        explain = json.loads((root / "explain.json").read_text())
+        if explain["artifacts"]:
+            plot_module_errors(root / MODULES_PNG, explain)
+            lines += _explain_section(explain)
+    if (root / "selftest.json").is_file():
+        lines += _selftest_section(json.loads((root / "selftest.json").read_text()))
     if (root / "bench.json").is_file():
         bench = json.loads((root / "bench.json").read_text())
         lines += ["## Speed", "", f"Input {bench['input'][0]}x{bench['input'][1]}, "

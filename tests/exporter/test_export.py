@@ -218,6 +218,20 @@ def test_full_size_se_exports_and_verifies(tmp_path):
     assert manifest["parity"]["onnx-fp32-vs-eager"]["worst_rel_max"] < 1e-4
     assert manifest["artifacts"][0]["bytes"] > 500e6
     assert sorted(p.name for p in (tmp_path / "se").iterdir()) == ["manifest.json", "model.onnx"]
+    # The fp16 graph of the full-size model, read by both runtimes (docs/precision.md: OpenVINO
+    # read it 200x further from eager before the pool's bins became integer arithmetic).
+    from exporter.fp16 import onnx_to_fp16
+    from exporter.parity import load_tolerances, metrics
+    from exporter.runners import OpenVinoRunner
+
+    fp16 = onnx_to_fp16(tmp_path / "se" / "model.onnx", tmp_path / "se" / "model.fp16.onnx")
+    model = model_from_manifest(manifest)
+    budget = load_tolerances("se")["fp16"]["rel_l2_max"]
+    for shape in [(1, 3, 96, 320)]:  # 3x10 feature maps: uneven pooling bins
+        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+        reference = run_torch(model, x)
+        for runner in (OnnxRuntimeRunner(fp16), OpenVinoRunner(fp16, "f32")):
+            assert metrics(runner(x), reference)["rel_l2"] <= budget, (type(runner), shape)
 
 
 def test_export_with_opt_size_32_stays_dynamic(tmp_path):

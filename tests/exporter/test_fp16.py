@@ -29,6 +29,36 @@ def test_fp16_graph_is_finite_and_close_at_the_largest_declared_size(exported, v
     assert any(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)
 
 
+@pytest.mark.parametrize("variant", ["vgg16", "se", "la", "sa"])
+def test_both_readers_compute_the_fp16_graph_within_its_budget(exported, variant, tmp_path):
+    """ONNX Runtime and OpenVINO read the same fp16 graph; both must be within the fp16 budget
+    of eager at shapes where the adaptive pool's bins are uneven (3x10 and 2x14 feature maps)."""
+    from exporter.parity import load_tolerances, metrics
+    from exporter.runners import OpenVinoRunner
+
+    fp16 = onnx_to_fp16(exported(variant).parent / "model.onnx", tmp_path / "model.fp16.onnx")
+    model = build_model(tiny_config(variant))[0]
+    budget = load_tolerances(variant)["fp16"]["rel_l2_max"]
+    readers = {"onnxruntime": OnnxRuntimeRunner(fp16), "openvino": OpenVinoRunner(fp16, "f32")}
+    for shape in [(2, 3, 96, 320), (1, 3, 64, 448)]:
+        if variant == "sa":
+            shape = (shape[0], 3, 64, 96)
+        x = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
+        reference = run_torch(model, x)
+        for name, runner in readers.items():
+            rel_l2 = metrics(runner(x), reference)["rel_l2"]
+            assert rel_l2 <= budget, (name, shape, rel_l2)
+
+
+def test_the_pool_bins_are_integer_arithmetic_in_every_graph(exported, tmp_path):
+    """The bin bounds of the adaptive pool must not be float Div + Floor: computed in fp16, and
+    by OpenVINO as a multiplication by a rounded reciprocal, floor(21 / 7) became 2."""
+    fp16 = onnx_to_fp16(exported("se").parent / "model.onnx", tmp_path / "model.fp16.onnx")
+    for path in (exported("se").parent / "model.onnx", fp16):
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert "Floor" not in ops and "Ceil" not in ops, path
+
+
 @pytest.mark.parametrize(("variant", "kept_ops"), [
     ("se", {"ReduceMean"}), ("la", {"ReduceSum"}), ("sa", {"Softmax"})])
 def test_reductions_and_softmax_stay_in_float32(exported, tmp_path, variant, kept_ops):

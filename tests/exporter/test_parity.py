@@ -16,8 +16,6 @@ from exporter.parity import breaches, load_tolerances, metrics, run_parity
 from models import ConfigError
 from tests.conftest import copy_build
 
-pytestmark = pytest.mark.numerics
-
 
 def _quiet(*_):
     pass
@@ -44,19 +42,25 @@ def _scale_initializer(root, path, pick, factor=1.05):
     return name
 
 
+@pytest.mark.numerics
 def test_gate_passes_a_good_build_and_writes_json_junit_and_report(precision_build, tmp_path):
     root = copy_build(precision_build, tmp_path)
     report = run_parity(root / "manifest.json", log=_quiet)
     assert report.passed, report.failures()
     parity = json.loads((root / "parity.json").read_text())
-    assert parity["passed"] and len(parity["artifacts"]) == 6
+    assert parity["passed"] and len(parity["artifacts"]) == 10
+    readers = {(a["path"], a["reader"]) for a in parity["artifacts"]}
+    onnx_graphs = {"model.onnx", "model.fp16.onnx", "model.int8-trt.onnx", "model.int8-cpu.onnx"}
+    assert {p for p, r in readers if r == "openvino"} == onnx_graphs  # the second reader
+    assert {p for p, r in readers if r == "onnxruntime"} == onnx_graphs | {
+        "engines/ort/model.fp32.ort", "engines/ort/model.int8-cpu.ort"}
     assert all(len(a["cases"]) == 5 for a in parity["artifacts"])  # held-out + 4 corner shapes
     assert "32x3x224x224" in parity["shapes"]  # the max batch is gated
     assert parity["heldout"]["ids_sha256"] == read_manifest(root / "manifest.json")[
         "data_split"]["ids_sha256"]["heldout"]
     suite = ET.parse(root / "parity.junit.xml").getroot()
     assert suite.get("failures") == "0" and suite.get("skipped") == "0"
-    assert int(suite.get("tests")) == 30
+    assert int(suite.get("tests")) == 10 * (5 + 1)
     text = (root / "report.md").read_text()
     assert "Gate: **passed**" in text and "parity-errors.png" in text
     assert (root / "parity-errors.png").read_bytes()[:4] == b"\x89PNG"
@@ -67,38 +71,45 @@ def test_gate_fails_a_model_with_one_conv_scaled_by_5_percent(precision_build, t
     root = copy_build(precision_build, tmp_path)
     _scale_initializer(root, "model.onnx", lambda m: next(
         n for n in m.graph.node if n.op_type == "Conv").input[1])
-    report = run_parity(root / "manifest.json", log=_quiet)
+    report = run_parity(root / "manifest.json", log=_quiet, only={"model.onnx"})
     assert not report.passed
-    assert all(f.startswith("model.onnx: ") for f in report.failures())
+    assert {f.split(": ")[0] for f in report.failures()} == {
+        "model.onnx [onnxruntime]", "model.onnx [openvino]"}  # both readers see it
+    # and the message names the module where the error enters: the conv that was scaled
+    assert all("error first grows past the rel L2 budget 0.0001 at features.0 (Conv2d" in f
+               for f in report.failures() if "[onnxruntime]" in f)
     assert any("rel_l2" in f for f in report.failures())
     suite = ET.parse(root / "parity.junit.xml").getroot()
     assert int(suite.get("failures")) >= 1
     assert "Gate: **FAILED**" in (root / "report.md").read_text()
 
 
+@pytest.mark.numerics
 def test_gate_fails_an_int8_graph_with_one_dequantize_scale_x105(precision_build, tmp_path):
     """Too small for the absolute int8 budget; the drift check catches it."""
     root = copy_build(precision_build, tmp_path)
-    good = run_parity(copy_build(precision_build, tmp_path / "good") / "manifest.json", log=_quiet)
-    good_int8 = next(a for a in good.artifacts if a.path == "model.int8-trt.onnx")
+    good = run_parity(copy_build(precision_build, tmp_path / "good") / "manifest.json", log=_quiet,
+                      only={"model.int8-trt.onnx"})
+    good_int8 = next(a for a in good.artifacts if a.label == "model.int8-trt.onnx [onnxruntime]")
     _scale_initializer(root, "model.int8-trt.onnx", lambda m: next(
         n for n in m.graph.node if n.op_type == "DequantizeLinear"
         and any(i.name == n.input[0] and i.data_type == onnx.TensorProto.INT8
                 for i in m.graph.initializer)).input[1])
-    report = run_parity(root / "manifest.json", log=_quiet)
-    bad = next(a for a in report.artifacts if a.path == "model.int8-trt.onnx")
+    report = run_parity(root / "manifest.json", log=_quiet, only={"model.int8-trt.onnx"})
+    bad = next(a for a in report.artifacts if a.label == "model.int8-trt.onnx [onnxruntime]")
     assert bad.cases["heldout"]["rel_l2"] <= load_tolerances("se")["int8"]["rel_l2_max"]
     assert bad.cases["heldout"]["rel_l2"] > good_int8.cases["heldout"]["rel_l2"]
     assert not report.passed
     assert [f for f in report.failures() if "drift" in f] and all(
-        f.startswith("model.int8-trt.onnx") for f in report.failures())
+        f.startswith("model.int8-trt.onnx [onnxruntime]") for f in report.failures())
 
 
+@pytest.mark.numerics
 def test_gate_fails_an_fp16_graph_with_one_weight_x105(precision_build, tmp_path):
     root = copy_build(precision_build, tmp_path)
     _scale_initializer(root, "model.fp16.onnx", lambda m: next(
         n for n in m.graph.node if n.op_type == "Conv").input[1])
-    report = run_parity(root / "manifest.json", log=_quiet)
+    report = run_parity(root / "manifest.json", log=_quiet, only={"model.fp16.onnx"})
     assert not report.passed
     assert all(f.startswith("model.fp16.onnx") for f in report.failures())
 
@@ -108,9 +119,9 @@ def test_an_artifact_that_does_not_load_fails_the_gate(precision_build, tmp_path
     root = copy_build(precision_build, tmp_path)
     (root / path).write_bytes(b"not a model")
     _rehash(root, path)
-    report = run_parity(root / "manifest.json", log=_quiet)
+    report = run_parity(root / "manifest.json", log=_quiet, only={path})
     assert not report.passed and report.skipped() == []
-    assert [f for f in report.failures() if f.startswith(f"{path}: cannot be loaded")]
+    assert [f for f in report.failures() if f.startswith(f"{path} [onnxruntime]: cannot be loaded")]
     assert main(["parity", "--manifest", str(root / "manifest.json")]) == 1
     assert "parity: FAILED" in capsys.readouterr().err
 
@@ -133,7 +144,7 @@ def test_a_plan_without_tensorrt_is_reported_as_skipped_not_verified(precision_b
     out = capsys.readouterr().out
     assert "SKIPPED, not verified" in out and "1 TensorRT plans NOT verified" in out
     gate = read_manifest(root / "manifest.json")["parity"]["gate"]
-    assert gate["skipped"] and gate["skipped"][0].startswith("engines/trt/int8.plan")
+    assert gate["skipped"] and gate["skipped"][0].startswith("engines/trt/int8.plan [tensorrt]")
 
 
 def test_a_missed_fallback_target_fails_the_gate(precision_build, tmp_path):
@@ -141,8 +152,9 @@ def test_a_missed_fallback_target_fails_the_gate(precision_build, tmp_path):
     manifest = read_manifest(root / "manifest.json")
     manifest["calibration"]["fallback"]["int8-cpu"]["met"] = False
     write_manifest(root / "manifest.json", manifest)
-    report = run_parity(root / "manifest.json", log=_quiet)
-    failing = {f.split(":")[0] for f in report.failures()}
+    int8 = {"model.int8-trt.onnx", "model.int8-cpu.onnx", "engines/ort/model.int8-cpu.ort"}
+    report = run_parity(root / "manifest.json", log=_quiet, only=int8)
+    failing = {f.split(" [")[0] for f in report.failures()}
     assert failing == {"model.int8-cpu.onnx", "engines/ort/model.int8-cpu.ort"}
     assert all("fallback missed its target" in f for f in report.failures())
 
@@ -215,3 +227,16 @@ def test_cli_exit_code_is_the_verdict(precision_build, tmp_path, capsys):
     strict.write_text("[precision.int8]\nrel_l2_max = 1e-6\n")
     assert main(args + ["--tolerances", str(strict)]) == 1
     assert "parity: FAILED" in capsys.readouterr().err
+
+
+def test_readers_that_disagree_are_reported_as_such():
+    from exporter.parity import ArtifactParity, reader_disagreement
+
+    entries = [ArtifactParity("model.fp16.onnx", "fp16", "onnxruntime"),
+               ArtifactParity("model.fp16.onnx", "fp16", "openvino")]
+    logits = np.random.default_rng(0).standard_normal((8, 10))
+    same = {e.label: logits for e in entries}
+    assert reader_disagreement(entries, same, {"rel_l2_max": 5e-3}) is None
+    off = {entries[0].label: logits, entries[1].label: logits * 1.17}
+    message = reader_disagreement(entries, off, {"rel_l2_max": 5e-3})
+    assert message and message.startswith("readers disagree: onnxruntime and openvino differ")

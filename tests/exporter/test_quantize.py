@@ -6,6 +6,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from calibration.calibrate import calibrate
 from calibration.data import ImageSet
+from exporter.export import build_model
 from exporter.precision import PrecisionConfig, agreement, quantize_with_fallback, run_batches
 from exporter.quantize import (
     Int8Target,
@@ -15,6 +16,7 @@ from exporter.quantize import (
     tensorrt_qdq_violations,
 )
 from exporter.runners import OnnxRuntimeRunner
+from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +127,8 @@ def test_fallback_keeps_sensitive_layers_in_float_until_the_target(exported, ima
                                   heldout), reference, "cosine")
     goal = 1 - (1 - plain) / 4  # reachable only by keeping some layers in float
     report = quantize_with_fallback(
-        fp32, out, ranges, Int8Target.CPU, heldout, reference,
-        PrecisionConfig(agreement_target=goal, max_fallback=4, sensitivity_images=12),
-        "cosine", log=lambda *_: None)
+        fp32, out, ranges, Int8Target.CPU, heldout, reference, build_model(tiny_config("se"))[0],
+        PrecisionConfig(agreement_target=goal, max_fallback=4), "cosine", log=lambda *_: None)
     assert report.initial == pytest.approx(plain)
     assert 1 <= len(report.fallen_back) <= 4
     assert all(f["node"] in quantizable_nodes(fp32) for f in report.fallen_back)

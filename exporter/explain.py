@@ -1,0 +1,131 @@
+"""Where error enters: each module's output in an artifact against eager PyTorch's own, on the
+same images, so that an fp16 or int8 error is traced to the module that adds it
+(`python -m exporter explain --manifest M --artifact A`).
+
+The export records which ONNX tensor each module's output became (exporter.export's module map:
+every layer with weights, the pools, and the SE / attention blocks as a whole); the fp16 and Q/DQ
+graphs keep those float tensor names. The graph is run by ONNX Runtime with those tensors as
+extra outputs, eager PyTorch with forward hooks, batch by batch, and only sums are kept, so
+memory does not grow with the number of images.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from models import ToolchainError
+
+from .export import read_module_outputs
+from .runners import OnnxRuntimeRunner
+
+EXPLAIN_JSON = "explain.json"
+
+
+@dataclass(frozen=True)
+class ModuleError:
+    module: str  # the PyTorch module, e.g. features.4.fc.2
+    kind: str  # its class, e.g. Conv2d, SEBlock
+    tensor: str  # the ONNX tensor that holds its output
+    rel_l2: float  # ||artifact - eager|| / ||eager|| at this module's output
+    added: float  # rel_l2 minus the previous module's: what this module adds
+
+
+def _with_outputs(graph: Path, tensors: list[str]) -> bytes:
+    model = onnx.load(str(graph))
+    present = {o.name for o in model.graph.output}
+    for name in tensors:
+        if name not in present:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return model.SerializeToString()
+
+
+def module_errors(graph: Path, model: nn.Module, images: np.ndarray,
+                  batch: int = 8) -> list[ModuleError]:
+    """Each mapped module's output error in ``graph`` (run by ONNX Runtime) against ``model``."""
+    modules = read_module_outputs(graph)
+    if not modules:
+        raise ToolchainError(f"{graph} holds no module map (it was not written by this toolchain's "
+                             f"export, or was re-saved by another tool); re-export it")
+    runner = OnnxRuntimeRunner(_with_outputs(graph, [m["tensor"] for m in modules]))
+    names = [o.name for o in runner.session.get_outputs()]
+    captured: dict[str, np.ndarray] = {}
+    by_name = dict(model.named_modules())
+    # copies: the ReLUs after convs and linears work in place on what the hook saw
+    hooks = [by_name[m["module"]].register_forward_hook(
+        lambda _mod, _inp, out, key=m["module"]: captured.__setitem__(key, out.detach().numpy().copy()))
+        for m in modules]
+    diff = np.zeros(len(modules))
+    norm = np.zeros(len(modules))
+    try:
+        for start in range(0, len(images), batch):
+            x = np.ascontiguousarray(images[start:start + batch])
+            with torch.inference_mode():
+                model(torch.from_numpy(x))
+            outputs = dict(zip(names, runner.session.run(None, {runner.input_name: x}), strict=True))
+            for i, m in enumerate(modules):
+                got = outputs[m["tensor"]].astype(np.float64)
+                want = captured[m["module"]].astype(np.float64)
+                diff[i] += np.sum((got - want) ** 2)
+                norm[i] += np.sum(want ** 2)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    rel = np.sqrt(diff / np.maximum(norm, 1e-300))
+    previous = np.concatenate([[0.0], rel[:-1]])
+    return [ModuleError(m["module"], m["kind"], m["tensor"], float(r), float(r - p))
+            for m, r, p in zip(modules, rel, previous, strict=True)]
+
+
+def first_past(errors: list[ModuleError], budget: float) -> ModuleError | None:
+    """The first module (in forward order) whose output error exceeds ``budget``."""
+    return next((e for e in errors if e.rel_l2 > budget), None)
+
+
+def top_contributors(errors: list[ModuleError], count: int = 10) -> list[ModuleError]:
+    return sorted(errors, key=lambda e: e.added, reverse=True)[:count]
+
+
+def format_errors(errors: list[ModuleError], count: int = 10) -> str:
+    lines = ["| module | kind | rel L2 at its output | added by it |", "|---|---|---|---|"]
+    lines += [f"| {e.module} | {e.kind} | {e.rel_l2:.3e} | {e.added:+.3e} |"
+              for e in top_contributors(errors, count)]
+    return "\n".join(lines)
+
+
+def write_explain_json(root: Path, results: dict[str, list[ModuleError]], images: int) -> Path:
+    from .files import write_text_atomic
+
+    data = {"images": images, "artifacts": {path: [asdict(e) for e in errors]
+                                            for path, errors in results.items()}}
+    return write_text_atomic(root / EXPLAIN_JSON, json.dumps(data, indent=1) + "\n")
+
+
+def explain_artifact(manifest_path: Path, artifact: str, images: int = 8, log=print) -> list[ModuleError]:
+    """The CLI's `explain`: per-module errors of one portable graph on the build's held-out images."""
+    from .export import model_from_manifest
+    from .manifest import read_manifest, verify_artifacts
+    from .parity import heldout_images
+
+    manifest_path = Path(manifest_path)
+    verify_artifacts(manifest_path)
+    manifest = read_manifest(manifest_path)
+    entry = next((a for a in manifest["artifacts"] if a["path"] == artifact), None)
+    graphs = [a["path"] for a in manifest["artifacts"] if a["format"] == "onnx"]
+    if entry is None or entry["format"] != "onnx":
+        raise ToolchainError(f"{artifact!r} is not an ONNX graph of {manifest_path}; explain one of "
+                             f"{', '.join(graphs)} (an .ort model is its .onnx graph optimized)")
+    heldout = heldout_images(manifest)
+    errors = module_errors(manifest_path.parent / artifact, model_from_manifest(manifest),
+                           heldout.images[:images])
+    log(f"{artifact} against eager PyTorch fp32, module by module, on {min(images, len(heldout))} "
+        f"held-out images; the ten modules that add the most error:\n")
+    log(format_errors(errors))
+    log("\nall modules in forward order: " + ", ".join(f"{e.module} {e.rel_l2:.2e}" for e in errors))
+    return errors
