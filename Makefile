@@ -68,8 +68,10 @@ $(D)/.precision.done: $(D)/.export.done $(D)/.settings-calib $(wildcard calibrat
 	$(CLI) precision --manifest $(D)/manifest.json $(CALIB_ARGS) $(PRECISION_ARGS)
 	touch $@
 
-# engines/trt/{fp16,int8}.plan where TensorRT and a GPU exist (BACKEND=auto|tensorrt|ort).
-$(D)/.engines.done: $(D)/.precision.done $(D)/.settings-backend exporter/engines.py exporter/tensorrt_engine.py
+# engines/openvino/*.xml everywhere; engines/trt/{fp16,int8}.plan where TensorRT and a GPU exist
+# (BACKEND=auto|tensorrt|ort).
+$(D)/.engines.done: $(D)/.precision.done $(D)/.settings-backend exporter/engines.py exporter/tensorrt_engine.py \
+		exporter/openvino_ir.py
 	$(CLI) engines --manifest $(D)/manifest.json --backend $(BACKEND)
 	touch $@
 
@@ -77,7 +79,8 @@ $(D)/.parity.done: $(D)/.engines.done exporter/parity.py exporter/tolerances.tom
 	$(CLI) parity --manifest $(D)/manifest.json $(PARITY_ARGS)
 	touch $@
 
-$(D)/.bench.done: $(D)/.engines.done exporter/bench.py
+# After the gate: the speed report recommends only artifacts that passed it.
+$(D)/.bench.done: $(D)/.parity.done exporter/bench.py
 	$(CLI) bench --manifest $(D)/manifest.json $(BENCH_ARGS)
 	touch $@
 

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Reference consumer of an attnvgg-export build: what an edge integrator copies.
 
-Needs only numpy, Pillow and onnxruntime (no torch, nothing else from this project). Reads
-manifest.json, picks the artifact for a runtime and precision, verifies its sha256, applies the
+Needs only numpy, Pillow and onnxruntime, or openvino (no torch, nothing else from this project).
+Reads manifest.json, picks the artifact for a runtime and precision (by default the one the
+build's benchmark recommends for the runtime installed), verifies its sha256, applies the
 recorded preprocessing to image files, runs, and prints the top-5 classes with their labels.
 
     python classify.py build/se/manifest.json photo1.jpg photo2.png [--precision int8]
+    python classify.py build/se/manifest.json photo.jpg --runtime openvino
+    python classify.py build/se/manifest.json --bench      # time every CPU artifact on this box
 """
 
 from __future__ import annotations
@@ -34,14 +37,53 @@ def load_manifest(path: Path) -> dict:
     return manifest
 
 
-def pick_artifact(manifest: dict, precision: str, target: str = "onnxruntime-cpu") -> dict:
-    """The artifact for ONNX Runtime on the CPU: ORT format first, then ONNX."""
+RUNTIMES = {"onnxruntime": ("onnxruntime-cpu", ("ort", "onnx")),
+            "openvino": ("openvino-cpu", ("openvino-ir",))}
+
+
+def default_runtime(manifest: dict) -> str:
+    """openvino where it is installed and the build has OpenVINO IR (Intel edge boxes), else
+    onnxruntime."""
+    import importlib.util
+
+    has_ir = any(a["format"] == "openvino-ir" for a in manifest["artifacts"])
+    return "openvino" if has_ir and importlib.util.find_spec("openvino") else "onnxruntime"
+
+
+def pick_artifact(manifest: dict, precision: str | None = None,
+                  runtime: str = "onnxruntime") -> dict:
+    """The artifact to run: of ``precision`` if given (ORT format before ONNX), else the one the
+    build's benchmark recommends for ``runtime`` at batch 1, else fp32."""
+    target, formats = RUNTIMES[runtime]
+    if precision is None:
+        recommended = (manifest.get("bench") or {}).get("recommended", {}).get("1", {}).get(target)
+        if recommended:
+            return next(a for a in manifest["artifacts"] if a["path"] == recommended["artifact"]
+                        and a["precision"] == recommended["precision"])
+        precision = "fp32"
     candidates = [a for a in manifest["artifacts"] if a["precision"] == precision
-                  and a["target"] in (target, "any") and a["format"] in ("ort", "onnx")]
+                  and a["target"] in (target, "any") and a["format"] in formats]
     if not candidates:
         available = sorted({(a["precision"], a["target"]) for a in manifest["artifacts"]})
         raise ConsumerError(f"no {precision} artifact for {target}; the build has {available}")
     return sorted(candidates, key=lambda a: a["format"] != "ort")[0]
+
+
+def load_runner(manifest_path: Path, artifact: dict, runtime: str):
+    """A callable batch -> logits for the artifact, sha256 checked (an IR's weights too)."""
+    path = verified_path(manifest_path, artifact)
+    if runtime == "openvino":
+        import openvino as ov
+
+        verified_path(manifest_path, artifact["weights"])
+        options = {"INFERENCE_PRECISION_HINT": "f32", **artifact.get("runtime_options", {})}
+        compiled = ov.Core().compile_model(str(path), "CPU", options)
+        return lambda batch: compiled(batch)[0]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: batch})[0]
 
 
 def verified_path(manifest_path: Path, artifact: dict) -> Path:
@@ -81,30 +123,71 @@ def preprocess(path: Path, pre: dict) -> np.ndarray:
     return x.transpose(2, 0, 1).astype(np.float32)
 
 
-def classify(manifest_path: Path, images: list[Path], precision: str = "fp32",
-             top: int = 5) -> list[list[tuple[str, float]]]:
-    import onnxruntime as ort
-
+def classify(manifest_path: Path, images: list[Path], precision: str | None = "fp32",
+             top: int = 5, runtime: str = "onnxruntime") -> list[list[tuple[str, float]]]:
     manifest = load_manifest(manifest_path)
-    artifact = pick_artifact(manifest, precision)
-    session = ort.InferenceSession(str(verified_path(manifest_path, artifact)),
-                                   providers=["CPUExecutionProvider"])
+    run = load_runner(manifest_path, pick_artifact(manifest, precision, runtime), runtime)
     batch = np.stack([preprocess(p, manifest["preprocessing"]) for p in images])
-    logits = session.run([manifest["output"]["name"]], {manifest["input"]["name"]: batch})[0]
+    logits = run(batch)
     shifted = np.exp(logits - logits.max(1, keepdims=True))
     probabilities = shifted / shifted.sum(1, keepdims=True)
     labels = manifest.get("labels") or [str(i) for i in range(manifest["num_classes"])]
     return [[(labels[i], float(p[i])) for i in np.argsort(-p)[:top]] for p in probabilities]
 
 
+def bench(manifest_path: Path, batches: tuple[int, ...] = (1, 8), runs: int = 10) -> list[dict]:
+    """p50 latency of every CPU artifact under every runtime installed here, at the opt size:
+    the re-measurement on the target box, without torch."""
+    import importlib.util
+    import time
+
+    manifest = load_manifest(manifest_path)
+    dyn = manifest["dynamic"]
+    rows = []
+    for runtime, (target, formats) in RUNTIMES.items():
+        if not importlib.util.find_spec(runtime):
+            continue
+        for artifact in manifest["artifacts"]:
+            if artifact["format"] not in formats or artifact["target"] not in (target, "any"):
+                continue
+            run = load_runner(manifest_path, artifact, runtime)
+            for size in batches:
+                x = np.random.default_rng(0).standard_normal(
+                    (size, 3, dyn["height"]["opt"], dyn["width"]["opt"])).astype(np.float32)
+                run(x)
+                times = []
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    run(x)
+                    times.append(time.perf_counter() - start)
+                rows.append({"runtime": runtime, "artifact": artifact["path"],
+                             "precision": artifact["precision"], "batch": size,
+                             "p50_ms": 1000 * float(np.median(times))})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("manifest", type=Path)
-    parser.add_argument("images", type=Path, nargs="+")
-    parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    parser.add_argument("images", type=Path, nargs="*")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default=None,
+                        help="default: what the build's benchmark recommends, else fp32")
+    parser.add_argument("--runtime", choices=list(RUNTIMES), default=None,
+                        help="default: openvino where installed and the build has IR, else "
+                        "onnxruntime")
+    parser.add_argument("--bench", action="store_true", help="time every CPU artifact here")
     args = parser.parse_args(argv)
     try:
-        results = classify(args.manifest, args.images, args.precision)
+        if args.bench:
+            rows = bench(args.manifest)
+            for r in sorted(rows, key=lambda r: (r["batch"], r["p50_ms"])):
+                print(f"batch {r['batch']}: {r['p50_ms']:8.1f} ms  {r['runtime']} {r['artifact']} "
+                      f"({r['precision']})")
+            return 0
+        if not args.images:
+            parser.error("give image files, or --bench")
+        runtime = args.runtime or default_runtime(load_manifest(args.manifest))
+        results = classify(args.manifest, args.images, args.precision, runtime=runtime)
     except (ConsumerError, OSError, KeyError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ from models.card import model_card
 from .export import model_from_manifest
 from .files import write_text_atomic
 from .manifest import read_manifest, write_manifest
-from .report import LATENCY_PNG, plot_latency, write_report
-from .runners import OnnxRuntimeRunner
+from .report import LATENCY_PNG, format_bench, format_recommendation, plot_latency, write_report
+from .runners import OnnxRuntimeRunner, OpenVinoRunner, openvino_has_bf16
 
 
 @dataclass(frozen=True)
@@ -87,30 +88,107 @@ def gemm_peak_gmacs(n: int = 1024, seconds: float = 2.0) -> dict[str, float]:
     return peaks
 
 
-def _torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], object]:
+def torch_bf16_peak_gmacs(n: int = 1024, seconds: float = 2.0) -> float:
+    """bf16 GEMM throughput of torch (oneDNN: AMX or AVX512-BF16) on this machine."""
+    a, b = (torch.randn(n, n).to(torch.bfloat16) for _ in range(2))
+    result = latency(lambda: torch.matmul(a, b),
+                     BenchConfig(warmup=2, min_iterations=5, seconds_per_case=seconds))
+    return n**3 / (result["p50_ms"] / 1000) / 1e9
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+             "amx_int8", "amx_bf16")
+
+
+def cpu_identity() -> dict:
+    """The CPU a measurement is a property of: model name and the ISA flags that pick kernels."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("unknown", "x86_64", ""):
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "isa": [f for f in ISA_FLAGS if f in flags],
+            "threads": os.cpu_count()}
+
+
+@dataclass
+class Row:
+    """One thing a user could pick: a runtime on an artifact (or eager PyTorch)."""
+
+    runner: Callable[[np.ndarray], object]
+    precision: str
+    runtime: str  # eager, torch.compile, onnxruntime, openvino, tensorrt
+    artifact: str | None = None
+    target: str | None = None
+    runtime_options: dict | None = None
+
+
+def _torch_runner(model: torch.nn.Module, bf16: bool = False) -> Callable[[np.ndarray], object]:
     def run(x: np.ndarray):
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             return model(torch.from_numpy(x))
     return run
 
 
-def bench_runners(manifest: dict, root: Path, config: BenchConfig) -> dict[str, tuple]:
-    """name -> (runner, precision). eager first: every speedup is over it."""
+def bench_rows(manifest: dict, root: Path, config: BenchConfig, bf16: bool) -> dict[str, Row]:
+    """name -> Row. eager fp32 first: every speedup is over it."""
     model = model_from_manifest(manifest)
-    runners: dict[str, tuple] = {"eager-fp32": (_torch_runner(model), "fp32")}
+    rows = {"eager fp32": Row(_torch_runner(model), "fp32", "eager")}
+    if bf16:
+        rows["eager bf16 autocast"] = Row(_torch_runner(model, bf16=True), "bf16", "eager")
     if config.torch_compile:
-        runners["torch.compile-fp32"] = (_torch_runner(torch.compile(model)), "fp32")
-    for artifact in manifest["artifacts"]:
-        name = Path(artifact["path"]).name
-        if artifact["target"] == "onnxruntime-cpu":
-            runners[f"ort:{name}"] = (OnnxRuntimeRunner(root / artifact["path"]), artifact["precision"])
-        elif artifact["format"] == "plan":
+        rows["torch.compile fp32"] = Row(_torch_runner(torch.compile(model)), "fp32", "torch.compile")
+    for a in manifest["artifacts"]:
+        path, options = root / a["path"], a.get("runtime_options")
+        if a["target"] in ("onnxruntime-cpu", "any") and a["format"] in ("onnx", "ort"):
+            rows[f"onnxruntime {a['path']}"] = Row(OnnxRuntimeRunner(path), a["precision"],
+                                                   "onnxruntime", a["path"], "onnxruntime-cpu")
+        elif a["format"] == "openvino-ir" and (a["precision"] != "bf16" or bf16):
+            hint = (options or {}).get("INFERENCE_PRECISION_HINT", "f32")
+            runtime = "openvino-bf16" if hint == "bf16" else "openvino"  # as the gate names it
+            rows[f"{runtime} {a['path']}"] = Row(OpenVinoRunner(path, hint), a["precision"],
+                                                 runtime, a["path"], "openvino-cpu", options)
+        elif a["format"] == "plan":
             from .tensorrt_engine import TensorRTRunner
 
             trusted = manifest.get("tensorrt", {}).get("version_compatible", False)
-            runners[f"trt:{name}"] = (TensorRTRunner(root / artifact["path"], host_code_allowed=trusted),
-                                      artifact["precision"])
-    return runners
+            rows[f"tensorrt {a['path']}"] = Row(TensorRTRunner(path, host_code_allowed=trusted),
+                                                a["precision"], "tensorrt", a["path"], "tensorrt")
+    return rows
+
+
+def _gate_passed(root: Path) -> set[tuple[str, str]] | None:
+    """(artifact, reader) pairs that passed the last `make parity`, or None if it has not run."""
+    path = root / "parity.json"
+    if not path.is_file():
+        return None
+    parity = json.loads(path.read_text())
+    return {(a["path"], a.get("reader", "onnxruntime")) for a in parity["artifacts"]
+            if a["passed"] and not a["skipped"]}
+
+
+def recommend(results: dict, rows: dict[str, Row], passed: set | None, batches) -> dict:
+    """Per batch size and target, the fastest artifact that passed the gate."""
+    chosen: dict = {}
+    for batch in map(str, batches):
+        for target in ("onnxruntime-cpu", "openvino-cpu", "tensorrt"):
+            candidates = [(results[name][batch]["p50_ms"], name) for name, row in rows.items()
+                          if row.target == target and "p50_ms" in results[name].get(batch, {})
+                          and passed is not None and (row.artifact, row.runtime) in passed]
+            if candidates:
+                _, name = min(candidates)
+                row = rows[name]
+                chosen.setdefault(batch, {})[target] = {
+                    "row": name, "artifact": row.artifact, "precision": row.precision,
+                    "runtime_options": row.runtime_options or {},
+                    "p50_ms": results[name][batch]["p50_ms"],
+                    "speedup_vs_eager": results[name][batch]["speedup_vs_eager"]}
+    return chosen
 
 
 def run_bench(manifest_path: Path, config: BenchConfig = BenchConfig(), log=print) -> Path:
@@ -124,18 +202,23 @@ def run_bench(manifest_path: Path, config: BenchConfig = BenchConfig(), log=prin
         spec = manifest["model"]
         macs_per_image = model_card(spec["variant"], height, spec["num_classes"],
                                     spec["model_width"]).macs["total"]
-    peaks = gemm_peak_gmacs(seconds=min(2.0, config.seconds_per_case))
-    log(f"machine peak (ONNX Runtime GEMM): fp32 {peaks['fp32']:.0f} GMAC/s, "
-        f"int8 {peaks['int8']:.0f} GMAC/s")
-    runners = bench_runners(manifest, root, config)
+    cpu = cpu_identity()
+    bf16 = openvino_has_bf16()
+    peak_seconds = min(2.0, config.seconds_per_case)
+    peaks = gemm_peak_gmacs(seconds=peak_seconds)
+    if bf16:
+        peaks["bf16"] = torch_bf16_peak_gmacs(seconds=peak_seconds)
+    log(f"machine: {cpu['model']} ({', '.join(cpu['isa'])}); peak GEMM: "
+        + ", ".join(f"{k} {v:.0f} GMAC/s" for k, v in peaks.items()))
+    rows = bench_rows(manifest, root, config, bf16)
     results: dict[str, dict] = {}
     rng = np.random.default_rng(0)
-    cases = [(name, batch) for batch in config.batches for name in runners]
+    cases = [(name, batch) for batch in config.batches for name in rows]
     for name, batch in tqdm(cases, desc="benchmarking", unit="case"):
-        runner, precision = runners[name]
+        row = rows[name]
         x = rng.standard_normal((batch, 3, height, width), dtype=np.float32)
         try:
-            result = latency(lambda r=runner, x=x: r(x), config)
+            result = latency(lambda r=row.runner, x=x: r(x), config)
         except Exception as e:  # torch.compile can fail on some stacks: record why, go on
             results.setdefault(name, {})[str(batch)] = {"error": str(e).splitlines()[0][:200]}
             continue
@@ -143,36 +226,29 @@ def run_bench(manifest_path: Path, config: BenchConfig = BenchConfig(), log=prin
         if macs_per_image:
             achieved = macs_per_image * result["images_per_s"] / 1e9
             result["gmacs_per_s"] = achieved
-            result["peak_share"] = achieved / peaks["int8" if precision == "int8" else "fp32"]
+            result["peak_share"] = achieved / peaks.get(row.precision, peaks["fp32"])
         results.setdefault(name, {})[str(batch)] = result
     for batch in map(str, config.batches):
-        eager = results["eager-fp32"][batch]["p50_ms"]
+        eager = results["eager fp32"][batch]["p50_ms"]
         for name in results:
             if "p50_ms" in results[name].get(batch, {}):
                 results[name][batch]["speedup_vs_eager"] = eager / results[name][batch]["p50_ms"]
-    bench = {"input": [height, width], "threads": os.cpu_count(), "peak_gmacs": peaks,
-             "macs_per_image": macs_per_image, "results": results}
+    passed = _gate_passed(root)
+    recommended = recommend(results, rows, passed, config.batches)
+    bench = {"input": [height, width], "threads": os.cpu_count(), "cpu": cpu, "peak_gmacs": peaks,
+             "macs_per_image": macs_per_image, "gate_checked": passed is not None,
+             "rows": {name: {"runtime": r.runtime, "artifact": r.artifact, "precision": r.precision,
+                             "target": r.target} for name, r in rows.items()},
+             "results": results, "recommended": recommended}
     write_text_atomic(root / "bench.json", json.dumps(bench, indent=2) + "\n")
-    manifest["bench"] = {name: {b: {k: round(v, 3) for k, v in r.items() if k in
-                                    ("p50_ms", "speedup_vs_eager", "images_per_s")}
-                                for b, r in per_batch.items()} for name, per_batch in results.items()}
+    manifest["bench"] = {
+        "cpu": cpu, "recommended": recommended,
+        "results": {name: {b: {k: round(v, 3) for k, v in r.items() if k in
+                               ("p50_ms", "speedup_vs_eager", "images_per_s")}
+                           for b, r in per_batch.items()} for name, per_batch in results.items()}}
     write_manifest(manifest_path, manifest)
     plot_latency(root / LATENCY_PNG, bench)
     write_report(root)
     log(format_bench(bench))
+    log(format_recommendation(bench))
     return root / "bench.json"
-
-
-def format_bench(bench: dict) -> str:
-    lines = ["| runtime | batch | p50 ms | p90 ms | p99 ms | img/s | x eager | GMAC/s | % of peak |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, per_batch in bench["results"].items():
-        for batch, r in per_batch.items():
-            if "error" in r:
-                lines.append(f"| {name} | {batch} | failed: {r['error']} | | | | | | |")
-                continue
-            lines.append(
-                f"| {name} | {batch} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
-                f"{r['images_per_s']:.1f} | {r['speedup_vs_eager']:.2f} | "
-                f"{r.get('gmacs_per_s', 0):.0f} | {100 * r.get('peak_share', 0):.0f} |")
-    return "\n".join(lines)

@@ -35,10 +35,21 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def artifact_entry(path: Path, root: Path, format: str, precision: str, target: str) -> dict:
+def artifact_entry(path: Path, root: Path, format: str, precision: str, target: str,
+                   runtime_options: dict | None = None) -> dict:
+    """One artifact. An OpenVINO IR's weights file (.bin beside the .xml) is listed with its own
+    sha256 under `weights`; `runtime_options` are what a runtime must set to run it as listed
+    (the bf16 entry of the fp32 IR)."""
     assert format in FORMATS and precision in PRECISIONS and target in TARGETS
-    return {"path": path.relative_to(root).as_posix(), "format": format, "precision": precision,
-            "target": target, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    entry = {"path": path.relative_to(root).as_posix(), "format": format, "precision": precision,
+             "target": target, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    if format == "openvino-ir":
+        weights = path.with_suffix(".bin")
+        entry["weights"] = {"path": weights.relative_to(root).as_posix(),
+                            "bytes": weights.stat().st_size, "sha256": sha256_file(weights)}
+    if runtime_options:
+        entry["runtime_options"] = dict(runtime_options)
+    return entry
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -80,12 +91,17 @@ def verify_artifacts(manifest_path: str | Path) -> list[Path]:
     manifest_path = Path(manifest_path)
     root = manifest_path.parent
     paths = []
+    checked: set[str] = set()
     for entry in read_manifest(manifest_path)["artifacts"]:
-        path = root / entry["path"]
-        if not path.is_file():
-            raise ManifestError(f"artifact {path} listed in {manifest_path} is missing; rebuild")
-        if sha256_file(path) != entry["sha256"]:
-            raise ManifestError(f"artifact {path} no longer matches the sha256 in "
-                                f"{manifest_path}: it was changed after the build; rebuild it")
-        paths.append(path)
+        for item in (entry, entry.get("weights")):
+            if item is None or item["path"] in checked:
+                continue
+            path = root / item["path"]
+            if not path.is_file():
+                raise ManifestError(f"artifact {path} listed in {manifest_path} is missing; rebuild")
+            if sha256_file(path) != item["sha256"]:
+                raise ManifestError(f"artifact {path} no longer matches the sha256 in "
+                                    f"{manifest_path}: it was changed after the build; rebuild it")
+            checked.add(item["path"])
+            paths.append(path)
     return paths

@@ -190,8 +190,9 @@ def runner_for(artifact: dict, root: Path, manifest: dict, reader: str):
         # version-compatible plans embed host code: trusted, since this build made them
         trusted = manifest.get("tensorrt", {}).get("version_compatible", False)
         return TensorRTRunner(path, host_code_allowed=trusted)
-    if reader == "openvino":
-        return OpenVinoRunner(path, "bf16" if artifact["precision"] == "bf16" else "f32")
+    if reader.startswith("openvino"):
+        hint = artifact.get("runtime_options", {}).get("INFERENCE_PRECISION_HINT", "f32")
+        return OpenVinoRunner(path, hint)
     return OnnxRuntimeRunner(path)
 
 
@@ -246,6 +247,8 @@ def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cas
     # the precision stage measured each graph with ONNX Runtime; drift is judged against that
     built_rel_l2 = {r["path"]: r["rel_l2"] for r in
                     manifest["parity"].get("heldout-vs-eager", {}).values() if "rel_l2" in r}
+    if artifact.get("runtime_options", {}).get("INFERENCE_PRECISION_HINT") == "bf16":
+        reader = "openvino-bf16"  # the fp32 IR, listed again to be run in bf16
     entry = ArtifactParity(artifact["path"], artifact["precision"], reader)
     try:
         runner = runner_for(artifact, root, manifest, reader)

@@ -135,9 +135,49 @@ def _parity_section(parity: dict) -> list[str]:
     return lines + ["", f"![errors]({ERRORS_PNG})", ""]
 
 
-def write_report(root: Path) -> Path:
-    from .bench import format_bench
+def format_bench(bench: dict) -> str:
+    lines = ["| runtime | batch | p50 ms | p90 ms | p99 ms | img/s | x eager | GMAC/s | % of peak |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, per_batch in bench["results"].items():
+        for batch, r in per_batch.items():
+            if "error" in r:
+                lines.append(f"| {name} | {batch} | failed: {r['error']} | | | | | | |")
+                continue
+            lines.append(
+                f"| {name} | {batch} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
+                f"{r['images_per_s']:.1f} | {r['speedup_vs_eager']:.2f} | "
+                f"{r.get('gmacs_per_s', 0):.0f} | {100 * r.get('peak_share', 0):.0f} |")
+    return "\n".join(lines)
 
+
+TARGET_NAMES = {"onnxruntime-cpu": "ONNX Runtime (portable: x86 and ARM)",
+                "openvino-cpu": "OpenVINO (Intel CPUs)", "tensorrt": "TensorRT (NVIDIA GPUs)"}
+
+
+def format_recommendation(bench: dict) -> str:
+    cpu = bench.get("cpu", {})
+    lines = [f"Measured on {cpu.get('model', 'an unnamed CPU')} ({', '.join(cpu.get('isa', []))}, "
+             f"{cpu.get('threads', '?')} threads). The fastest artifact that passed the gate, per "
+             "target and batch size:", ""]
+    if not bench.get("gate_checked"):
+        return lines[0] + " No recommendation: `make parity` has not run on this build."
+    lines += ["| batch | target | artifact | runtime options | p50 ms | x eager |",
+              "|---|---|---|---|---|---|"]
+    for batch, targets in bench.get("recommended", {}).items():
+        for target, r in targets.items():
+            options = ", ".join(f"{k}={v}" for k, v in r["runtime_options"].items()) or "-"
+            lines.append(f"| {batch} | {TARGET_NAMES.get(target, target)} | {r['artifact']} "
+                         f"({r['precision']}) | {options} | {r['p50_ms']:.1f} | "
+                         f"{r['speedup_vs_eager']:.2f} |")
+    lines += ["", "This is a property of the machine that ran `make bench`, not of the artifacts: "
+              "which runtime is fastest flips between CPUs (AMD Zen 4: ONNX Runtime int8 ahead of "
+              "OpenVINO; Intel Xeon with AMX: the reverse). On the target box, run `make bench` on "
+              "a copy of the build, or, without torch, `python consumer/classify.py "
+              "manifest.json --bench` (docs/edge.md)."]
+    return "\n".join(lines)
+
+
+def write_report(root: Path) -> Path:
     manifest_path = root / "manifest.json"
     manifest = read_manifest(manifest_path)
     lines = [f"# {manifest['variant']}: deployment report", "",
@@ -160,10 +200,11 @@ def write_report(root: Path) -> Path:
         lines += _selftest_section(json.loads((root / "selftest.json").read_text()))
     if (root / "bench.json").is_file():
         bench = json.loads((root / "bench.json").read_text())
+        peaks = ", ".join(f"{k} {v:.0f} GMAC/s" for k, v in bench["peak_gmacs"].items())
         lines += ["## Speed", "", f"Input {bench['input'][0]}x{bench['input'][1]}, "
-                  f"{bench['threads']} threads; machine peak (ONNX Runtime GEMM): fp32 "
-                  f"{bench['peak_gmacs']['fp32']:.0f} GMAC/s, int8 {bench['peak_gmacs']['int8']:.0f} "
-                  f"GMAC/s. Speedups are measured in the same run.", "", format_bench(bench), "",
+                  f"{bench['threads']} threads; machine peak (GEMM): {peaks}. Speedups are "
+                  "measured in the same run.", "", format_bench(bench), "",
+                  "### Recommended", "", format_recommendation(bench), "",
                   f"![latency]({LATENCY_PNG})", ""]
     path = write_text_atomic(root / "report.md", "\n".join(lines))
     manifest["report"] = "report.md"

@@ -94,3 +94,13 @@ def copy_build(folder: Path, tmp_path: Path) -> Path:
     target = tmp_path / folder.name
     shutil.copytree(folder, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def engines_build(precision_build, tmp_path_factory):
+    """precision_build after the engines stage (CPU backend): OpenVINO IR added."""
+    from exporter.engines import build_engines
+
+    root = copy_build(precision_build, tmp_path_factory.mktemp("engines"))
+    build_engines(root / "manifest.json", "ort", log=lambda *_: None)
+    return root

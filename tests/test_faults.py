@@ -112,7 +112,8 @@ def test_rebuilds_only_what_changed(tmp_path):
     # images), so int8 gets a wider budget.
     budgets = tmp_path / "tolerances.toml"
     budgets.write_text("".join(f"[precision.{p}]\ntop1_min = 0.0\ntop5_min = 0.0\n"
-                               for p in ("fp32", "fp16", "int8")) + "rel_l2_max = 0.2\ncosine_min = 0.95\n")
+                               for p in ("fp32", "fp16", "bf16", "int8"))
+                       + "rel_l2_max = 0.2\ncosine_min = 0.95\n")
     checkpoint = tmp_path / "se.pt"
 
     def build(*settings):  # random weights: the fallback compares logits by cosine, not top-1

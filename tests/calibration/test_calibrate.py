@@ -1,8 +1,14 @@
+import contextlib
+import io
 import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from onnxruntime.quantization.calibrate import load_tensors_data
 
 from calibration.calibrate import calibrate, check_method
 from calibration.data import ImageSet
@@ -69,3 +75,83 @@ def test_sets_of_several_sizes_and_ragged_batches_calibrate(fp32_graph, tmp_path
     result = calibrate(fp32_graph, sets, tmp_path, method, batch_size=4)
     assert result.count == 16 and not result.cached
     assert calibrate(fp32_graph, sets, tmp_path, method, batch_size=4).cached
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy", "minmax"])
+def test_streaming_ranges_are_onnx_runtimes_within_a_histogram_bin(fp32_graph, images, tmp_path,
+                                                                   method):
+    """The same ranges as ORT's own calibrator fed the same batches, one collect_data call per
+    batch (histograms are merged between calls, so the grouping of batches matters)."""
+    import onnxruntime.quantization.calibrate as ort_calibrate
+
+    from calibration.calibrate import METHODS, candidate_tensors
+    from calibration.calibrate import calibrate as streaming
+
+    ours = load_tensors_data(streaming(fp32_graph, images, tmp_path, method).ranges_path)
+    reference = ort_calibrate.create_calibrator(
+        fp32_graph, ["Conv", "Gemm", "MaxPool"], augmented_model_path=str(tmp_path / "aug.onnx"),
+        calibrate_method=METHODS[method])
+    with contextlib.redirect_stdout(io.StringIO()):
+        for batch in images.batches(8):
+            reference.collect_data(_Reader([batch]))
+        theirs = reference.compute_data()
+    assert set(ours.keys()) == set(candidate_tensors(fp32_graph)) <= set(theirs.keys())
+    for name in ours.keys():
+        (low, high), (ref_low, ref_high) = (np.asarray(v, np.float64).item() for v in
+                                            ours[name].range_value), \
+            (np.asarray(v, np.float64).item() for v in theirs[name].range_value)
+        collector = getattr(reference, "collector", None)  # minmax has none
+        histogram = collector.histogram_dict.get(name) if collector else None
+        bin_width = 0.0 if histogram is None else float(histogram[1][1] - histogram[1][0])
+        # + float32 rounding: the sessions differ (ours optimizes the graph, ORT's does not)
+        slack = bin_width * 1.001 + 1e-6 * max(abs(ref_low), abs(ref_high), 1.0)
+        assert abs(high - ref_high) <= slack, (name, high, ref_high, bin_width)
+        assert abs(low - ref_low) <= slack, (name, low, ref_low, bin_width)
+
+
+class _Reader:
+    def __init__(self, batches):
+        self.batches = iter(batches)
+
+    def get_next(self):
+        batch = next(self.batches, None)
+        return None if batch is None else {"input": batch}
+
+
+def test_histogram_settings_are_onnx_runtimes_defaults(fp32_graph, tmp_path):
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    from calibration.calibrate import HISTOGRAM_SETTINGS, METHODS
+
+    for method, settings in HISTOGRAM_SETTINGS.items():
+        calibrator = create_calibrator(fp32_graph, ["Conv"], str(tmp_path / f"{method}.onnx"),
+                                       calibrate_method=METHODS[method])
+        for key, value in settings.items():
+            assert getattr(calibrator, key) == value, (method, key)
+
+
+def test_calibration_memory_does_not_grow_with_the_number_of_images(fp32_graph, tmp_path):
+    """Peak memory of a calibration on N and on 4N images, each in a fresh process."""
+    script = (
+        "import resource, sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from calibration.calibrate import calibrate\n"
+        "from calibration.data import ImageSet\n"
+        "n = int(sys.argv[1])\n"
+        "rng = np.random.default_rng(0)\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "images = ImageSet(rng.standard_normal((n, 3, 160, 160), dtype=np.float32), None, 'x')\n"
+        "calibrate(Path(sys.argv[2]), images, Path(sys.argv[3]), 'percentile')\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print((peak - base) // 1024 - images.images.nbytes // 2**20)\n")
+    peaks = []
+    for n in (24, 96):
+        result = subprocess.run([sys.executable, "-c", script, str(n), str(fp32_graph),
+                                 str(tmp_path / str(n))], capture_output=True, text=True,
+                                timeout=300, cwd=Path(__file__).resolve().parents[2])
+        assert result.returncode == 0, result.stderr[-2000:]
+        peaks.append(int(result.stdout.split()[-1]))
+    # held at once (as ORT's calibrators hold a collect_data call's), the activations would add
+    # ~6 MB per image here: 24 -> 96 images would add ~440 MB
+    small, large = peaks
+    assert large <= small * 1.15 + 30, peaks

@@ -154,24 +154,33 @@ def test_consumer_imports_nothing_but_numpy_pillow_onnxruntime():
                        "onnxruntime"}
 
 
-def test_triton_repository_parses_and_matches_the_manifest(precision_build, tmp_path):
+def test_triton_repository_parses_and_matches_the_manifest(engines_build, tmp_path):
     from tritonclient.grpc import model_config_pb2
 
-    root = tmp_path / "se"
-    shutil.copytree(precision_build, root)
+    root = copy_build(engines_build, tmp_path)
     manifest = read_manifest(root / "manifest.json")
     configs = manifest_to_triton(root / "manifest.json", tmp_path / "repo", log=lambda *_: None)
-    onnx_artifacts = [a for a in manifest["artifacts"] if a["format"] == "onnx"]
-    assert len(configs) == len(onnx_artifacts) == 4
+    served = [a for a in manifest["artifacts"] if a["format"] in ("onnx", "openvino-ir")]
+    assert len(configs) == len(served) >= 6
     for path in configs:
         config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-        assert config.name == path.parent.name and config.platform == "onnxruntime_onnx"
+        assert config.name == path.parent.name
         assert config.max_batch_size == manifest["dynamic"]["batch"]["max"]
         assert [i.name for i in config.input] == ["input"] and list(config.input[0].dims) == [3, -1, -1]
         assert config.input[0].data_type == model_config_pb2.TYPE_FP32
         assert list(config.output[0].dims) == [manifest["num_classes"]]
         assert config.parameters["height_range"].string_value == "32:224:448:32"
         assert config.dynamic_batching.max_queue_delay_microseconds > 0
-        assert (path.parent / "1" / "model.onnx").is_file()
+        if "openvino" in path.parent.name:
+            assert config.backend == "openvino" and not config.platform
+            assert sorted(p.name for p in (path.parent / "1").iterdir()) == ["model.bin", "model.xml"]
+        else:
+            assert config.platform == "onnxruntime_onnx"
+            assert (path.parent / "1" / "model.onnx").is_file()
     names = sorted(p.parent.name for p in configs)
-    assert names == ["se_onnx_fp16", "se_onnx_fp32", "se_onnx_int8_cpu", "se_onnx_int8_trt"]
+    assert names[:4] == ["se_onnx_fp16", "se_onnx_fp32", "se_onnx_int8_cpu", "se_onnx_int8_trt"]
+    assert {"se_openvino_ir_fp32", "se_openvino_ir_int8"} <= set(names)
+    if "se_openvino_ir_bf16" in names:
+        bf16 = text_format.Parse((tmp_path / "repo/se_openvino_ir_bf16/config.pbtxt").read_text(),
+                                 model_config_pb2.ModelConfig())
+        assert bf16.parameters["INFERENCE_PRECISION_HINT"].string_value == "bf16"

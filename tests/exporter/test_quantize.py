@@ -143,3 +143,15 @@ def test_fallback_keeps_sensitive_layers_in_float_until_the_target(exported, ima
     assert set(weights.values()) <= float_weights  # fed by a float weight, not a DequantizeLinear
     quantized = [n for n in graph.node if n.op_type == "Conv" and n.name not in kept_float]
     assert quantized and all(w.input[1] not in float_weights for w in quantized)
+
+
+@pytest.mark.parametrize("variant", ["se", "la", "sa"])
+def test_calibration_collects_exactly_the_tensors_that_get_a_qdq_pair(quantized, exported, variant):
+    from calibration.calibrate import candidate_tensors
+
+    wanted = set(candidate_tensors(exported(variant).parent / "model.onnx"))
+    for path in quantized[variant].values():
+        graph = onnx.load(str(path)).graph
+        got = {n.input[0].removesuffix("_QuantizeLinear_Input") for n in graph.node
+               if n.op_type == "QuantizeLinear"}
+        assert got == wanted, (path.name, sorted(got ^ wanted))

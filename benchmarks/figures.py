@@ -1,0 +1,86 @@
+"""The README's and docs' figures, generated from one named run instead of copied by hand.
+
+    .venv/bin/python -m benchmarks.figures build/se --name se-full-zen5   # after make engine
+
+copies the run's bench.json, parity.json and the manifest's stage timings into
+docs/runs/<name>/, and rewrites the blocks between `<!-- figures:<name>:begin -->` and
+`<!-- figures:<name>:end -->` in README.md with tables rendered from those files. A test renders
+them again from docs/runs/<name>/ and checks README.md still says exactly that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+from exporter.report import format_bench, format_recommendation
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / "docs" / "runs"
+
+
+def _parity_table(parity: dict) -> str:
+    lines = ["| artifact | reader | worst rel L2 | min cosine | verdict |", "|---|---|---|---|---|"]
+    for a in parity["artifacts"]:
+        if a["skipped"]:
+            lines.append(f"| {a['path']} | {a['reader']} | | | not verified: {a['skipped']} |")
+            continue
+        worst = max(c["rel_l2"] for c in a["cases"].values())
+        cosine = min(c["cosine"] for c in a["cases"].values())
+        lines.append(f"| {a['path']} | {a['reader']} | {worst:.2e} | {cosine:.5f} | "
+                     f"{'ok' if a['passed'] else 'FAIL'} |")
+    return "\n".join(lines)
+
+
+def render(run: Path) -> str:
+    """The Markdown block for one run folder (bench.json, parity.json, stages.json)."""
+    bench = json.loads((run / "bench.json").read_text())
+    parity = json.loads((run / "parity.json").read_text())
+    stages = json.loads((run / "stages.json").read_text())
+    timing = "; ".join(f"{stage}: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items())
+                       for stage, t in stages["timings_s"].items())
+    memory = ", ".join(f"{k} {v} MiB" for k, v in stages["peak_rss_mib"].items())
+    return "\n".join([
+        f"Run `{run.name}`: {stages['description']}. Files: [docs/runs/{run.name}/]"
+        f"(docs/runs/{run.name}/).", "",
+        format_bench(bench), "", format_recommendation(bench), "",
+        f"Gate: **{'passed' if parity['passed'] else 'FAILED'}** on {parity['heldout']['images']} "
+        f"held-out images and shapes {', '.join(parity['shapes'][1:])}.", "",
+        _parity_table(parity), "", f"Stage times: {timing}. Peak memory: {memory}.", ""])
+
+
+def replace_block(text: str, name: str, block: str) -> str:
+    pattern = re.compile(rf"(<!-- figures:{re.escape(name)}:begin -->\n).*?(<!-- figures:"
+                         rf"{re.escape(name)}:end -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no <!-- figures:{name}:begin/end --> block")
+    return pattern.sub(lambda m: m.group(1) + block + m.group(2), text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("build", type=Path, help="a build folder, e.g. build/se")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--description", required=True, help="what, where, which command")
+    args = parser.parse_args()
+    run = RUNS / args.name
+    run.mkdir(parents=True, exist_ok=True)
+    for name in ("bench.json", "parity.json"):
+        shutil.copyfile(args.build / name, run / name)
+    manifest = json.loads((args.build / "manifest.json").read_text())
+    stages = {"description": args.description,
+              "timings_s": {"export": manifest["export"]["timings_s"],
+                            "precision": manifest["calibration"]["timings_s"]},
+              "peak_rss_mib": {"export": manifest["export"]["peak_rss_mib"],
+                               "precision": manifest["calibration"]["peak_rss_mib"]}}
+    (run / "stages.json").write_text(json.dumps(stages, indent=2) + "\n")
+    readme = REPO / "README.md"
+    readme.write_text(replace_block(readme.read_text(), args.name, render(run)))
+    print(f"wrote {run} and the README block {args.name}")
+
+
+if __name__ == "__main__":
+    main()
