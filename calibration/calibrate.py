@@ -156,6 +156,7 @@ class StreamingCollector:
                                                         **HISTOGRAM_SETTINGS[method])
 
     def add(self, tensors: dict[str, np.ndarray]) -> None:
+        tensors = {k: v for k, v in tensors.items() if np.issubdtype(v.dtype, np.floating)}
         if self.histograms is not None:
             with contextlib.redirect_stdout(io.StringIO()):  # ORT prints a line per call
                 self.histograms.collect(tensors)
