@@ -64,8 +64,9 @@ $(D)/.export.done: $(STAMP) $(D)/.settings-export $(CHECKPOINT) $(LABELS) $(wild
 
 # model.fp16.onnx, model.int8-{trt,cpu}.onnx, engines/ort/*.ort.
 $(D)/.precision.done: $(D)/.export.done $(D)/.settings-calib $(wildcard calibration/*.py) \
-		exporter/precision.py exporter/quantize.py exporter/fp16.py exporter/ort_models.py
-	$(CLI) precision --manifest $(D)/manifest.json $(CALIB_ARGS) $(PRECISION_ARGS)
+		exporter/precision.py exporter/quantize.py exporter/fp16.py exporter/ort_models.py \
+		exporter/budgets.py exporter/tolerances.toml $(TOLERANCES)
+	$(CLI) precision --manifest $(D)/manifest.json $(CALIB_ARGS) $(PRECISION_ARGS) $(PARITY_ARGS)
 	touch $@
 
 # engines/openvino/*.xml everywhere; engines/trt/{fp16,int8}.plan where TensorRT and a GPU exist
@@ -75,7 +76,8 @@ $(D)/.engines.done: $(D)/.precision.done $(D)/.settings-backend exporter/engines
 	$(CLI) engines --manifest $(D)/manifest.json --backend $(BACKEND)
 	touch $@
 
-$(D)/.parity.done: $(D)/.engines.done exporter/parity.py exporter/tolerances.toml $(TOLERANCES)
+$(D)/.parity.done: $(D)/.engines.done exporter/parity.py exporter/budgets.py exporter/tolerances.toml \
+		$(TOLERANCES)
 	$(CLI) parity --manifest $(D)/manifest.json $(PARITY_ARGS)
 	touch $@
 

@@ -28,7 +28,7 @@ def fixture_manifest(variant: str, root: Path) -> tuple[Path, digits.TrainedFixt
                                         digits.CLASSES, digits.WIDTH)
     config = ExportConfig(variant, num_classes=digits.CLASSES, model_width=digits.WIDTH,
                           checkpoint=checkpoint, batch=batch_range(1, 1, 8),
-                          height=image_range("height", 32, 32, 64), width=image_range("width", 32, 32, 64))
+                          height=image_range("height", 32, 32, 32), width=image_range("width", 32, 32, 32))
     return export_to_folder(config, root / variant, log=lambda *_: None), fixture
 
 

@@ -72,8 +72,10 @@ def _cmd_precision(args: argparse.Namespace) -> int:
         calib_source="noise" if args.calib_noise else args.calib_dir,
         calib_count=args.calib_count, tuning_count=args.tuning_count,
         heldout_count=args.heldout_count, method=args.method,
-        agreement_target=args.agreement_target, metric=args.metric, max_fallback=args.max_fallback,
-        largest_share=args.calib_largest_share)
+        metric=args.metric, margin_target=args.margin_target,
+        agreement_target=args.agreement_target, max_fallback=args.max_fallback,
+        largest_share=args.calib_largest_share,
+        tolerances=Path(args.tolerances) if args.tolerances else None)
     # unset options keep the stage's own defaults (the parser imports nothing heavy to know them)
     config = PrecisionConfig(**{k: v for k, v in settings.items() if v is not None})
     build_precision_graphs(Path(args.manifest), config)
@@ -178,10 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
                            "the parity gate measures (default 64)")
     precision.add_argument("--method", choices=["minmax", "entropy", "percentile"],
                            help="calibration method (default percentile)")
-    precision.add_argument("--agreement-target", type=float, default=0.99,
-                           help="fall back layers to float until int8 agrees this often")
-    precision.add_argument("--metric", choices=["top1", "cosine"], default=None,
-                           help="agreement metric (default: top1 with a checkpoint, else cosine)")
+    precision.add_argument("--metric", choices=["margin", "top1", "cosine"],
+                           help="what the layer fallback aims at (default margin: the parity "
+                           "gate's int8 budgets, --margin-target times over, on the tuning images "
+                           "at every shape the gate checks; top1/cosine: agreement at the opt size)")
+    precision.add_argument("--margin-target", type=float,
+                           help="keep layers in float until every int8 budget holds this many "
+                           "times over (default 1.2)")
+    precision.add_argument("--agreement-target", type=float,
+                           help="with --metric top1/cosine: fall back until int8 agrees this "
+                           "often (default 0.99)")
+    precision.add_argument("--tolerances", help="the gate's tolerances.toml, if not the default "
+                           "(the fallback aims at its int8 budget)")
     precision.add_argument("--max-fallback", type=int, default=6)
     precision.add_argument("--calib-largest-share", type=float, default=0.0,
                            help="share of calibration images taken at the largest declared size "

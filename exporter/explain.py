@@ -26,6 +26,7 @@ from .export import read_module_outputs
 from .runners import OnnxRuntimeRunner
 
 EXPLAIN_JSON = "explain.json"
+EXPLAIN_IMAGES = 8  # images a module-by-module measurement runs on
 
 
 @dataclass(frozen=True)

@@ -6,104 +6,35 @@ and the CLI turns it into an exit code."""
 
 from __future__ import annotations
 
-import importlib.resources
 import json
-import tomllib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from calibration.data import NOISE, ImageSet, SplitCounts, load_data_split, resize_images
+from calibration.data import NOISE, ImageSet, SplitCounts, load_data_split
 from calibration.preprocessing import Preprocessing
 from models import ConfigError
 
-from .explain import first_past, module_errors, write_explain_json
+from .budgets import (  # noqa: F401
+    AGREEMENT_METRICS,
+    CORNER_IMAGES,
+    DRIFT_FLOOR,
+    INT8_MIN_SIDE,
+    ShapeCase,
+    load_tolerances,
+    metrics,
+    resolvable,
+    shape_cases,
+)
+from .explain import EXPLAIN_IMAGES, first_past, module_errors, write_explain_json
 from .export import model_from_manifest
 from .files import atomic_path, write_text_atomic
 from .manifest import ManifestError, read_manifest, verify_artifacts, write_manifest
 from .precision import run_batches
 from .report import ERRORS_PNG, plot_error_histograms, write_report
 from .runners import OnnxRuntimeRunner, OpenVinoRunner, run_torch
-
-METRICS = ("rel_l2_max", "cosine_min", "top1_min", "top5_min", "accuracy_drop_max", "drift_max")
-DRIFT_FLOOR = 1e-4  # rel L2 differences below this are kernel noise, not drift
-AGREEMENT_METRICS = ("top1_min", "top5_min")  # meaningful only for trained weights
-
-
-PRECISION_BUDGETS = ("fp32", "fp16", "bf16", "int8")
-
-
-def _read_toml(path: Path | None) -> dict:
-    where = str(path) if path else "exporter/tolerances.toml"
-    try:
-        text = Path(path).read_text() if path else (
-            importlib.resources.files("exporter") / "tolerances.toml").read_text()
-        return tomllib.loads(text)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"cannot read tolerances from {where}: {e}") from None
-
-
-def _check_sections(config: dict, where: str) -> None:
-    from models import list_variants
-
-    unknown = set(config) - {"precision", "variant"}
-    unknown |= {f"precision.{p}" for p in config.get("precision", {}) if p not in PRECISION_BUDGETS}
-    for variant, overrides in config.get("variant", {}).items():
-        if variant not in list_variants():
-            unknown.add(f"variant.{variant}")
-            continue
-        unknown |= {f"variant.{variant}.{p}" for p in overrides if p not in PRECISION_BUDGETS}
-    if unknown:
-        raise ConfigError(f"tolerances in {where}: unknown sections {sorted(unknown)}; known: "
-                          f"[precision.<{'|'.join(PRECISION_BUDGETS)}>] and "
-                          f"[variant.<{'|'.join(list_variants())}>.<precision>]")
-    sections = [(f"precision.{p}", b) for p, b in config.get("precision", {}).items()]
-    sections += [(f"variant.{v}.{p}", b) for v, o in config.get("variant", {}).items()
-                 for p, b in o.items()]
-    for name, budget in sections:
-        bad = set(budget) - set(METRICS)
-        if bad:
-            raise ConfigError(f"tolerances in {where}, [{name}]: unknown keys {sorted(bad)}; "
-                              f"known: {', '.join(METRICS)}")
-
-
-def load_tolerances(variant: str, path: Path | None = None) -> dict[str, dict[str, float]]:
-    """precision -> budget: the defaults (exporter/tolerances.toml), then a user file's sections
-    merged over them key by key, then [variant.<name>.<precision>] overrides of both."""
-    layers = [(_read_toml(None), "exporter/tolerances.toml")]
-    if path:
-        layers.append((_read_toml(path), str(path)))
-    budgets: dict[str, dict[str, float]] = {}
-    for config, where in layers:
-        _check_sections(config, where)
-        for precision, budget in config.get("precision", {}).items():
-            budgets.setdefault(precision, {}).update(budget)
-    for config, _ in layers:
-        for precision, override in config.get("variant", {}).get(variant, {}).items():
-            budgets.setdefault(precision, {}).update(override)
-    return budgets
-
-
-def metrics(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None = None) -> dict:
-    a, e = outputs.astype(np.float64), reference.astype(np.float64)
-    finite = bool(np.isfinite(a).all())
-    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(e, axis=1), 1e-30)
-    k = min(5, e.shape[1])
-    top_a, top_e = np.argsort(-a, 1)[:, :k], np.argsort(-e, 1)[:, :k]
-    result = {
-        "finite": finite,
-        "max_abs": float(np.abs(a - e).max()) if finite else float("inf"),
-        "rel_l2": float(np.linalg.norm(a - e) / max(np.linalg.norm(e), 1e-30)) if finite else float("inf"),
-        "cosine": float(((a * e).sum(1) / norms).min()) if finite else 0.0,
-        "top1": float(np.mean(a.argmax(1) == e.argmax(1))),
-        "top5": float(np.mean([len(set(x) & set(y)) / k for x, y in zip(top_a, top_e, strict=True)])),
-    }
-    if labels is not None:
-        result["accuracy"] = float(np.mean(a.argmax(1) == labels))
-        result["accuracy_eager"] = float(np.mean(e.argmax(1) == labels))
-    return result
 
 
 def breaches(result: dict, budget: dict, trained: bool, built: float | None = None) -> list[str]:
@@ -127,7 +58,8 @@ def breaches(result: dict, budget: dict, trained: bool, built: float | None = No
         checks["accuracy_drop_max"] = (result["accuracy_eager"] - result["accuracy"],
                                        lambda v, b: v <= b + 1e-12)
     for key, (value, ok) in checks.items():
-        if key in budget and (trained or key not in AGREEMENT_METRICS) and not ok(value, budget[key]):
+        gated = key in budget and (trained or key not in AGREEMENT_METRICS)
+        if gated and resolvable(key, result, budget) and not ok(value, budget[key]):
             found.append(f"{key.rsplit('_', 1)[0]} {value:.4g} (budget {budget[key]:.4g})")
     return found
 
@@ -214,27 +146,6 @@ def heldout_images(manifest: dict) -> ImageSet:
     return split.heldout
 
 
-def shape_cases(manifest: dict, heldout: ImageSet) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    """The held-out images at the opt size, and resized to corners of the declared range: the
-    min batch at min H and max W, the max batch at the opt size, and the max size at batch 4 and
-    2 (images repeat where a batch is larger than the held-out set). Not gated: the smallest
-    square size (int8 graphs calibrated at the opt size are far less accurate there;
-    docs/precision.md)."""
-    dyn = manifest["dynamic"]
-    b, h, w = dyn["batch"], dyn["height"], dyn["width"]
-    cases = {"heldout": (heldout.images, heldout.labels)}
-    corners = [(b["min"], h["min"], w["max"]), (b["max"], h["opt"], w["opt"]),
-               (min(b["max"], 4), h["max"], w["min"]), (min(b["max"], 2), h["max"], w["max"])]
-    rng = np.random.default_rng(0)
-    for n, hh, ww in dict.fromkeys(corners):
-        if manifest["data_split"]["source"] == NOISE:  # resized noise is not noise: it is blur
-            cases[f"{n}x3x{hh}x{ww}"] = (rng.standard_normal((n, 3, hh, ww), dtype=np.float32), None)
-            continue
-        chosen = heldout.images[np.arange(n) % len(heldout)]
-        cases[f"{n}x3x{hh}x{ww}"] = (resize_images(chosen, hh, ww), None)
-    return cases
-
-
 FALLBACK_ARTIFACTS = {"int8-trt": ("model.int8-trt.onnx",),
                       "int8-cpu": ("model.int8-cpu.onnx", "engines/ort/model.int8-cpu.ort")}
 
@@ -258,9 +169,9 @@ def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cas
     except Exception as e:  # any other artifact that does not load fails the gate
         entry.failures.append(f"cannot be loaded: {type(e).__name__}: {str(e).strip()[:300]}")
         return entry
-    for name, (x, labels) in cases.items():
+    for name, case in cases.items():
         try:
-            outputs = run_batches(runner, x)
+            outputs = run_batches(runner, case.images, case.batch)
         except Exception as e:  # a runtime error at a declared shape is a breach, not a crash
             entry.failures.append(f"{name}: fails to run: {str(e).strip().splitlines()[-1][:240]}")
             continue
@@ -268,8 +179,11 @@ def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cas
         if name == "heldout":
             heldout_outputs[entry.label] = outputs
             built = built_rel_l2.get(artifact["path"]) if reader == "onnxruntime" else None
-        result = metrics(outputs, references[name], labels)
+        result = metrics(outputs, references[name], case.labels)
         entry.cases[name] = result
+        if not case.gates(artifact["precision"]):
+            result["gated"] = False  # measured and reported; see ShapeCase.gates
+            continue
         entry.failures += [f"{name}: {b}" for b in breaches(result, budget, trained, built)]
     return entry
 
@@ -323,12 +237,15 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
                           f"[precision.{missing[0]}] section to {tolerances or 'the tolerances'}")
     trained = bool(manifest["model"]["checkpoint"])
     heldout = heldout_images(manifest)
-    cases = shape_cases(manifest, heldout)
+    cases = shape_cases(manifest["dynamic"], heldout,
+                        noise=manifest["data_split"]["source"] == NOISE)
     model = model_from_manifest(manifest)
-    references = {name: run_batches(lambda x: run_torch(model, x), x) for name, (x, _) in cases.items()}
+    references = {name: run_batches(lambda x: run_torch(model, x), case.images, case.batch)
+                  for name, case in cases.items()}
     log(f"parity against eager PyTorch fp32 on {len(heldout)} held-out images ({heldout.source}; "
         f"never used for calibration or tuning) and at {len(cases) - 1} corner shapes "
-        f"({', '.join(list(cases)[1:])}); "
+        f"({', '.join(f'{n} on {len(c.images)} images' for n, c in list(cases.items())[1:])}; "
+        f"int8 gated where every side is at least {INT8_MIN_SIDE} px); "
         + ("trained weights: top-1/top-5 budgets apply" if trained else
            "random-init weights: top-1/top-5 reported, not gated"))
     missed = {target: report for target, report in
@@ -351,7 +268,7 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
                     entry.failures.append(f"the layer fallback missed its target: {report['metric']} "
                                           f"{report['final']:.4f} < {report['goal']} on the tuning set")
             results.append(entry)
-    explain_graphs(results, root, model, heldout, budgets, log)
+    explain_graphs(results, root, model, cases, budgets, log)
     for entry in results:
         _log_entry(entry, log)
     errors = {label: (outputs - references["heldout"]).ravel()
@@ -369,14 +286,11 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
     return report
 
 
-EXPLAIN_IMAGES = 8
-
-
-def explain_graphs(results: list[ArtifactParity], root: Path, model, heldout: ImageSet,
+def explain_graphs(results: list[ArtifactParity], root: Path, model, cases: dict[str, ShapeCase],
                    budgets: dict, log) -> dict:
-    """Module-by-module error (exporter.explain) of every reduced-precision graph, for the report,
-    and of every failing graph, whose failure then names the module where the error first
-    grows past its budget."""
+    """Module-by-module error (exporter.explain) of every reduced-precision graph on held-out
+    images, for the report, and of every failing graph on the images of the case it fails first,
+    whose failure then names the module where the error first grows past its budget."""
     explained = {}
     for entry in results:
         graph = entry.path.endswith(".onnx") and entry.reader == "onnxruntime"
@@ -384,17 +298,22 @@ def explain_graphs(results: list[ArtifactParity], root: Path, model, heldout: Im
             continue
         try:
             explained[entry.path] = module_errors(root / entry.path, model,
-                                                  heldout.images[:EXPLAIN_IMAGES])
+                                                  cases["heldout"].images[:EXPLAIN_IMAGES])
+            if entry.passed:
+                continue
+            failing = next((name for name in cases if any(f.startswith(f"{name}: ")
+                                                          for f in entry.failures)), "heldout")
+            errors = explained[entry.path] if failing == "heldout" else module_errors(
+                root / entry.path, model, cases[failing].images[:EXPLAIN_IMAGES])
         except Exception as e:  # a graph that does not load has failed already; say why not
             log(f"  {entry.path}: no module-by-module error ({str(e).splitlines()[0][:160]})")
             continue
-        if not entry.passed:
-            budget = budgets[entry.precision].get("rel_l2_max", 0.0)
-            first = first_past(explained[entry.path], budget)
-            entry.where = (f"error first grows past the rel L2 budget {budget:g} at {first.module} "
-                           f"({first.kind}, rel L2 {first.rel_l2:.3g})" if first else
-                           f"no module's output passes the rel L2 budget {budget:g} on "
-                           f"{EXPLAIN_IMAGES} held-out images")
+        budget = budgets[entry.precision].get("rel_l2_max", 0.0)
+        first = first_past(errors, budget)
+        images = f"{EXPLAIN_IMAGES} images at {failing}"
+        entry.where = (f"error first grows past the rel L2 budget {budget:g} at {first.module} "
+                       f"({first.kind}, rel L2 {first.rel_l2:.3g} on {images})" if first else
+                       f"no module's output passes the rel L2 budget {budget:g} on {images}")
     write_explain_json(root, explained, EXPLAIN_IMAGES)
     return explained
 
@@ -403,9 +322,13 @@ def _log_entry(entry: ArtifactParity, log) -> None:
     if entry.skipped:
         log(f"  {entry.label}: SKIPPED, not verified ({entry.skipped})")
         return
-    worst = max(entry.cases.values(), key=lambda r: r["rel_l2"], default=None)
+    gated = [r for r in entry.cases.values() if r.get("gated", True)]
+    worst = max(gated, key=lambda r: r["rel_l2"], default=None)
     summary = (f" (worst rel L2 {worst['rel_l2']:.2e}, min cosine "
-               f"{min(r['cosine'] for r in entry.cases.values()):.5f})" if worst else "")
+               f"{min(r['cosine'] for r in gated):.5f})" if worst else "")
+    summary += "".join(f"; {name} reported, not gated (int8 below {INT8_MIN_SIDE} px a side): rel L2 "
+                       f"{r['rel_l2']:.3f}, min cosine {r['cosine']:.4f}"
+                       for name, r in entry.cases.items() if not r.get("gated", True))
     log(f"  {entry.label}: {'ok' if entry.passed else 'FAIL'}{summary}"
         + "".join(f"\n    {f}" for f in entry.failures) + (f"\n    {entry.where}" if entry.where else ""))
 

@@ -14,6 +14,7 @@ import onnx
 from calibration.calibrate import DEFAULT_METHOD, calibrate, check_method
 from calibration.data import (
     DEFAULT_COUNTS,
+    NOISE,
     DataSplit,
     ImageSet,
     SplitCounts,
@@ -24,6 +25,7 @@ from calibration.data import (
 from calibration.preprocessing import Preprocessing
 from models import ConfigError, ToolchainError
 
+from .budgets import ShapeCase, budget_margin, load_tolerances, metrics, shape_cases
 from .compare import compare
 from .explain import module_errors
 from .export import model_from_manifest, peak_rss_mib
@@ -39,7 +41,10 @@ FP16_TOLERANCE = 1e-2  # relative max error of the fp16 graph against eager fp32
 
 
 class FallbackTargetError(ToolchainError):
-    """An int8 graph missed its agreement target even with the most sensitive layers in float."""
+    """An int8 graph missed its fallback target even with the most sensitive layers in float."""
+
+
+FALLBACK_METRICS = ("margin", "top1", "cosine")
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,10 @@ class PrecisionConfig:
     tuning_count: int = DEFAULT_COUNTS.tuning  # the fallback chooses its layers on these
     heldout_count: int = DEFAULT_COUNTS.heldout  # the gate measures on these; nothing else sees them
     method: str = DEFAULT_METHOD
-    agreement_target: float = 0.99
-    metric: str | None = None  # "top1" or "cosine"; None: top1 with a checkpoint, else cosine
+    metric: str = "margin"  # "margin" (the gate's budgets), or "top1" / "cosine" agreement
+    margin_target: float = 1.2  # "margin": every budget 1.2 times the error, at every shape case
+    agreement_target: float = 0.99  # "top1" / "cosine": agreement at the opt size
+    tolerances: Path | None = None  # the gate's budgets (default: exporter/tolerances.toml)
     max_fallback: int = 6
     largest_share: float = 0.0  # share of the calibration images resized to the largest size
     seed: int = 0
@@ -59,8 +66,11 @@ class PrecisionConfig:
         check_method(self.method)
         if not 0 < self.agreement_target <= 1:
             raise ConfigError(f"agreement target {self.agreement_target} must be in (0, 1]")
-        if self.metric not in (None, "top1", "cosine"):
-            raise ConfigError(f"fallback metric {self.metric!r} must be 'top1' or 'cosine'")
+        if self.margin_target <= 0:
+            raise ConfigError(f"--margin-target {self.margin_target} must be > 0 (1.0: exactly "
+                              f"at the gate's budgets)")
+        if self.metric not in FALLBACK_METRICS:
+            raise ConfigError(f"fallback metric {self.metric!r} must be one of {FALLBACK_METRICS}")
         if min(self.calib_count, self.tuning_count, self.heldout_count) < 1:
             raise ConfigError("calibration, tuning and held-out counts must be >= 1")
         if not 0 <= self.largest_share < 1:
@@ -97,6 +107,11 @@ class FallbackReport:
     final: float
     fallen_back: list[dict] = field(default_factory=list)
     met: bool = False
+    worst_case: str = "tuning"  # the shape case the score was lowest at
+
+    def describe(self) -> str:
+        at = "" if self.worst_case == "tuning" else f" (worst at {self.worst_case})"
+        return f"{self.metric} {self.final:.4f}{at} on the tuning images"
 
     def to_json(self) -> dict:
         return self.__dict__
@@ -112,43 +127,71 @@ def layer_ranking(int8_path: Path, model_path: Path, eager_model, images: np.nda
             for e in sorted(errors, key=lambda e: e.added, reverse=True)]
 
 
+@dataclass(frozen=True)
+class FallbackGoal:
+    """What the layer fallback aims at. "margin": the parity gate's budget for int8, met this many
+    times over (``target``) on the tuning images at the opt size and at every corner shape the gate
+    checks, so that the gate, on other images and other CPUs' kernels, has room to spare.
+    "top1" / "cosine": mean agreement with eager on the tuning images at the opt size."""
+    metric: str
+    target: float
+    cases: dict[str, ShapeCase]  # tuning images at the shapes the gate checks
+    references: dict[str, np.ndarray]  # eager outputs for each case
+    budget: dict[str, float]
+    trained: bool
+
+    def score(self, runner) -> tuple[float, str]:
+        """(score, the case where it is lowest); higher is better."""
+        if self.metric != "margin":
+            return agreement(run_batches(runner, self.cases["tuning"].images),
+                             self.references["tuning"], self.metric), "tuning"
+        margins = {name: budget_margin(metrics(run_batches(runner, case.images, case.batch),
+                                               self.references[name]), self.budget, self.trained)
+                   for name, case in self.cases.items()}
+        worst = min(margins, key=margins.get)
+        return margins[worst], worst
+
+
 def quantize_with_fallback(model_path: Path, out_path: Path, ranges, target: Int8Target,
-                           images: np.ndarray, reference: np.ndarray, eager_model,
-                           config: PrecisionConfig, metric: str, log=print) -> FallbackReport:
-    """Quantize; if the agreement with ``reference`` on the tuning ``images`` is below the goal,
-    rank the layers by the error each adds (one module-by-module measurement against
-    ``eager_model``) and keep them in float, most first, until the goal is met or
+                           goal: FallbackGoal, eager_model, config: PrecisionConfig,
+                           log=print) -> FallbackReport:
+    """Quantize; if the score on the tuning images is below the goal, rank the layers by the
+    error each adds (one module-by-module measurement against ``eager_model``, on the images of
+    the case that scored lowest) and keep them in float, most first, until the goal is met or
     ``max_fallback`` layers are float."""
-    def score(excluded: list[str]) -> float:
+    def score(excluded: list[str]) -> tuple[float, str]:
         onnx_to_int8(model_path, out_path, ranges, target, excluded)
-        return agreement(run_batches(OnnxRuntimeRunner(out_path), images), reference, metric)
+        return goal.score(OnnxRuntimeRunner(out_path))
 
     excluded: list[str] = []
-    initial = current = score(excluded)
-    report = FallbackReport(target.value, metric, config.agreement_target, initial, initial)
-    if current < config.agreement_target and config.max_fallback > 0:
+    initial, worst = score(excluded)
+    current = initial
+    report = FallbackReport(target.value, goal.metric, goal.target, initial, initial, worst_case=worst)
+    if current < goal.target and config.max_fallback > 0:
         # errors of several layers can cancel: a layer stays float only if that helps, and at
         # most 3 * max_fallback candidates are tried
-        ranking = layer_ranking(out_path, model_path, eager_model, images)[:3 * config.max_fallback]
-        log(f"  {target.value}: {metric} {initial:.4f} < {config.agreement_target}; layers adding "
-            f"the most error: {', '.join(r['module'] for r in ranking[:config.max_fallback])}")
+        ranking = layer_ranking(out_path, model_path, eager_model,
+                                goal.cases[worst].images)[:3 * config.max_fallback]
+        log(f"  {target.value}: {report.describe()} < {goal.target}; layers adding the most error: "
+            f"{', '.join(r['module'] for r in ranking[:config.max_fallback])}")
         for layer in ranking:
-            trial = score([*excluded, layer["node"]])
+            trial, trial_worst = score([*excluded, layer["node"]])
             if trial <= current:
-                log(f"  {target.value}: {layer['module']} in float does not help ({metric} {trial:.4f})")
+                log(f"  {target.value}: {layer['module']} in float does not help ({goal.metric} "
+                    f"{trial:.4f})")
                 continue
             excluded.append(layer["node"])
-            current = trial
+            current, worst = trial, trial_worst
             report.fallen_back.append({**layer, "added": round(layer["added"], 5),
-                                       f"{metric}_after": round(current, 4)})
-            log(f"  {target.value}: {layer['module']} kept in float ({metric} {current:.4f})")
-            if current >= config.agreement_target or len(excluded) == config.max_fallback:
+                                       f"{goal.metric}_after": round(current, 4)})
+            log(f"  {target.value}: {layer['module']} kept in float ({goal.metric} {current:.4f})")
+            if current >= goal.target or len(excluded) == config.max_fallback:
                 break
         onnx_to_int8(model_path, out_path, ranges, target, excluded)  # the graph on disk: the best
-    report.final, report.met = current, current >= config.agreement_target
+    report.final, report.met, report.worst_case = current, current >= goal.target, worst
     if not report.met:
-        log(f"  {target.value}: WARNING {metric} {current:.4f} is below the target "
-            f"{config.agreement_target} with {len(excluded)} layers in float")
+        log(f"  {target.value}: WARNING {report.describe()} is below the target {goal.target} "
+            f"with {len(excluded)} layers in float")
     return report
 
 
@@ -162,6 +205,23 @@ def check_fp16_at_max_size(fp16: Path, eager_model, manifest: dict, seed: int, l
     if not c.passed:
         fp16.unlink(missing_ok=True)
         raise QuantizationError(f"the fp16 graph is not within tolerance at {c.describe()}")
+
+
+def _fallback_goal(manifest: dict, tuning: ImageSet, eager_model,
+                   config: PrecisionConfig) -> FallbackGoal:
+    cases = shape_cases(manifest["dynamic"], tuning, "tuning", noise=config.calib_source == NOISE,
+                        seed=config.seed + 1)
+    opt = cases["tuning"].images.shape[2:]
+    # the max batch at the opt size repeats the tuning images at their size: measured once
+    cases = ({n: c for n, c in cases.items() if c.gates("int8")
+              and (n == "tuning" or c.images.shape[2:] != opt)} if config.metric == "margin"
+             else {"tuning": cases["tuning"]})
+    references = {name: run_batches(lambda x: run_torch(eager_model, x), case.images, case.batch)
+                  for name, case in cases.items()}
+    budget = load_tolerances(manifest["variant"], config.tolerances)["int8"]
+    target = config.margin_target if config.metric == "margin" else config.agreement_target
+    return FallbackGoal(config.metric, target, cases, references, budget,
+                        trained=bool(manifest["model"]["checkpoint"]))
 
 
 def _load_data(manifest: dict, config: PrecisionConfig) -> tuple[DataSplit, list[ImageSet]]:
@@ -201,12 +261,11 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
         log(f"data: {note}")
     log(f"data: {len(data.calibration)} calibration, {len(data.tuning)} tuning (layer fallback), "
         f"{len(data.heldout)} held-out images (parity), disjoint")
-    heldout, tuning = data.heldout.images, data.tuning.images
+    heldout = data.heldout.images
     eager_model = model_from_manifest(manifest)
     reference = run_batches(lambda x: run_torch(eager_model, x), heldout)
-    tuning_reference = run_batches(lambda x: run_torch(eager_model, x), tuning)
+    goal = _fallback_goal(manifest, data.tuning, eager_model, config)
     timings["data_and_eager"] = time.perf_counter() - start
-    metric = config.metric or ("top1" if manifest["model"]["checkpoint"] else "cosine")
 
     start = time.perf_counter()
     fp16 = onnx_to_fp16(fp32, root / "model.fp16.onnx")
@@ -224,8 +283,7 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     fallback = {}
     for target in Int8Target:
         fallback[target.value] = quantize_with_fallback(
-            fp32, root / target.filename, ranges, target, tuning, tuning_reference, eager_model,
-            config, metric, log)
+            fp32, root / target.filename, ranges, target, goal, eager_model, config, log)
     timings["quantize"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -280,10 +338,10 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     missed = [r for r in fallback.values() if not r.met]
     if missed:  # the graphs and the manifest stay for inspection; the build (and the gate) fail
         raise FallbackTargetError(
-            "; ".join(f"{r.target}: {r.metric} agreement {r.final:.4f} on the tuning images is "
-                      f"below the target {r.goal} with {len(r.fallen_back)} layers in float"
-                      for r in missed)
-            + f". Calibrate on more representative images (CALIB_DIR), try another --method, "
-              f"allow more layers in float (--max-fallback, now {config.max_fallback}) or lower "
-              f"--agreement-target")
+            "; ".join(f"{r.target}: {r.describe()} is below the target {r.goal} with "
+                      f"{len(r.fallen_back)} layers in float" for r in missed)
+            + f". Calibrate on more representative images (CALIB_DIR; --calib-largest-share "
+              f"for graphs served far from their opt size), try another --method, allow more "
+              f"layers in float (--max-fallback, now {config.max_fallback}), or lower "
+              f"--{'margin' if config.metric == 'margin' else 'agreement'}-target")
     return manifest_path

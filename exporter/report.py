@@ -129,9 +129,10 @@ def _parity_section(parity: dict) -> list[str]:
         for case, r in artifact["cases"].items():
             failed = any(f.startswith(f"{case}: ") for f in artifact["failures"])
             accuracy = f"{100 * r['accuracy']:.2f}%" if "accuracy" in r else ""
+            verdict = "FAIL" if failed else "ok" if r.get("gated", True) else "not gated"
             lines.append(f"| {artifact['path']} | {reader} | {case} | {r['rel_l2']:.2e} | "
                          f"{r['cosine']:.5f} | {r['max_abs']:.2e} | {r['top1']:.3f} | {r['top5']:.3f} "
-                         f"| {accuracy} | {'FAIL' if failed else 'ok'} |")
+                         f"| {accuracy} | {verdict} |")
     return lines + ["", f"![errors]({ERRORS_PNG})", ""]
 
 

@@ -137,9 +137,12 @@ def _link_or_copy(source: Path, target: Path) -> None:
 def planted_copy(root: Path, bug: Bug, folder: Path) -> tuple[Path, str]:
     """A copy of the build in ``folder`` with ``bug`` planted and the manifest rehashed."""
     manifest = read_manifest(root / "manifest.json")
-    for artifact in manifest["artifacts"]:
-        if artifact["path"] != bug.artifact:
-            _link_or_copy(root / artifact["path"], folder / artifact["path"])
+    # every file the manifest lists once: an IR's weights file, and the fp32 IR listed again to
+    # run in bf16
+    files = {a["path"] for a in manifest["artifacts"]}
+    files |= {a["weights"]["path"] for a in manifest["artifacts"] if "weights" in a}
+    for path in sorted(files - {bug.artifact}):
+        _link_or_copy(root / path, folder / path)
     model = onnx.load(str(root / bug.artifact))
     where = bug.plant(model)
     onnx.save(model, str(folder / bug.artifact))

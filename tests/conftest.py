@@ -83,7 +83,7 @@ def digits_build(tmp_path_factory) -> DigitsBuild:
     npz = digits.write_unseen_npz(root / "digits-unseen.npz")
     # the 600 digits no training step saw: calibration, tuning (fallback) and held-out (parity)
     config = PrecisionConfig(calib_source=str(npz), calib_count=256, tuning_count=96,
-                             heldout_count=248, metric="top1")
+                             heldout_count=248)
     lines: list[str] = []
     build_precision_graphs(manifest, config, log=lines.append)
     return DigitsBuild(manifest, fixture, config, lines)

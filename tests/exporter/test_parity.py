@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from exporter.budgets import budget_margin, resolvable, shape_cases
 from exporter.cli import main
 from exporter.manifest import ManifestError, read_manifest, sha256_file, write_manifest
 from exporter.parity import breaches, load_tolerances, metrics, run_parity
@@ -209,7 +210,7 @@ def test_misspelled_tolerances_are_refused(tmp_path, text, message):
 
 
 def test_nan_always_fails_and_agreement_is_gated_only_for_trained_weights():
-    reference = np.random.default_rng(0).standard_normal((4, 10))
+    reference = np.random.default_rng(0).standard_normal((100, 10))
     shuffled = reference[:, ::-1].copy()
     budget = {"rel_l2_max": 10.0, "cosine_min": -1.0, "top1_min": 0.99}
     assert breaches(metrics(shuffled, reference), budget, trained=False) == []
@@ -217,6 +218,50 @@ def test_nan_always_fails_and_agreement_is_gated_only_for_trained_weights():
     poisoned = reference.copy()
     poisoned[0, 0] = np.nan
     assert "NaN or Inf in the outputs" in breaches(metrics(poisoned, reference), budget, False)
+
+
+def test_agreement_is_gated_only_where_the_images_can_resolve_the_budget():
+    reference = np.random.default_rng(0).standard_normal((40, 10))
+    one_flip = reference.copy()
+    one_flip[0] = -one_flip[0]  # one image's ranking reversed: its top-1 and top-5 change
+    budget = {"top1_min": 0.95, "top5_min": 0.85}
+    # 40 images: one disagreement in 40 is inside 95%, and gated
+    assert breaches(metrics(one_flip, reference), budget, trained=True) == []
+    assert resolvable("top1_min", metrics(one_flip, reference), budget)
+    # 8 images: 95% cannot be resolved (1 in 8 is 12.5%): reported, not gated
+    few = metrics(one_flip[:8], reference[:8])
+    assert few["top1"] == 0.875 and not resolvable("top1_min", few, budget)
+    assert resolvable("top5_min", few, budget)  # one class of 5 x 8 is 2.5%, inside 15%
+    assert breaches(few, budget, trained=True) == []
+    # a budget of perfection is measurable on any number of images
+    assert any("top1" in b for b in breaches(few, {"top1_min": 1.0}, trained=True))
+
+
+def test_budget_margin_is_the_tightest_ratio_of_allowed_to_measured_error():
+    budget = {"rel_l2_max": 0.12, "cosine_min": 0.98, "top1_min": 0.95}
+    result = {"finite": True, "rel_l2": 0.06, "cosine": 0.99, "top1": 1.0, "top5": 1.0, "images": 64}
+    assert budget_margin(result, budget, trained=False) == pytest.approx(2.0)  # cosine 0.02/0.01
+    assert budget_margin({**result, "rel_l2": 0.24}, budget, trained=False) == pytest.approx(0.5)
+    assert budget_margin({**result, "top1": 0.9}, budget, trained=True) == pytest.approx(0.5)
+    assert budget_margin({**result, "top1": 0.9}, budget, trained=False) == pytest.approx(2.0)
+    assert budget_margin({**result, "finite": False}, budget, trained=False) == 0.0
+
+
+def test_shape_cases_aggregate_over_images_and_gate_int8_only_at_sides_of_64_px():
+    from calibration.data import ImageSet
+
+    dynamic = {"batch": {"min": 1, "opt": 1, "max": 32}, "height": {"min": 32, "opt": 224, "max": 448},
+               "width": {"min": 32, "opt": 224, "max": 448}}
+    images = ImageSet(np.zeros((64, 3, 224, 224), np.float32), None, "zeros")
+    cases = shape_cases(dynamic, images)
+    assert list(cases) == ["heldout", "1x3x32x448", "32x3x224x224", "4x3x448x32", "2x3x448x448"]
+    assert [len(c.images) for c in cases.values()] == [64, 64, 32, 64, 8]
+    assert [c.batch for c in cases.values()] == [8, 1, 32, 4, 2]
+    assert [c.gates("int8") for c in cases.values()] == [True, False, True, False, True]
+    assert all(c.gates("fp16") and c.gates("fp32") for c in cases.values())
+    # an opt size under 64 px is gated for int8 at its own size
+    small = {**dynamic, "height": {"min": 32, "opt": 32, "max": 64}}
+    assert all(c.gates("int8") for c in shape_cases(small, images).values())
 
 
 def test_cli_exit_code_is_the_verdict(precision_build, tmp_path, capsys):

@@ -6,8 +6,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from calibration.calibrate import calibrate
 from calibration.data import ImageSet
+from exporter.budgets import ShapeCase, load_tolerances
 from exporter.export import build_model
-from exporter.precision import PrecisionConfig, agreement, quantize_with_fallback, run_batches
+from exporter.precision import FallbackGoal, PrecisionConfig, quantize_with_fallback, run_batches
 from exporter.quantize import (
     Int8Target,
     onnx_to_int8,
@@ -117,24 +118,30 @@ def test_checker_catches_each_rule(tmp_path, kwargs, message):
 
 
 @pytest.mark.numerics
-def test_fallback_keeps_sensitive_layers_in_float_until_the_target(exported, images, tmp_path):
+@pytest.mark.parametrize("metric", ["margin", "cosine"])
+def test_fallback_keeps_sensitive_layers_in_float_until_the_target(exported, images, tmp_path, metric):
     fp32 = exported("se").parent / "model.onnx"
     ranges = calibrate(fp32, images, tmp_path / "calib", "minmax")
-    heldout = images.images[:12]
-    reference = run_batches(OnnxRuntimeRunner(fp32), heldout)
+    tuning = images.images[:12]
+    cases = {"tuning": ShapeCase(tuning, None, 8), "1x3x96x96": ShapeCase(
+        np.ascontiguousarray(np.resize(tuning, (8, 3, 96, 96))), None, 1)}
+    references = {n: run_batches(OnnxRuntimeRunner(fp32), c.images, c.batch) for n, c in cases.items()}
     out = tmp_path / "int8.onnx"
-    plain = agreement(run_batches(OnnxRuntimeRunner(onnx_to_int8(fp32, out, ranges, Int8Target.CPU)),
-                                  heldout), reference, "cosine")
-    goal = 1 - (1 - plain) / 4  # reachable only by keeping some layers in float
-    report = quantize_with_fallback(
-        fp32, out, ranges, Int8Target.CPU, heldout, reference, build_model(tiny_config("se"))[0],
-        PrecisionConfig(agreement_target=goal, max_fallback=4), "cosine", log=lambda *_: None)
+    measure = FallbackGoal(metric, 1.0, cases, references, load_tolerances("se")["int8"], False)
+    plain, _ = measure.score(OnnxRuntimeRunner(onnx_to_int8(fp32, out, ranges, Int8Target.CPU)))
+    # reachable only by keeping some layers in float
+    target = plain * 1.3 if metric == "margin" else 1 - (1 - plain) / 4
+    goal = FallbackGoal(metric, target, cases, references, load_tolerances("se")["int8"], False)
+    report = quantize_with_fallback(fp32, out, ranges, Int8Target.CPU, goal,
+                                    build_model(tiny_config("se"))[0],
+                                    PrecisionConfig(max_fallback=4), log=lambda *_: None)
     assert report.initial == pytest.approx(plain)
     assert 1 <= len(report.fallen_back) <= 4
     assert all(f["node"] in quantizable_nodes(fp32) for f in report.fallen_back)
     assert report.final > report.initial
-    final = agreement(run_batches(OnnxRuntimeRunner(out), heldout), reference, "cosine")
+    final, worst = goal.score(OnnxRuntimeRunner(out))
     assert final == pytest.approx(report.final)  # the file on disk is the reported graph
+    assert worst == report.worst_case and worst in cases
     kept_float = {f["node"] for f in report.fallen_back}
     graph = onnx.load(str(out)).graph
     weights = {n.name: n.input[1] for n in graph.node if n.name in kept_float}

@@ -11,8 +11,10 @@ from tests.conftest import copy_build
 
 
 @pytest.mark.numerics
-def test_the_gate_catches_every_planted_bug(precision_build, tmp_path):
-    root = copy_build(precision_build, tmp_path)
+def test_the_gate_catches_every_planted_bug(engines_build, tmp_path):
+    # the whole chain's build: OpenVINO IR with its weights files (and, where the CPU has bf16,
+    # the fp32 IR listed a second time), which every planted copy must carry
+    root = copy_build(engines_build, tmp_path)
     lines = []
     summary = selftest.run_selftest(root / "manifest.json", log=lines.append)
     assert summary["planted"] == len(selftest.BUGS) == 5
