@@ -99,7 +99,8 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     if report.passed:
         skipped = report.skipped()
         print(f"parity: passed ({len(report.artifacts) - len(skipped)} artifacts verified"
-              + (f"; {len(skipped)} TensorRT plans NOT verified on this machine)" if skipped else ")"))
+              + (f"; NOT verified on this machine: {', '.join(s.split(': ')[0] for s in skipped)})"
+                 if skipped else ")"))
         return 0
     failures = report.failures()
     print(f"parity: FAILED, {len(failures)} breaches; first: {failures[0]}", file=sys.stderr)

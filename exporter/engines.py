@@ -18,7 +18,7 @@ def openvino_artifacts(root: Path, log=print) -> list[dict]:
 
     folder = root / "engines" / "openvino"
     fp32 = onnx_to_openvino_ir(root / "model.onnx", folder / "model.fp32.xml")
-    int8 = onnx_to_openvino_ir(root / Int8Target.TENSORRT.filename, folder / "model.int8.xml")
+    int8 = onnx_to_openvino_ir(root / Int8Target.CPU.filename, folder / "model.int8.xml")
     entries = [artifact_entry(fp32, root, "openvino-ir", "fp32", "openvino-cpu")]
     if cpu_has_bf16():
         entries.append(artifact_entry(fp32, root, "openvino-ir", "bf16", "openvino-cpu",

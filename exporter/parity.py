@@ -34,7 +34,13 @@ from .files import atomic_path, write_text_atomic
 from .manifest import ManifestError, read_manifest, verify_artifacts, write_manifest
 from .precision import run_batches
 from .report import ERRORS_PNG, plot_error_histograms, write_report
-from .runners import OnnxRuntimeRunner, OpenVinoRunner, run_torch
+from .runners import (
+    OnnxRuntimeRunner,
+    OpenVinoRunner,
+    openvino_has_bf16,
+    openvino_int8_has_vnni,
+    run_torch,
+)
 
 
 def breaches(result: dict, budget: dict, trained: bool, built: float | None = None) -> list[str]:
@@ -128,6 +134,14 @@ def runner_for(artifact: dict, root: Path, manifest: dict, reader: str):
     return OnnxRuntimeRunner(path)
 
 
+def signed_int8_activations(artifact: dict, root: Path) -> bool:
+    """An int8 ONNX graph whose activations are quantized to signed int8 (the int8-trt graph)."""
+    from .quantize import qdq_types
+
+    return (artifact["format"] == "onnx" and artifact["precision"] == "int8"
+            and "int8" in qdq_types(root / artifact["path"])["activation"])
+
+
 def heldout_images(manifest: dict) -> ImageSet:
     """Exactly the held-out set the precision stage set aside, rebuilt from the manifest's record
     and checked by the sha256 of its image identities."""
@@ -161,6 +175,15 @@ def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cas
     if artifact.get("runtime_options", {}).get("INFERENCE_PRECISION_HINT") == "bf16":
         reader = "openvino-bf16"  # the fp32 IR, listed again to be run in bf16
     entry = ArtifactParity(artifact["path"], artifact["precision"], reader)
+    if reader == "openvino-bf16" and not openvino_has_bf16():  # like a plan without a GPU
+        entry.skipped = ("this CPU does not compute bf16 (no AMX or AVX512-BF16): the bf16 "
+                         "entry runs only where it does")
+        return entry
+    if reader == "openvino" and signed_int8_activations(artifact, root) and not openvino_int8_has_vnni():
+        entry.skipped = ("OpenVINO on a CPU without VNNI saturates signed int8 activations (int16 "
+                         "pair sums, docs/precision.md); ONNX Runtime reads this graph here, and "
+                         "its target is TensorRT")
+        return entry
     try:
         runner = runner_for(artifact, root, manifest, reader)
     except TensorRTUnavailable as e:  # a plan where TensorRT cannot run: reported, not passed

@@ -36,6 +36,42 @@ def test_the_fp32_ir_computes_what_the_onnx_graph_computes(engines_build):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
+def test_the_int8_ir_is_the_u8s8_graph_that_every_x86_cpu_computes_alike(engines_build):
+    """Signed int8 activations saturate in OpenVINO's int8 kernels on CPUs without VNNI, so the
+    IR is made from the int8-cpu graph (unsigned activations), whatever the build machine has."""
+    from exporter.quantize import qdq_types
+
+    assert qdq_types(engines_build / "model.int8-cpu.onnx")["activation"] == {"uint8"}
+    x = np.random.default_rng(0).standard_normal((2, 3, 96, 160), dtype=np.float32)
+    ir = OpenVinoRunner(engines_build / "engines/openvino/model.int8.xml")(x)
+
+    def rel_l2(graph):  # the IR against an ONNX graph, both under OpenVINO
+        other = OpenVinoRunner(engines_build / graph)(x)
+        return np.linalg.norm(ir - other) / np.linalg.norm(other)
+
+    # the same graph (the IR's conversion moves a few values by one int8 step), not the other
+    assert rel_l2("model.int8-cpu.onnx") < 0.5 * rel_l2("model.int8-trt.onnx")
+
+
+def test_without_vnni_or_bf16_the_gate_skips_only_what_this_cpu_cannot_compute(
+        engines_build, tmp_path, monkeypatch):
+    from exporter import parity
+
+    monkeypatch.setattr(parity, "openvino_int8_has_vnni", lambda: False)
+    monkeypatch.setattr(parity, "openvino_has_bf16", lambda: False)
+    root = copy_build(engines_build, tmp_path)
+    report = run_parity(root / "manifest.json", log=lambda *_: None)
+    assert report.passed, report.failures()
+    skipped = {a.label for a in report.artifacts if a.skipped}
+    expected = {"model.int8-trt.onnx [openvino]"}
+    if openvino_has_bf16():
+        expected.add("engines/openvino/model.fp32.xml [openvino-bf16]")
+    assert skipped == expected
+    verified = {a.label for a in report.artifacts if not a.skipped}
+    assert {"model.int8-trt.onnx [onnxruntime]", "model.int8-cpu.onnx [openvino]",
+            "engines/openvino/model.int8.xml [openvino]"} <= verified
+
+
 def test_an_ir_whose_weights_changed_is_refused(engines_build, tmp_path):
     root = copy_build(engines_build, tmp_path)
     with open(root / "engines/openvino/model.int8.bin", "r+b") as f:

@@ -137,6 +137,9 @@ def test_the_gate_holds_a_trained_build_to_top1_where_images_are_enough_to_measu
     assert report.passed, "\n".join(report.failures())
     budget = load_tolerances("se")["int8"]
     for entry in report.artifacts:
+        if entry.skipped:  # OpenVINO on signed int8 without VNNI (exporter.parity)
+            assert entry.label == "model.int8-trt.onnx [openvino]"
+            continue
         heldout = entry.cases["heldout"]
         assert heldout["images"] == 248
         if entry.precision == "int8":
@@ -145,7 +148,7 @@ def test_the_gate_holds_a_trained_build_to_top1_where_images_are_enough_to_measu
     # which int8 does not reach there: top-1 is gated, not only reported
     strict = tmp_path / "strict.toml"
     strict.write_text("[precision.int8]\ntop1_min = 1.0\n")
-    int8 = [e for e in report.artifacts if e.precision == "int8"]
+    int8 = [e for e in report.artifacts if e.precision == "int8" and not e.skipped]
     if all(e.cases["heldout"]["top1"] == 1.0 for e in int8):
         pytest.skip("int8 agreed with eager on every held-out digit: nothing to fail on")
     strict_report = run_parity(root / "manifest.json", strict, log=lambda *_: None)
