@@ -28,11 +28,16 @@ def _parity_table(parity: dict) -> str:
         if a["skipped"]:
             lines.append(f"| {a['path']} | {a['reader']} | | | not verified: {a['skipped']} |")
             continue
-        worst = max(c["rel_l2"] for c in a["cases"].values())
-        cosine = min(c["cosine"] for c in a["cases"].values())
+        gated = [c for c in a["cases"].values() if c.get("gated", True)]  # as the gate judged
+        worst = max(c["rel_l2"] for c in gated)
+        cosine = min(c["cosine"] for c in gated)
         lines.append(f"| {a['path']} | {a['reader']} | {worst:.2e} | {cosine:.5f} | "
                      f"{'ok' if a['passed'] else 'FAIL'} |")
     return "\n".join(lines)
+
+
+def _has_ungated(parity: dict) -> bool:
+    return any(not c.get("gated", True) for a in parity["artifacts"] for c in a["cases"].values())
 
 
 def render(run: Path) -> str:
@@ -48,7 +53,9 @@ def render(run: Path) -> str:
         f"(docs/runs/{run.name}/).", "",
         format_bench(bench), "", format_recommendation(bench), "",
         f"Gate: **{'passed' if parity['passed'] else 'FAILED'}** on {parity['heldout']['images']} "
-        f"held-out images and shapes {', '.join(parity['shapes'][1:])}.", "",
+        f"held-out images and shapes {', '.join(parity['shapes'][1:])}"
+        + (" (int8 gated where every side is at least 64 px; its thin corners are in parity.json)"
+           if _has_ungated(parity) else "") + ".", "",
         _parity_table(parity), "", f"Stage times: {timing}. Peak memory: {memory}.", ""])
 
 
