@@ -24,7 +24,7 @@ from .export import model_from_manifest
 from .files import write_text_atomic
 from .manifest import read_manifest, write_manifest
 from .report import LATENCY_PNG, format_bench, format_recommendation, plot_latency, write_report
-from .runners import OnnxRuntimeRunner, OpenVinoRunner, openvino_has_bf16
+from .runners import OnnxRuntimeRunner, OpenVinoRunner, cpu_model_and_flags, openvino_has_bf16
 
 
 @dataclass(frozen=True)
@@ -102,17 +102,9 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx51
 
 def cpu_identity() -> dict:
     """The CPU a measurement is a property of: model name and the ISA flags that pick kernels."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("unknown", "x86_64", ""):
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {"model": model, "isa": [f for f in ISA_FLAGS if f in flags],
+    model, flags = cpu_model_and_flags() or ("", set())
+    return {"model": model or platform.processor() or "unknown",
+            "isa": [f for f in ISA_FLAGS if f in flags],
             "threads": os.cpu_count()}
 
 

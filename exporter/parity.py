@@ -15,7 +15,7 @@ import numpy as np
 
 from calibration.data import NOISE, ImageSet, SplitCounts, load_data_split
 from calibration.preprocessing import Preprocessing
-from models import ConfigError
+from models import ConfigError, ReaderUnavailable
 
 from .budgets import (  # noqa: F401
     AGREEMENT_METRICS,
@@ -120,7 +120,8 @@ READERS = {"onnx": ("onnxruntime", "openvino"), "ort": ("onnxruntime",), "plan":
 
 def runner_for(artifact: dict, root: Path, manifest: dict, reader: str):
     """The artifact under one reader: ONNX Runtime and OpenVINO on the CPU (every portable graph
-    is read by both), TensorRT for plans (GPU machines)."""
+    is read by both), TensorRT for plans (GPU machines). ReaderUnavailable where this machine
+    cannot compute it."""
     path = root / artifact["path"]
     if reader == "tensorrt":
         from .tensorrt_engine import TensorRTRunner
@@ -128,6 +129,13 @@ def runner_for(artifact: dict, root: Path, manifest: dict, reader: str):
         # version-compatible plans embed host code: trusted, since this build made them
         trusted = manifest.get("tensorrt", {}).get("version_compatible", False)
         return TensorRTRunner(path, host_code_allowed=trusted)
+    if reader == "openvino-bf16" and not openvino_has_bf16():
+        raise ReaderUnavailable("this CPU does not compute bf16 (no AMX or AVX512-BF16): the bf16 "
+                                "entry runs only where it does")
+    if reader == "openvino" and not openvino_int8_has_vnni() and signed_int8_activations(artifact, root):
+        raise ReaderUnavailable("OpenVINO on a CPU without VNNI saturates signed int8 activations "
+                                "(int16 pair sums, docs/precision.md); ONNX Runtime reads this "
+                                "graph here, and its target is TensorRT")
     if reader.startswith("openvino"):
         hint = artifact.get("runtime_options", {}).get("INFERENCE_PRECISION_HINT", "f32")
         return OpenVinoRunner(path, hint)
@@ -171,26 +179,15 @@ FALLBACK_ARTIFACTS = {"int8-trt": ("model.int8-trt.onnx",),
 def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cases: dict,
                     references: dict, budget: dict, trained: bool,
                     heldout_outputs: dict) -> ArtifactParity:
-    from .tensorrt_engine import TensorRTUnavailable
-
     # the precision stage measured each graph with ONNX Runtime; drift is judged against that
     built_rel_l2 = {r["path"]: r["rel_l2"] for r in
                     manifest["parity"].get("heldout-vs-eager", {}).values() if "rel_l2" in r}
     if artifact.get("runtime_options", {}).get("INFERENCE_PRECISION_HINT") == "bf16":
         reader = "openvino-bf16"  # the fp32 IR, listed again to be run in bf16
     entry = ArtifactParity(artifact["path"], artifact["precision"], reader)
-    if reader == "openvino-bf16" and not openvino_has_bf16():  # like a plan without a GPU
-        entry.skipped = ("this CPU does not compute bf16 (no AMX or AVX512-BF16): the bf16 "
-                         "entry runs only where it does")
-        return entry
-    if reader == "openvino" and not openvino_int8_has_vnni() and signed_int8_activations(artifact, root):
-        entry.skipped = ("OpenVINO on a CPU without VNNI saturates signed int8 activations (int16 "
-                         "pair sums, docs/precision.md); ONNX Runtime reads this graph here, and "
-                         "its target is TensorRT")
-        return entry
     try:
         runner = runner_for(artifact, root, manifest, reader)
-    except TensorRTUnavailable as e:  # a plan where TensorRT cannot run: reported, not passed
+    except ReaderUnavailable as e:  # this machine cannot compute it: reported, not passed
         entry.skipped = str(e).splitlines()[0]
         return entry
     except Exception as e:  # any other artifact that does not load fails the gate

@@ -23,6 +23,14 @@ def _pyplot():
     return plt
 
 
+def _save_png(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_error_histograms(path: Path, errors: dict[str, np.ndarray]) -> Path:
     """|artifact - eager| over the held-out logits, one histogram per artifact (log-log)."""
     plt = _pyplot()
@@ -35,11 +43,7 @@ def plot_error_histograms(path: Path, errors: dict[str, np.ndarray]) -> Path:
     ax.set(xscale="log", yscale="log", xlabel="|artifact - eager| per logit",
            ylabel="count", title="Output error against eager PyTorch fp32 (held-out images)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return _save_png(plt, fig, path)
 
 
 def plot_module_errors(path: Path, explain: dict) -> Path:
@@ -54,11 +58,7 @@ def plot_module_errors(path: Path, explain: dict) -> Path:
     ax.set(yscale="log", ylabel="rel L2 against eager at the module's output",
            title=f"Where error enters, module by module ({explain['images']} held-out images)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return _save_png(plt, fig, path)
 
 
 def _explain_section(explain: dict) -> list[str]:
@@ -99,11 +99,7 @@ def plot_latency(path: Path, bench: dict) -> Path:
                   ha="right", fontsize=8)
     ax.set(ylabel="p50 latency per image (ms)", title="Latency per image, same run")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return _save_png(plt, fig, path)
 
 
 def _parity_section(parity: dict) -> list[str]:

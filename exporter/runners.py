@@ -32,6 +32,17 @@ class OnnxRuntimeRunner:
         return self.session.run(None, {self.input_name: batch})[0]
 
 
+def cpu_model_and_flags() -> tuple[str, set[str]] | None:
+    """The CPU's model name and ISA flags from /proc/cpuinfo; None where there is none."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return fields.get("model name", ""), set(fields.get("flags", "").split())
+
+
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below any int8 dot-product instruction (VNNI, AMX)
 _NO_VNNI_CAPS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
 _VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
@@ -57,12 +68,8 @@ def openvino_int8_has_vnni() -> bool:
     (the int8-cpu graph) stay within 0.067-0.076 either way."""
     if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _NO_VNNI_CAPS:
         return False
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), "").split()
-    except OSError:  # not Linux: nothing to read the flags from; assume a current CPU
-        return True
-    return bool(_VNNI_FLAGS & set(flags))
+    info = cpu_model_and_flags()
+    return info is None or bool(_VNNI_FLAGS & info[1])  # not Linux: assume a current CPU
 
 
 class OpenVinoRunner:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models import ToolchainError
+from models import ReaderUnavailable, ToolchainError
 
 from .files import atomic_path
 
@@ -27,7 +27,7 @@ INSTALL_HINT = ("install the extra on a machine with an NVIDIA GPU and driver: "
 INPUT_NAME = "input"
 
 
-class TensorRTUnavailable(ToolchainError):
+class TensorRTUnavailable(ReaderUnavailable):
     """tensorrt or an NVIDIA GPU is missing."""
 
 

@@ -6,7 +6,13 @@ The error types and the variant names import without torch; everything else load
 
 import importlib
 
-from .errors import AttentionMemoryError, CheckpointError, ConfigError, ToolchainError
+from .errors import (
+    AttentionMemoryError,
+    CheckpointError,
+    ConfigError,
+    ReaderUnavailable,
+    ToolchainError,
+)
 from .names import VARIANT_NAMES
 
 _LAZY = {
@@ -16,7 +22,8 @@ _LAZY = {
     "save_checkpoint": "weights",
 }
 
-__all__ = ["AttentionMemoryError", "CheckpointError", "ConfigError", "ToolchainError",
+__all__ = ["AttentionMemoryError", "CheckpointError", "ConfigError", "ReaderUnavailable",
+           "ToolchainError",
            "VARIANT_NAMES", *_LAZY]
 
 

@@ -9,6 +9,11 @@ class ConfigError(ToolchainError, ValueError):
     """A setting or argument is out of range."""
 
 
+class ReaderUnavailable(ToolchainError):
+    """This machine cannot run an artifact under a reader (no GPU for a TensorRT plan, no bf16 or
+    VNNI for OpenVINO): the gate reports it as not verified instead of failing it."""
+
+
 class CheckpointError(ToolchainError):
     """A checkpoint file is missing, unreadable, unsafe or does not fit the model."""
 
