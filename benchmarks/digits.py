@@ -37,6 +37,8 @@ CHANCE = 1 / CLASSES
 TRAIN_COUNT = 1000
 VALIDATION_COUNT = 197
 UNSEEN_START = TRAIN_COUNT + VALIDATION_COUNT  # the 600 images no training step or decision saw
+# how a build splits those 600: calibration, tuning (the layer fallback), held-out (parity)
+UNSEEN_SPLIT = {"calib_count": 256, "tuning_count": 96, "heldout_count": 248}
 TARGET_ACCURACY = 0.95  # on the validation slice; seen reached in 24 epochs on AVX-512 and AVX2
 EPOCHS_PER_CYCLE = 24
 MAX_CYCLES = 3

@@ -111,9 +111,39 @@ class UniformHistogramCollector(HistogramCollector):
     """ONNX Runtime's HistogramCollector, with its absolute-value histogram (the percentile
     method) counted by torch.histc instead of np.histogram: ORT's bins are uniform (the first
     batch spans |x| min..max in num_bins; later batches append bins of the same width), which
-    torch counts in float32 in one multi-threaded pass, about twice numpy's speed. Counts agree
-    except for values within float rounding of an edge; the percentile and entropy math after
-    collection is ORT's own."""
+    torch counts in float32 in one multi-threaded pass, about three times numpy's speed. Counts
+    agree except for values within float rounding of an edge; the percentile and entropy math
+    after collection is ORT's own. The arrays passed in are overwritten with their absolute
+    values (no copy of a 100 MB activation per tensor and batch): pass arrays nothing else
+    reads.
+
+    ``growth_bound``: an upper bound on (elements over all calls) / (elements in the first call)
+    of every tensor. Given it, the percentile method counts, after the first call, only the bins
+    that can still hold the percentile (see ``_first_deciding_bin``): histc skips a value below
+    its range at a fraction of the cost of binning it, 5-6x faster on VGG16's activations. The
+    percentile lands in the same bin (tests/calibration), because every bin skipped is certain
+    to lie below it, up to the float rounding of an edge that already separates histc from
+    np.histogram (one value moved to the next bin); the skipped values are added to bin 0, so
+    the histogram's lower bins (which nothing after the percentile reads) are not ORT's."""
+
+    def __init__(self, *args, growth_bound: float | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.growth_bound = growth_bound
+        self.element_bound: dict[str, float] = {}
+        self.elements: dict[str, int] = {}
+
+    def _first_deciding_bin(self, tensor: str, counts: np.ndarray) -> int:
+        """The lowest bin whose counts can still move the percentile. ORT's percentile bin is the
+        first i with cdf[i] >= p, i.e. with at most (1 - p) * N values above bin i. A bin with
+        more than (1 - p) * N_max values above it already (N_max >= N: every image still to
+        come counted) stays below the percentile bin whatever comes; so does every bin under
+        it. One bin of slack covers float rounding in ORT's cumulative sum."""
+        if self.growth_bound is None or self.method != "percentile":
+            return 0
+        allowed_above = (1 - self.percentile / 100) * self.element_bound[tensor]
+        above = np.cumsum(counts[::-1])[::-1][1:]  # above[i]: values in the bins above bin i
+        below_percentile = np.flatnonzero(above > allowed_above)
+        return max(int(below_percentile[-1]) - 1, 0) if len(below_percentile) else 0
 
     def collect_absolute_value(self, name_to_arr):
         for tensor, data in name_to_arr.items():
@@ -122,23 +152,38 @@ class UniformHistogramCollector(HistogramCollector):
             if values.numel() == 0 or np.isnan(low) or np.isnan(high):
                 super().collect_absolute_value({tensor: np.asarray(data)})  # ORT's NaN handling
                 continue
+            self.elements[tensor] = self.elements.get(tensor, 0) + values.numel()
             top = max(abs(float(low)), abs(float(high)))  # |x| max, without another pass
-            magnitude = values.abs()
+            magnitude = values.abs_()
             if tensor not in self.histogram_dict:  # ORT's first edges: |x| min to max
                 edges = np.histogram_bin_edges([float(magnitude.min()), top], self.num_bins)
                 edges = edges.astype(np.float32)
                 old_hist, old_min, old_max = None, low, high
+                if self.growth_bound is not None:
+                    self.element_bound[tensor] = values.numel() * self.growth_bound
             else:
                 old_hist, edges, old_min, old_max = self.histogram_dict[tensor]
                 if top > edges[-1]:  # grow by whole bins of the same width, as ORT does
                     width = edges[1] - edges[0]
                     edges = np.hstack((edges, np.arange(edges[-1] + width, top + width, width)))
                     edges = edges.astype(np.float32)
-            counts = torch.histc(magnitude, len(edges) - 1, float(edges[0]), float(edges[-1]))
-            counts = counts.numpy().astype(np.int64)
+            first = 0 if old_hist is None else self._first_deciding_bin(tensor, old_hist)
+            counts = np.zeros(len(edges) - 1, dtype=np.int64)
+            counts[first:] = torch.histc(magnitude, len(edges) - 1 - first, float(edges[first]),
+                                         float(edges[-1])).numpy().astype(np.int64)
+            if first:  # the values below bin `first` (with the rare ones below the first
+                # edge, which np.histogram and a full histc drop: a handful in millions)
+                counts[0] += values.numel() - counts[first:].sum()
             if old_hist is not None:
                 counts[:len(old_hist)] += old_hist
             self.histogram_dict[tensor] = (counts, edges, min(old_min, low), max(old_max, high))
+
+    def compute_percentile(self):
+        overrun = [t for t, n in self.elements.items() if n > self.element_bound.get(t, np.inf)]
+        if overrun:  # a caller's bound was wrong: the skipped bins may have held the percentile
+            raise RuntimeError(f"calibration saw more values than its growth_bound allowed for "
+                               f"{overrun[:3]}; the percentile ranges would not be exact")
+        return super().compute_percentile()
 
 
 class StreamingCollector:
@@ -147,15 +192,18 @@ class StreamingCollector:
     HistogramCollector (merging a batch into the histograms is what it does between calls);
     minmax keeps a running min and max, as ORT's MinMaxCalibrater without moving average."""
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, growth_bound: float | None = None) -> None:
         self.method = method
         self.minmax: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.histograms = None
         if method in HISTOGRAM_SETTINGS:
             self.histograms = UniformHistogramCollector(method=method, scenario="same",
+                                                        growth_bound=growth_bound,
                                                         **HISTOGRAM_SETTINGS[method])
 
     def add(self, tensors: dict[str, np.ndarray]) -> None:
+        """Fold one batch in. The arrays are consumed (overwritten): they are this batch's
+        activations, read by nothing else."""
         tensors = {k: v for k, v in tensors.items() if np.issubdtype(v.dtype, np.floating)}
         if self.histograms is not None:
             with contextlib.redirect_stdout(io.StringIO()):  # ORT prints a line per call
@@ -184,7 +232,10 @@ def _session_with_outputs(model_path: Path, tensors: Sequence[str], folder: Path
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors
                               if t not in present)
     augmented = folder / "augmented.onnx"
-    onnx.save_model(model, str(augmented))
+    # weights as raw bytes beside the graph: protobuf serializes a 550 MB VGG16 in ~5 s, this
+    # writes it in ~1 s
+    onnx.save_model(model, str(augmented), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="augmented.weights")
     del model
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
@@ -215,7 +266,7 @@ def calibrate(model_path: Path, images: ImageSet | Sequence[ImageSet], cache_dir
     if cached is not None:
         check_ranges(cached, str(path))
         return CalibrationResult(path, method, count, True, time.perf_counter() - start)
-    collector = StreamingCollector(method)
+    collector = StreamingCollector(method, growth_bound(sets, batch_size))
     with tempfile.TemporaryDirectory(prefix="calib-") as tmp, \
             tqdm(total=count, desc=f"calibrating ({method})", unit="img") as progress:
         session = _session_with_outputs(model_path, tensors, Path(tmp))
@@ -231,6 +282,16 @@ def calibrate(model_path: Path, images: ImageSet | Sequence[ImageSet], cache_dir
     check_ranges(ranges, f"calibration of {model_path} on {sets[0].source}")
     save_tensors_data(ranges, path)  # ORT writes to a temporary name and renames
     return CalibrationResult(path, method, count, False, time.perf_counter() - start)
+
+
+def growth_bound(sets: Sequence[ImageSet], batch_size: int) -> float:
+    """An upper bound on (a tensor's elements over every batch) / (its elements in the first
+    batch): a feature map grows with the pixels of an image, a tensor after global pooling
+    does not, so an image counts max(1, its pixels / the first batch's)."""
+    first = sets[0].images
+    pixels = first.shape[2] * first.shape[3]
+    weight = sum(len(s) * max(1.0, s.images.shape[2] * s.images.shape[3] / pixels) for s in sets)
+    return weight / min(batch_size, len(first))
 
 
 def candidate_tensors(model_path: Path) -> list[str]:

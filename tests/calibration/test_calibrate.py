@@ -130,13 +130,18 @@ def test_histogram_settings_are_onnx_runtimes_defaults(fp32_graph, tmp_path):
             assert getattr(calibrator, key) == value, (method, key)
 
 
-def test_calibration_memory_does_not_grow_with_the_number_of_images(fp32_graph, tmp_path):
-    """Peak memory of a calibration on N and on 4N images, each in a fresh process."""
+@pytest.mark.parametrize("allocator", ["glibc defaults", "keep freed memory"])
+def test_calibration_memory_does_not_grow_with_the_number_of_images(fp32_graph, tmp_path,
+                                                                    allocator):
+    """Peak memory of a calibration on N and on 4N images, each in a fresh process, with the C
+    allocator as a library user's process has it and as the precision stage sets it."""
     script = (
         "import resource, sys, numpy as np\n"
         "from pathlib import Path\n"
         "from calibration.calibrate import calibrate\n"
         "from calibration.data import ImageSet\n"
+        "from exporter.allocator import keep_freed_memory\n"
+        + ("assert keep_freed_memory()\n" if allocator == "keep freed memory" else "") +
         "n = int(sys.argv[1])\n"
         "rng = np.random.default_rng(0)\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
@@ -155,3 +160,62 @@ def test_calibration_memory_does_not_grow_with_the_number_of_images(fp32_graph, 
     # ~6 MB per image here: 24 -> 96 images would add ~440 MB
     small, large = peaks
     assert large <= small * 1.15 + 30, peaks
+
+
+def _percentile_collector(growth_bound):
+    from calibration.calibrate import HISTOGRAM_SETTINGS, UniformHistogramCollector
+
+    return UniformHistogramCollector(method="percentile", scenario="same", growth_bound=growth_bound,
+                                     **HISTOGRAM_SETTINGS["percentile"])
+
+
+def _synthetic_batches(count=16):
+    """Activations as calibration sees them: a ReLU output, a signed conv output whose scale
+    drifts batch to batch with outliers arriving late, and a heavy-tailed logit tensor."""
+    rng = np.random.default_rng(3)
+    for b in range(count):
+        conv = rng.standard_normal((8, 16, 32, 32)).astype(np.float32) * (1 + 0.1 * b)
+        if b == count - 3:
+            conv[0, 0, :4, :4] *= 40
+        yield {"relu": np.maximum(conv, 0), "conv": conv,
+               "logits": rng.standard_cauchy((8, 64)).astype(np.float32)}
+
+
+def test_percentile_from_the_deciding_bins_only_is_the_full_histograms():
+    """After the first batch, the percentile method bins only the values that can still decide
+    the percentile; the ranges are those of counting every bin of every batch."""
+    full, tail = _percentile_collector(None), _percentile_collector(16.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        for batch in _synthetic_batches():
+            full.collect({k: v.copy() for k, v in batch.items()})  # arrays are consumed
+            tail.collect(batch)
+        expected, found = full.compute_percentile(), tail.compute_percentile()
+    for name, (counts, *_) in tail.histogram_dict.items():  # nearly every value lies below
+        assert counts[:tail._first_deciding_bin(name, counts)].sum() > 0.99 * counts.sum(), name
+    for name in expected:
+        width = float(full.histogram_dict[name][1][1] - full.histogram_dict[name][1][0])
+        for ours, theirs in zip(found[name][:2], expected[name][:2], strict=True):
+            # the same bin, up to one value rounded across an edge (histc's range differs)
+            assert abs(float(ours) - float(theirs)) <= width * 1.001, (name, ours, theirs)
+
+
+def test_a_growth_bound_too_small_fails_instead_of_returning_inexact_ranges():
+    collector = _percentile_collector(4.0)  # 16 batches arrive
+    with contextlib.redirect_stdout(io.StringIO()):
+        for batch in _synthetic_batches():
+            collector.collect(batch)
+        with pytest.raises(RuntimeError, match="growth_bound"):
+            collector.compute_percentile()
+
+
+def test_growth_bound_counts_larger_images_by_their_pixels():
+    from calibration.calibrate import growth_bound
+
+    def images(n, h, w):
+        return ImageSet(np.zeros((n, 3, h, w), np.float32), None, "x")
+
+    assert growth_bound([images(20, 64, 64)], 8) == 20 / 8
+    # 5 images of 4x the pixels count 4 times; smaller ones still count once (pooled tensors)
+    assert growth_bound([images(20, 64, 64), images(5, 128, 128), images(4, 32, 32)], 8) \
+        == (20 + 5 * 4 + 4) / 8
+    assert growth_bound([images(3, 64, 64)], 8) == 3 / 3
