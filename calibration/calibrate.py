@@ -138,9 +138,10 @@ class UniformHistogramCollector(HistogramCollector):
         more than (1 - p) * N_max values above it already (N_max >= N: every image still to
         come counted) stays below the percentile bin whatever comes; so does every bin under
         it. One bin of slack covers float rounding in ORT's cumulative sum."""
-        if self.growth_bound is None or self.method != "percentile":
+        bound = self.element_bound.get(tensor)  # none: no growth_bound, or a NaN first batch
+        if bound is None or self.method != "percentile":
             return 0
-        allowed_above = (1 - self.percentile / 100) * self.element_bound[tensor]
+        allowed_above = (1 - self.percentile / 100) * bound
         above = np.cumsum(counts[::-1])[::-1][1:]  # above[i]: values in the bins above bin i
         below_percentile = np.flatnonzero(above > allowed_above)
         return max(int(below_percentile[-1]) - 1, 0) if len(below_percentile) else 0

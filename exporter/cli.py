@@ -94,10 +94,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_parity(args: argparse.Namespace) -> int:
-    from .allocator import keep_freed_memory
     from .parity import run_parity
 
-    keep_freed_memory()
     report = run_parity(Path(args.manifest),
                         tolerances=Path(args.tolerances) if args.tolerances else None)
     if report.passed:
