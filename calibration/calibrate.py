@@ -120,7 +120,8 @@ class UniformHistogramCollector(HistogramCollector):
     ``growth_bound``: an upper bound on (elements over all calls) / (elements in the first call)
     of every tensor. Given it, the percentile method counts, after the first call, only the bins
     that can still hold the percentile (see ``_first_deciding_bin``): histc skips a value below
-    its range at a fraction of the cost of binning it, 5-6x faster on VGG16's activations. The
+    its range at about a sixth of the cost of binning it (calibrating full-size VGG16-SE on 256
+    images: 40.7 s profiled before, 30.4 s after; docs/precision.md). The
     percentile lands in the same bin (tests/calibration), because every bin skipped is certain
     to lie below it, up to the float rounding of an edge that already separates histc from
     np.histogram (one value moved to the next bin); the skipped values are added to bin 0, so
@@ -287,8 +288,9 @@ def calibrate(model_path: Path, images: ImageSet | Sequence[ImageSet], cache_dir
 
 def growth_bound(sets: Sequence[ImageSet], batch_size: int) -> float:
     """An upper bound on (a tensor's elements over every batch) / (its elements in the first
-    batch): a feature map grows with the pixels of an image, a tensor after global pooling
-    does not, so an image counts max(1, its pixels / the first batch's)."""
+    batch). The tensors calibrated (``candidate_tensors``) are feature maps, which grow with an
+    image's pixels, or follow the global pool and do not, so an image counts max(1, its pixels
+    / the first batch's). A tensor that grew faster would fail the collector's check."""
     first = sets[0].images
     pixels = first.shape[2] * first.shape[3]
     weight = sum(len(s) * max(1.0, s.images.shape[2] * s.images.shape[3] / pixels) for s in sets)

@@ -3,8 +3,9 @@
 glibc serves every block over 32 MiB with its own mmap and unmaps it on free. Every VGG16
 activation at batch 8 and 224x224 is such a block (up to 100 MB), so each batch faults the
 same memory in again, 4 KiB at a time, and zeroes it. On the 2-core VMs this toolchain is built
-on that was about 40% of an eager batch (0.4 s of 1.0 s) and 72 of the precision stage's 232
-CPU-seconds (docs/precision.md, "Where the precision stage's time goes"). With mmap off and no
+on that was a third of a channels-last eager batch (940 -> 619 ms at batch 8 and 224:
+`python -m benchmarks.eager_settings`) and 61 of the precision stage's 216 CPU-seconds, as
+system time (docs/precision.md, "Where the precision stage's time goes"). With mmap off and no
 trimming, freed blocks stay in the heap and the next batch reuses them.
 
 The cost is fragmentation: torch allocates 64-byte aligned blocks, which a freed block of the

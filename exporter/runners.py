@@ -12,8 +12,9 @@ from torch import nn
 
 def run_torch(model: nn.Module, batch: np.ndarray) -> np.ndarray:
     """Eager PyTorch as a CPU deployment runs it: inference mode, channels-last (NHWC), the
-    layout oneDNN's convolutions are fastest in (1.25x on VGG16-SE at 224 batch 8, 1.5x at 448;
-    outputs within 3e-6 rel L2 of NCHW's). The model's 4-D weights are converted once, in place."""
+    layout oneDNN's convolutions are fastest in (VGG16-SE: 1.26x at 224 batch 8, 1.61x at 448
+    batch 2; python -m benchmarks.eager_settings); outputs equal NCHW's to float rounding
+    (tests/exporter/test_export.py). The model's 4-D weights are converted in place, once."""
     model.to(memory_format=torch.channels_last)
     with torch.inference_mode():
         return model(torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)).numpy()

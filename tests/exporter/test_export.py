@@ -57,6 +57,20 @@ def test_every_variant_exports_and_matches_eager_across_its_range(exported, vari
     assert all(r.passed for r in results), [r.describe() for r in results]
 
 
+@pytest.mark.parametrize("variant", ["vgg16", "se", "la", "sa"])
+def test_eager_references_channels_last_are_eager_nchw(tiny, variant):
+    """run_torch runs eager channels-last (oneDNN's fast layout); every variant's reshapes and
+    attention read it as NCHW would, to float rounding."""
+    model = tiny(variant)
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 96), dtype=np.float32)
+    with torch.inference_mode():
+        nchw = model(torch.from_numpy(x)).numpy()
+    ours = run_torch(model, x)
+    assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(
+        memory_format=torch.channels_last)
+    assert np.linalg.norm(ours - nchw) <= 1e-5 * np.linalg.norm(nchw)
+
+
 def test_the_recheck_and_the_export_verification_catch_a_graph_off_by_0_1_percent(exported, tmp_path):
     """The negative of the test above: one conv weight x1.001 is caught by both."""
     manifest = json.loads(exported("se").read_text())

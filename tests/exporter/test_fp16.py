@@ -94,3 +94,23 @@ def test_full_width_linear_attention_in_fp16_at_448_stays_finite(tmp_path):
     fp16 = onnx_to_fp16(tmp_path / "stage1.onnx", tmp_path / "stage1.fp16.onnx")
     result = compare(OnnxRuntimeRunner(fp16)(x), run_torch(stage, x), x.shape, 1e-2)
     assert result.finite and result.passed, result.describe()
+
+
+@pytest.mark.parametrize("variant", ["se", "la"])
+def test_fp16_types_inferred_on_the_file_make_the_graph_in_memory_inference_makes(
+        exported, variant, tmp_path):
+    """onnx_to_fp16 infers tensor types on the file (in memory, onnx serializes the whole model
+    first); the graph is byte for byte the one ORT's converter makes with its own inference. The
+    source carries no types (onnxsim's graphs do; the unsimplified one kept when onnxsim fails
+    may not), so that the inference has something to do."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(exported(variant).parent / "model.onnx"))
+    del model.graph.value_info[:]
+    source = tmp_path / "untyped.onnx"
+    onnx.save_model(model, str(source))
+    ours = onnx_to_fp16(source, tmp_path / "model.fp16.onnx")
+    theirs = convert_float_to_float16(model, keep_io_types=True,
+                                      op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS)))
+    assert ours.read_bytes() == theirs.SerializeToString()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp16.onnx", "untyped.onnx"]

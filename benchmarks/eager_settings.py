@@ -1,0 +1,74 @@
+"""Eager PyTorch fp32, one batch, under the settings the build runs its eager references with;
+each setting in a fresh process (the allocator is set before anything is allocated):
+
+    .venv/bin/python -m benchmarks.eager_settings [--variant se] [--batch 8] [--size 224]
+
+- NCHW, glibc's allocator: eager as a user's process runs it (the speed report's eager row)
+- channels-last: ``exporter.runners.run_torch``, the gate's and the precision stage's references
+- channels-last, freed memory kept: the precision stage (``exporter.allocator``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+SETTINGS = {"NCHW, glibc defaults": ("nchw", False),
+            "channels-last": ("channels_last", False),
+            "channels-last, freed memory kept": ("channels_last", True)}
+
+
+def time_batch(variant: str, batch: int, size: int, layout: str, keep: bool, repeats: int) -> float:
+    """Median seconds of one eager batch (random init: speed does not depend on the weights)."""
+    if keep:
+        from exporter.allocator import keep_freed_memory
+
+        assert keep_freed_memory(), "glibc's mallopt is not available here"
+    import torch
+
+    import models
+
+    model = models.create_model(variant, num_classes=1000).eval()
+    x = torch.randn(batch, 3, size, size)
+    if layout == "channels_last":
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(
+            memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first batch warms up
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="se")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--child", choices=SETTINGS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    shape = [args.variant, args.batch, args.size]
+    if args.child:
+        print(time_batch(*shape, *SETTINGS[args.child], args.repeats))
+        return
+    print(f"eager fp32 {args.variant}, batch {args.batch} at {args.size}x{args.size}, median of "
+          f"{args.repeats}, one process per setting")
+    baseline = None
+    for name in SETTINGS:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.eager_settings", "--child", name,
+                              "--variant", args.variant, "--batch", str(args.batch), "--size",
+                              str(args.size), "--repeats", str(args.repeats)],
+                             check=True, capture_output=True, text=True).stdout
+        seconds = float(out.split()[-1])
+        baseline = baseline or seconds
+        print(f"  {name:34s} {seconds * 1000:8.1f} ms  {baseline / seconds:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
