@@ -115,13 +115,34 @@ test: lint
 
 # The tests whose verdict depends on the CPU's kernels, again with torch (oneDNN and ATen) held
 # to other instruction sets than this machine's best: a test that passes only on one CPU fails
-# here first. ONNX Runtime's kernels have no such switch; they follow the CPU.
+# here first. ONNX Runtime's and OpenVINO's kernels have no such switch: they follow `cpuid`, so
+# their AVX2 kernels (int8 without VNNI: saturating pair sums) run under qemu-user's emulated
+# Haswell, on any x86 host: the `kernels` tests, and the parity gate on a copy of the reduced CI
+# build (made natively first) with its readers emulated (exporter/emulated.py); the verdict there
+# is the emulated CPU's, so the build's own parity.json is left alone.
 ISAS ?= AVX2:avx2 AVX512_CORE_VNNI:avx512
+QEMU_CPU ?= Haswell
+QEMU      = qemu-x86_64 -cpu $(QEMU_CPU),-pcid,-x2apic,-tsc-deadline,-hle,-rtm,-invpcid
+CI_BUILD  = VARIANT=se WIDTH_MULT=0.125 NUM_CLASSES=10 OUT=build/ci
+EMULATED  = build/ci-$(QEMU_CPU)/se
+# what the emulated gate reads (each kernel runs ~40x slower there): every int8 artifact, on the
+# held-out images at the opt size
+INT8_ARTIFACTS = model.int8-trt.onnx model.int8-cpu.onnx engines/ort/model.int8-cpu.ort \
+                 engines/openvino/model.int8.xml
 test-isa: $(STAMP)
 	@for isa in $(ISAS); do \
 		echo "== pytest -m numerics with ONEDNN_MAX_CPU_ISA=$${isa%%:*} ATEN_CPU_CAPABILITY=$${isa##*:}"; \
 		ONEDNN_MAX_CPU_ISA=$${isa%%:*} ATEN_CPU_CAPABILITY=$${isa##*:} MKL_ENABLE_INSTRUCTIONS=$${isa%%_*} $(PY) -m pytest -m numerics -q -p no:cacheprovider || exit 1; \
 	done
+	@command -v qemu-x86_64 >/dev/null || { echo "installing qemu-user (Debian) for ONNX Runtime's and OpenVINO's AVX2 kernels"; \
+		apt-get update -qq && apt-get install -y -qq qemu-user >/dev/null; }
+	$(MAKE) --no-print-directory engine $(CI_BUILD)
+	rm -rf $(EMULATED) && mkdir -p $(dir $(EMULATED)) && cp -r build/ci/se $(EMULATED)
+	@echo "== under qemu -cpu $(QEMU_CPU): pytest -m kernels, then the parity gate on $(EMULATED)"
+	ATTNVGG_QEMU_CPU=$(QEMU_CPU) ATTNVGG_KERNELS_BUILD=$(EMULATED)/manifest.json \
+		$(QEMU) $(PY) -m pytest -m kernels -q -p no:cacheprovider
+	ATTNVGG_EMULATE_CPU=$(QEMU_CPU) $(PY) -m exporter parity --manifest $(EMULATED)/manifest.json \
+		--artifacts $(INT8_ARTIFACTS) --cases
 
 clean:
 	rm -rf $(OUT)

@@ -14,6 +14,8 @@ recorded preprocessing to image files, runs, and prints the top-5 classes with t
 from __future__ import annotations
 
 import argparse
+import base64
+import functools
 import hashlib
 import json
 import sys
@@ -69,6 +71,37 @@ def pick_artifact(manifest: dict, precision: str | None = None,
     return sorted(candidates, key=lambda a: a["format"] != "ort")[0]
 
 
+# A 195-byte ONNX graph (exporter.cpu.saturation_probe_model; a test holds the two equal): u8 255s
+# times s8 127s, 64 deep, whose exact sum is 2,072,640. On x86 without VNNI or AMX, ONNX Runtime's
+# int8 kernels sum product pairs in saturating int16 and return 1,048,544 instead.
+INT8_PROBE = base64.b64decode(
+    "CAgSDmF0dG52Z2ctZXhwb3J0OqgBChgKAWEKAWISAWMiDU1hdE11bEludGVnZXISFWludDhfc2F0dXJhdGlvbl9wcm9i"
+    "ZSpLCEAIARADQgFiSkB/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/"
+    "f39/f39/f39/WhMKAWESDgoMCAISCAoCCAEKAghAYhMKAWMSDgoMCAYSCAoCCAEKAggBQgQKABAN")
+INT8_PROBE_EXACT = 255 * 127 * 64
+
+
+@functools.cache
+def int8_products_saturate() -> bool:
+    """Whether ONNX Runtime's int8 kernels saturate on this CPU, by running the probe."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(INT8_PROBE, providers=["CPUExecutionProvider"])
+    return int(session.run(None, {"a": np.full((1, 64), 255, np.uint8)})[0].min()) != INT8_PROBE_EXACT
+
+
+def onnxruntime_session_options(artifact: dict):
+    """Session options for the artifact: where this CPU's int8 products saturate, the entries
+    the manifest records for exact int8 (the build's gate measured the artifact so)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    exact = artifact.get("exact_int8_session_options", {})
+    for key, value in (exact if exact and int8_products_saturate() else {}).items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
 def load_runner(manifest_path: Path, artifact: dict, runtime: str):
     """A callable batch -> logits for the artifact, sha256 checked (an IR's weights too)."""
     path = verified_path(manifest_path, artifact)
@@ -81,7 +114,8 @@ def load_runner(manifest_path: Path, artifact: dict, runtime: str):
         return lambda batch: compiled(batch)[0]
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), onnxruntime_session_options(artifact),
+                                   providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda batch: session.run(None, {name: batch})[0]
 

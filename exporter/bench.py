@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 from models.card import model_card
 
+from .cpu import cpu_model_and_flags, exact_int8_options, openvino_has_bf16
 from .export import model_from_manifest
 from .files import write_text_atomic
 from .manifest import read_manifest, write_manifest
 from .report import LATENCY_PNG, format_bench, format_recommendation, plot_latency, write_report
-from .runners import OnnxRuntimeRunner, OpenVinoRunner, cpu_model_and_flags, openvino_has_bf16
+from .runners import OnnxRuntimeRunner, OpenVinoRunner
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,11 @@ def bench_rows(manifest: dict, root: Path, config: BenchConfig, bf16: bool) -> d
     for a in manifest["artifacts"]:
         path, options = root / a["path"], a.get("runtime_options")
         if a["target"] in ("onnxruntime-cpu", "any") and a["format"] in ("onnx", "ort"):
-            rows[f"onnxruntime {a['path']}"] = Row(lambda p=path: OnnxRuntimeRunner(p), a["precision"],
-                                                   "onnxruntime", a["path"], "onnxruntime-cpu")
+            # as the gate measured it and the consumer runs it (exact int8 where recorded)
+            exact = "exact_int8_session_options" in a
+            rows[f"onnxruntime {a['path']}"] = Row(
+                lambda p=path, e=exact: OnnxRuntimeRunner(p, exact_int8=e), a["precision"],
+                "onnxruntime", a["path"], "onnxruntime-cpu", (exact_int8_options() if exact else {}) or None)
         elif a["format"] == "openvino-ir" and (a["precision"] != "bf16" or bf16):
             hint = (options or {}).get("INFERENCE_PRECISION_HINT", "f32")
             runtime = "openvino-bf16" if hint == "bf16" else "openvino"  # as the gate names it

@@ -97,7 +97,9 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     from .parity import run_parity
 
     report = run_parity(Path(args.manifest),
-                        tolerances=Path(args.tolerances) if args.tolerances else None)
+                        tolerances=Path(args.tolerances) if args.tolerances else None,
+                        only=set(args.artifacts) if args.artifacts else None,
+                        cases=set(args.cases) if args.cases is not None else None)
     if report.passed:
         skipped = report.skipped()
         print(f"parity: passed ({len(report.artifacts) - len(skipped)} artifacts verified"
@@ -205,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "the held-out images the precision stage set aside")
     parity.add_argument("--manifest", required=True)
     parity.add_argument("--tolerances", help="a tolerances.toml (default: exporter/tolerances.toml)")
+    parity.add_argument("--artifacts", nargs="+", metavar="PATH",
+                        help="gate only these artifacts (paths as in the manifest); the verdict "
+                        "then covers only them")
+    parity.add_argument("--cases", nargs="*", metavar="CASE",
+                        help="only these corner shapes (e.g. 2x3x448x448; none: no corner) besides "
+                        "the held-out images at the opt size, which always run; the verdict then "
+                        "covers only them")
     parity.set_defaults(run=_cmd_parity)
 
     explain = sub.add_parser("explain", help="where an artifact's error enters: each module's "

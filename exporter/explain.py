@@ -47,14 +47,16 @@ def _with_outputs(graph: Path, tensors: list[str]) -> bytes:
     return model.SerializeToString()
 
 
-def module_errors(graph: Path, model: nn.Module, images: np.ndarray,
-                  batch: int = 8) -> list[ModuleError]:
-    """Each mapped module's output error in ``graph`` (run by ONNX Runtime) against ``model``."""
+def module_errors(graph: Path, model: nn.Module, images: np.ndarray, batch: int = 8,
+                  exact_int8: bool = False) -> list[ModuleError]:
+    """Each mapped module's output error in ``graph`` (run by ONNX Runtime, ``exact_int8`` as in
+    OnnxRuntimeRunner) against ``model``."""
     modules = read_module_outputs(graph)
     if not modules:
         raise ToolchainError(f"{graph} holds no module map (it was not written by this toolchain's "
                              f"export, or was re-saved by another tool); re-export it")
-    runner = OnnxRuntimeRunner(_with_outputs(graph, [m["tensor"] for m in modules]))
+    runner = OnnxRuntimeRunner(_with_outputs(graph, [m["tensor"] for m in modules]),
+                               exact_int8=exact_int8)
     names = [o.name for o in runner.session.get_outputs()]
     captured: dict[str, np.ndarray] = {}
     by_name = dict(model.named_modules())
@@ -124,7 +126,7 @@ def explain_artifact(manifest_path: Path, artifact: str, images: int = 8, log=pr
                              f"{', '.join(graphs)} (an .ort model is its .onnx graph optimized)")
     heldout = heldout_images(manifest)
     errors = module_errors(manifest_path.parent / artifact, model_from_manifest(manifest),
-                           heldout.images[:images])
+                           heldout.images[:images], exact_int8="exact_int8_session_options" in entry)
     log(f"{artifact} against eager PyTorch fp32, module by module, on {min(images, len(heldout))} "
         f"held-out images; the ten modules that add the most error:\n")
     log(format_errors(errors))

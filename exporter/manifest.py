@@ -13,7 +13,9 @@ from models import ToolchainError
 
 from .files import write_text_atomic
 
-SCHEMA_VERSION = "1.1"  # 1.1 added data_split, openvino-ir, bf16 and openvino-cpu; reads 1.0
+# 1.1 added data_split, openvino-ir, bf16 and openvino-cpu; 1.2 exact_int8_session_options.
+# Reads 1.0 and 1.1.
+SCHEMA_VERSION = "1.2"
 FORMATS = ("onnx", "ort", "plan", "openvino-ir")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TARGETS = ("any", "tensorrt", "onnxruntime-cpu", "openvino-cpu")
@@ -36,10 +38,13 @@ def tool_versions() -> dict[str, str]:
 
 
 def artifact_entry(path: Path, root: Path, format: str, precision: str, target: str,
-                   runtime_options: dict | None = None) -> dict:
+                   runtime_options: dict | None = None,
+                   exact_int8_options: dict | None = None) -> dict:
     """One artifact. An OpenVINO IR's weights file (.bin beside the .xml) is listed with its own
     sha256 under `weights`; `runtime_options` are what a runtime must set to run it as listed
-    (the bf16 entry of the fp32 IR)."""
+    (the bf16 entry of the fp32 IR); `exact_int8_session_options`, what ONNX Runtime must set to
+    read an int8 graph with 8-bit weights exactly where the CPU's int8 pair sums saturate
+    (exporter.cpu; the TensorRT graph), as the gate and the consumer do."""
     assert format in FORMATS and precision in PRECISIONS and target in TARGETS
     entry = {"path": path.relative_to(root).as_posix(), "format": format, "precision": precision,
              "target": target, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
@@ -49,6 +54,8 @@ def artifact_entry(path: Path, root: Path, format: str, precision: str, target: 
                             "bytes": weights.stat().st_size, "sha256": sha256_file(weights)}
     if runtime_options:
         entry["runtime_options"] = dict(runtime_options)
+    if exact_int8_options:
+        entry["exact_int8_session_options"] = dict(exact_int8_options)
     return entry
 
 

@@ -31,7 +31,7 @@ class OpenVinoError(ToolchainError):
 
 
 def cpu_has_bf16() -> bool:
-    from .runners import openvino_has_bf16
+    from .cpu import openvino_has_bf16
 
     return openvino_has_bf16()
 

@@ -28,19 +28,15 @@ from .budgets import (  # noqa: F401
     resolvable,
     shape_cases,
 )
+from .cpu import openvino_has_bf16, openvino_int8_has_vnni
+from .emulated import EmulatedRunner, emulated_cpu
 from .explain import EXPLAIN_IMAGES, first_past, module_errors, write_explain_json
 from .export import model_from_manifest
 from .files import atomic_path, write_text_atomic
 from .manifest import ManifestError, read_manifest, verify_artifacts, write_manifest
 from .precision import run_batches
 from .report import ERRORS_PNG, plot_error_histograms, write_report
-from .runners import (
-    OnnxRuntimeRunner,
-    OpenVinoRunner,
-    openvino_has_bf16,
-    openvino_int8_has_vnni,
-    run_torch,
-)
+from .runners import OnnxRuntimeRunner, OpenVinoRunner, run_torch
 
 
 def breaches(result: dict, budget: dict, trained: bool, built: float | None = None) -> list[str]:
@@ -110,7 +106,7 @@ class ParityReport:
 
     def to_json(self) -> dict:
         return {"variant": self.variant, "trained_weights": self.trained, "passed": self.passed,
-                "heldout": self.heldout, "shapes": self.shapes,
+                "heldout": self.heldout, "shapes": self.shapes, "emulated_cpu": emulated_cpu(),
                 "artifacts": [a.__dict__ | {"passed": a.passed} for a in self.artifacts]}
 
 
@@ -136,10 +132,15 @@ def runner_for(artifact: dict, root: Path, manifest: dict, reader: str):
         raise ReaderUnavailable("OpenVINO on a CPU without VNNI saturates signed int8 activations "
                                 "(int16 pair sums, docs/precision.md); ONNX Runtime reads this "
                                 "graph here, and its target is TensorRT")
+    exact = "exact_int8_session_options" in artifact
+    hint = artifact.get("runtime_options", {}).get("INFERENCE_PRECISION_HINT", "f32")
+    cpu = emulated_cpu()
+    if cpu:  # the reader runs as that CPU would run it (exporter.emulated)
+        return EmulatedRunner(cpu, "openvino" if reader.startswith("openvino") else "onnxruntime",
+                              path, exact, hint)
     if reader.startswith("openvino"):
-        hint = artifact.get("runtime_options", {}).get("INFERENCE_PRECISION_HINT", "f32")
         return OpenVinoRunner(path, hint)
-    return OnnxRuntimeRunner(path)
+    return OnnxRuntimeRunner(path, exact_int8=exact)
 
 
 def signed_int8_activations(artifact: dict, root: Path) -> bool:
@@ -214,14 +215,18 @@ def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cas
 
 def static_violations(path: Path, artifact: dict) -> list[str]:
     """What a graph's structure must obey, whatever its numbers on these images: TensorRT's Q/DQ
-    rules for the TensorRT int8 graph, float32 cast islands for the fp16 graph."""
+    rules for the TensorRT int8 graph, 7-bit weights for the CPU int8 graph (else x86 CPUs
+    without VNNI saturate, and this machine's verdict would not hold on them), float32 cast
+    islands for the fp16 graph."""
     if artifact["format"] != "onnx":
         return []
     from .fp16 import fp16_violations
-    from .quantize import tensorrt_qdq_violations
+    from .quantize import tensorrt_qdq_violations, weights_past_seven_bits
 
     if artifact["precision"] == "int8" and artifact["target"] == "tensorrt":
         found = tensorrt_qdq_violations(path)
+    elif artifact["precision"] == "int8":  # read exactly on every CPU only if no pair can saturate
+        found = weights_past_seven_bits(path)
     elif artifact["precision"] == "fp16":
         found = fp16_violations(path)
     else:
@@ -247,9 +252,10 @@ def reader_disagreement(entries: list[ArtifactParity], heldout_outputs: dict,
 
 
 def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
-               only: set[str] | None = None) -> ParityReport:
-    """The gate. ``only``: check just these artifact paths (the self-test's planted bugs); the
-    verdict then covers only them."""
+               only: set[str] | None = None, cases: set[str] | None = None) -> ParityReport:
+    """The gate. ``only``: check just these artifact paths (the self-test's planted bugs);
+    ``cases``: just these shape cases (the emulated run of `make test-isa`, where every kernel
+    runs ~30 times slower). The verdict then covers only them."""
     manifest_path = Path(manifest_path)
     root = manifest_path.parent
     verify_artifacts(manifest_path)  # missing or edited artifacts are refused before anything runs
@@ -261,11 +267,24 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
                           f"[precision.{missing[0]}] section to {tolerances or 'the tolerances'}")
     trained = bool(manifest["model"]["checkpoint"])
     heldout = heldout_images(manifest)
-    cases = shape_cases(manifest["dynamic"], heldout,
-                        noise=manifest["data_split"]["source"] == NOISE)
+    all_cases = shape_cases(manifest["dynamic"], heldout,
+                            noise=manifest["data_split"]["source"] == NOISE)
+    unknown = (cases or set()) - set(all_cases)
+    if unknown:
+        raise ConfigError(f"no shape case {sorted(unknown)} in this build; its cases: "
+                          f"{', '.join(all_cases)}")
+    cases = {name: case for name, case in all_cases.items()  # held-out: drift, errors, explain
+             if cases is None or name in cases | {"heldout"}}
+    if only:
+        listed = {a["path"] for a in manifest["artifacts"]}
+        if only - listed:
+            raise ConfigError(f"no artifact {sorted(only - listed)} in {manifest_path}; it lists "
+                              f"{', '.join(sorted(listed))}")
     model = model_from_manifest(manifest)
     references = {name: run_batches(lambda x: run_torch(model, x), case.images, case.batch)
                   for name, case in cases.items()}
+    if emulated_cpu():
+        log(f"readers run as an emulated {emulated_cpu()} CPU (qemu-x86_64; exporter.emulated)")
     log(f"parity against eager PyTorch fp32 on {len(heldout)} held-out images ({heldout.source}; "
         f"never used for calibration or tuning) and at {len(cases) - 1} corner shapes "
         f"({', '.join(f'{n} on {len(c.images)} images' for n, c in list(cases.items())[1:])}; "
@@ -292,7 +311,8 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
                     entry.failures.append(f"the layer fallback missed its target: {report['metric']} "
                                           f"{report['final']:.4f} < {report['goal']} on the tuning set")
             results.append(entry)
-    explain_graphs(results, root, model, cases, budgets, log)
+    exact = {a["path"] for a in manifest["artifacts"] if "exact_int8_session_options" in a}
+    explain_graphs(results, root, model, cases, budgets, log, exact)
     for entry in results:
         _log_entry(entry, log)
     errors = {label: (outputs - references["heldout"]).ravel()
@@ -311,7 +331,7 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
 
 
 def explain_graphs(results: list[ArtifactParity], root: Path, model, cases: dict[str, ShapeCase],
-                   budgets: dict, log) -> dict:
+                   budgets: dict, log, exact: set[str] = frozenset()) -> dict:
     """Module-by-module error (exporter.explain) of every reduced-precision graph on held-out
     images, for the report, and of every failing graph on the images of the case it fails first,
     whose failure then names the module where the error first grows past its budget."""
@@ -322,13 +342,15 @@ def explain_graphs(results: list[ArtifactParity], root: Path, model, cases: dict
             continue
         try:
             explained[entry.path] = module_errors(root / entry.path, model,
-                                                  cases["heldout"].images[:EXPLAIN_IMAGES])
+                                                  cases["heldout"].images[:EXPLAIN_IMAGES],
+                                                  exact_int8=entry.path in exact)
             if entry.passed:
                 continue
             failing = next((name for name in cases if any(f.startswith(f"{name}: ")
                                                           for f in entry.failures)), "heldout")
             errors = explained[entry.path] if failing == "heldout" else module_errors(
-                root / entry.path, model, cases[failing].images[:EXPLAIN_IMAGES])
+                root / entry.path, model, cases[failing].images[:EXPLAIN_IMAGES],
+                exact_int8=entry.path in exact)
         except Exception as e:  # a graph that does not load has failed already; say why not
             log(f"  {entry.path}: no module-by-module error ({str(e).splitlines()[0][:160]})")
             continue

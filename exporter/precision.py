@@ -117,12 +117,14 @@ class FallbackReport:
         return self.__dict__
 
 
-def layer_ranking(int8_path: Path, model_path: Path, eager_model, images: np.ndarray) -> list[dict]:
+def layer_ranking(int8_path: Path, model_path: Path, eager_model, images: np.ndarray,
+                  exact_int8: bool = False) -> list[dict]:
     """The quantized layers (Conv, Gemm) by the error each adds at its output, most first: the
     module-by-module measurement of `explain` (exporter.explain), one run on the tuning images."""
     nodes = {n.output[0]: n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node
              if n.name in set(quantizable_nodes(model_path))}
-    errors = [e for e in module_errors(int8_path, eager_model, images) if e.tensor in nodes]
+    errors = [e for e in module_errors(int8_path, eager_model, images, exact_int8=exact_int8)
+              if e.tensor in nodes]
     return [{"node": nodes[e.tensor], "module": e.module, "added": e.added}
             for e in sorted(errors, key=lambda e: e.added, reverse=True)]
 
@@ -158,10 +160,14 @@ def quantize_with_fallback(model_path: Path, out_path: Path, ranges, target: Int
     """Quantize; if the score on the tuning images is below the goal, rank the layers by the
     error each adds (one module-by-module measurement against ``eager_model``, on the images of
     the case that scored lowest) and keep them in float, most first, until the goal is met or
-    ``max_fallback`` layers are float."""
+    ``max_fallback`` layers are float. Every int8 product is read exactly (the TensorRT graph
+    with exact_int8; the CPU graph's 7-bit weights cannot saturate), so the decision is the same
+    on every CPU, VNNI or not."""
+    exact = bool(target.exact_int8_options)
+
     def score(excluded: list[str]) -> tuple[float, str]:
         onnx_to_int8(model_path, out_path, ranges, target, excluded)
-        return goal.score(OnnxRuntimeRunner(out_path))
+        return goal.score(OnnxRuntimeRunner(out_path, exact_int8=exact))
 
     excluded: list[str] = []
     initial, worst = score(excluded)
@@ -170,8 +176,8 @@ def quantize_with_fallback(model_path: Path, out_path: Path, ranges, target: Int
     if current < goal.target and config.max_fallback > 0:
         # errors of several layers can cancel: a layer stays float only if that helps, and at
         # most 3 * max_fallback candidates are tried
-        ranking = layer_ranking(out_path, model_path, eager_model,
-                                goal.cases[worst].images)[:3 * config.max_fallback]
+        ranking = layer_ranking(out_path, model_path, eager_model, goal.cases[worst].images,
+                                exact)[:3 * config.max_fallback]
         log(f"  {target.value}: {report.describe()} < {goal.target}; layers adding the most error: "
             f"{', '.join(r['module'] for r in ranking[:config.max_fallback])}")
         for layer in ranking:
@@ -292,10 +298,12 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     ort_int8 = onnx_to_ort(root / Int8Target.CPU.filename, ort_dir / "model.int8-cpu.ort")
     timings["ort_models"] = time.perf_counter() - start
 
+    trt_exact = Int8Target.TENSORRT.exact_int8_options
     artifacts = {
         "fp32-onnx": (fp32, "onnx", "fp32", "any"),
         "fp16-onnx": (fp16, "onnx", "fp16", "tensorrt"),
-        "int8-trt-onnx": (root / Int8Target.TENSORRT.filename, "onnx", "int8", "tensorrt"),
+        "int8-trt-onnx": (root / Int8Target.TENSORRT.filename, "onnx", "int8", "tensorrt", None,
+                          trt_exact),
         "int8-cpu-onnx": (root / Int8Target.CPU.filename, "onnx", "int8", "onnxruntime-cpu"),
         "fp32-ort": (ort_fp32, "ort", "fp32", "onnxruntime-cpu"),
         "int8-cpu-ort": (ort_int8, "ort", "int8", "onnxruntime-cpu"),
@@ -311,7 +319,7 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     # graphs optimized; the gate measures all of them.)
     for name in ("fp16-onnx", "int8-trt-onnx", "int8-cpu-onnx"):
         path = artifacts[name][0]
-        outputs = run_batches(OnnxRuntimeRunner(path), heldout)
+        outputs = run_batches(OnnxRuntimeRunner(path, exact_int8=name == "int8-trt-onnx"), heldout)
         c = compare(outputs, reference, heldout.shape, FP16_TOLERANCE)
         parity[name] = {"path": path.relative_to(root).as_posix(), "rel_max": c.rel_max,
                         "rel_l2": relative_l2(outputs, reference), "cosine": c.cosine, "finite": c.finite,

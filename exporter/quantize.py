@@ -2,9 +2,15 @@
 
 - int8-trt: TensorRT 11 explicit quantization. Symmetric int8, zero points 0, per-channel
   weights only (axis 0 for Conv and Gemm with transB=1), per-tensor activations, float bias.
-- int8-cpu: U8 activations and S8 per-channel weights, the form ONNX Runtime's x86 kernels fuse
-  into QLinearConv / QGemm.
-Both come from the same cached ranges, so calibration runs once per model and data.
+- int8-cpu: U8 activations and S8 per-channel weights in 7 bits (|w| <= 64), the form ONNX
+  Runtime's x86 kernels fuse into QLinearConv / QGemm, and OpenVINO's IR is made from. On x86
+  without VNNI or AMX both runtimes sum pairs of u8 x s8 products in saturating int16
+  (`vpmaddubsw`); with 7-bit weights a pair is at most 255 * 64 * 2 = 32,640 < 32,767, so the
+  graph computes the same on every CPU, in either runtime and either file format, at full speed
+  (docs/precision.md, "int8 on CPUs without VNNI").
+Both come from the same cached ranges, so calibration runs once per model and data. The TensorRT
+graph keeps 8-bit weights (TensorRT sums exactly); ONNX Runtime reads it exactly with
+exporter.cpu.EXACT_INT8.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from calibration.calibrate import METHODS, QUANTIZED_OP_TYPES, CalibrationResult
 from models import ToolchainError
 
 from .console import quiet
+from .cpu import EXACT_INT8
 from .export import keep_only_module_map
 from .files import atomic_path
 
@@ -37,6 +44,16 @@ class Int8Target(enum.Enum):
     @property
     def filename(self) -> str:
         return f"model.{self.value}.onnx"
+
+    @property
+    def weight_bits(self) -> int:
+        return 7 if self is Int8Target.CPU else 8
+
+    @property
+    def exact_int8_options(self) -> dict[str, str]:
+        """The ONNX Runtime session entries that read this graph exactly where int8 pair sums
+        saturate (none for 7-bit weights, which cannot saturate)."""
+        return dict(EXACT_INT8) if self.weight_bits == 8 else {}
 
 
 _SETTINGS = {
@@ -54,13 +71,15 @@ def quantizable_nodes(model_path: Path) -> list[str]:
 
 
 def onnx_to_int8(model_path: Path, out_path: Path, ranges: CalibrationResult, target: Int8Target,
-                 nodes_to_exclude: Sequence[str] = ()) -> Path:
-    """Quantize ``model_path`` with the cached ranges (calibration does not run again)."""
+                 nodes_to_exclude: Sequence[str] = (), weight_bits: int | None = None) -> Path:
+    """Quantize ``model_path`` with the cached ranges (calibration does not run again).
+    ``weight_bits``: 7 or 8, instead of the target's (benchmarks.int8_kernels compares them)."""
     settings = _SETTINGS[target]
+    reduce_range = (weight_bits or target.weight_bits) == 7
     with atomic_path(out_path) as tmp, quiet():
         quantize_static(
             str(model_path), str(tmp), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=True, reduce_range=False,
+            op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=True, reduce_range=reduce_range,
             nodes_to_exclude=list(nodes_to_exclude), calibrate_method=METHODS[ranges.method],
             calibration_cache_path=str(ranges.ranges_path), activation_type=settings["activation_type"],
             weight_type=settings["weight_type"], extra_options=dict(settings["extra_options"]))
@@ -74,6 +93,25 @@ def onnx_to_int8(model_path: Path, out_path: Path, ranges: CalibrationResult, ta
             raise QuantizationError(f"{out_path.name} breaks TensorRT's Q/DQ rules: "
                                     + "; ".join(violations[:5]))
     return out_path
+
+
+SEVEN_BIT_MAX = 64  # ONNX Runtime's reduce_range for symmetric int8 weights: [-64, 64]
+
+
+def weights_past_seven_bits(path: Path) -> list[str]:
+    """The int8 weights of a Q/DQ graph that do not fit 7 bits: where an x86 CPU without VNNI
+    can saturate (empty: the graph computes the same on every CPU)."""
+    graph = onnx.load(str(path)).graph
+    constants = _constants(graph)
+    found = []
+    for node in graph.node:
+        weight = constants.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if weight is not None and weight.dtype == np.int8:
+            largest = int(np.abs(weight.astype(np.int16)).max())
+            if largest > SEVEN_BIT_MAX:
+                found.append(f"{node.name}: int8 weights up to {largest}, past 7 bits "
+                             f"({SEVEN_BIT_MAX}): pair sums saturate on x86 without VNNI")
+    return found
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:

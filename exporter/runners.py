@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cpu import exact_int8_options
+
 
 def run_torch(model: nn.Module, batch: np.ndarray) -> np.ndarray:
     """Eager PyTorch as a CPU deployment runs it: inference mode, channels-last (NHWC), the
@@ -21,60 +23,26 @@ def run_torch(model: nn.Module, batch: np.ndarray) -> np.ndarray:
 
 
 class OnnxRuntimeRunner:
-    """An ONNX Runtime CPU session over one model file."""
+    """An ONNX Runtime CPU session over one model file. ``exact_int8``: int8 products summed
+    exactly on every CPU (exporter.cpu.exact_int8_options, set only where this CPU's int8 pair
+    sums saturate), as TensorRT sums them: how the TensorRT graph, with its 8-bit weights, is
+    read. The CPU graph's 7-bit weights cannot saturate and need no option."""
 
-    def __init__(self, path: str | Path | bytes, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path | bytes, threads: int | None = None,
+                 exact_int8: bool = False) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.log_severity_level = 3
+        for key, value in (exact_int8_options() if exact_int8 else {}).items():
+            options.add_session_config_entry(key, value)
         source = path if isinstance(path, bytes) else str(path)  # bytes: a graph made in memory
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]
-
-
-def cpu_model_and_flags() -> tuple[str, set[str]] | None:
-    """The CPU's model name and ISA flags from /proc/cpuinfo; None where there is none."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    return fields.get("model name", ""), set(fields.get("flags", "").split())
-
-
-# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below any int8 dot-product instruction (VNNI, AMX)
-_NO_VNNI_CAPS = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
-_VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
-_NO_BF16_CAPS = _NO_VNNI_CAPS | {"AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE_VNNI"}
-
-
-def openvino_has_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin computes bf16 natively here (AMX or AVX512-BF16). Its
-    capability list ignores a ONEDNN_MAX_CPU_ISA cap below bf16, under which it then refuses the
-    bf16 hint, so the cap is read too."""
-    import openvino as ov
-
-    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _NO_BF16_CAPS:
-        return False
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
-def openvino_int8_has_vnni() -> bool:
-    """Whether OpenVINO's CPU plugin multiplies int8 with VNNI or AMX here. Without them oneDNN
-    computes signed int8 activations through u8 x s8 pairs summed in int16 (vpmaddubsw), which
-    saturate: the int8-trt graph of the CI build measured rel L2 0.075 against fp32 with VNNI and
-    0.144 with ONEDNN_MAX_CPU_ISA=AVX2 or AVX512_CORE (docs/precision.md). Unsigned activations
-    (the int8-cpu graph) stay within 0.067-0.076 either way."""
-    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _NO_VNNI_CAPS:
-        return False
-    info = cpu_model_and_flags()
-    return info is None or bool(_VNNI_FLAGS & info[1])  # not Linux: assume a current CPU
 
 
 class OpenVinoRunner:

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from exporter.bench import Row, recommend
+from exporter.cpu import openvino_has_bf16
 from exporter.manifest import ManifestError, read_manifest, sha256_file, verify_artifacts
 from exporter.parity import run_parity
-from exporter.runners import OnnxRuntimeRunner, OpenVinoRunner, openvino_has_bf16
+from exporter.runners import OnnxRuntimeRunner, OpenVinoRunner
 from tests.conftest import copy_build
 
 

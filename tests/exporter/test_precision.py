@@ -155,3 +155,39 @@ def test_the_gate_holds_a_trained_build_to_top1_where_images_are_enough_to_measu
     strict.write_text(f"[precision.int8]\n{missed[0]}_min = 1.0\n")
     strict_report = run_parity(root / "manifest.json", strict, log=lambda *_: None)
     assert any(f"heldout: {missed[0]}" in f for f in strict_report.failures())
+
+
+class QdqReferenceRunner(OnnxRuntimeRunner):
+    """A graph's arithmetic without any int8 kernel, the same on every CPU up to float rounding:
+    ONNX Runtime at its basic level (graph rewrites only; tests/exporter/test_int8_kernels.py)."""
+
+    def __init__(self, path, threads=None, exact_int8=False):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        source = path if isinstance(path, bytes) else str(path)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+
+def test_the_fallback_decides_as_on_any_cpu(digits_build, tmp_path, monkeypatch):
+    """The layer fallback and the held-out figures on this CPU's kernels are those of the graphs'
+    own arithmetic, which no CPU changes: the same decision with or without VNNI. (Before int8
+    was read exactly, this CPU-independent reading and an AVX2 CPU's disagreed: the TensorRT
+    graph missed its target with six layers in float on AVX2 where exact arithmetic needs two.)"""
+    from exporter import explain, precision
+
+    root = copy_build(digits_build.manifest.parent, tmp_path)
+    monkeypatch.setattr(precision, "OnnxRuntimeRunner", QdqReferenceRunner)
+    monkeypatch.setattr(explain, "OnnxRuntimeRunner", QdqReferenceRunner)
+    build_precision_graphs(root / "manifest.json", digits_build.config, log=lambda *_: None)
+    here, anywhere = (json.loads(m.read_text()) for m in (digits_build.manifest, root / "manifest.json"))
+    for target in ("int8-trt", "int8-cpu"):
+        ours, theirs = here["calibration"]["fallback"][target], anywhere["calibration"]["fallback"][target]
+        assert [f["node"] for f in ours["fallen_back"]] == [f["node"] for f in theirs["fallen_back"]]
+        assert ours["met"] and theirs["met"]
+        assert ours["final"] == pytest.approx(theirs["final"], rel=0.05)
+    for graph in ("int8-trt-onnx", "int8-cpu-onnx"):
+        ours, theirs = (m["parity"]["heldout-vs-eager"][graph] for m in (here, anywhere))
+        assert ours["rel_l2"] == pytest.approx(theirs["rel_l2"], rel=0.05)
