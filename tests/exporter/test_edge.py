@@ -158,8 +158,8 @@ def test_consumer_imports_nothing_but_numpy_pillow_onnxruntime():
     source = (REPO / "consumer" / "classify.py").read_text()
     imports = {line.split()[1].split(".")[0] for line in source.splitlines()
                if line.startswith(("import ", "from ")) and not line.startswith("from __future__")}
-    assert imports <= {"argparse", "hashlib", "json", "sys", "pathlib", "numpy", "PIL",
-                       "onnxruntime"}
+    assert imports <= {"argparse", "base64", "functools", "hashlib", "json", "sys", "pathlib",
+                       "numpy", "PIL", "onnxruntime"}
 
 
 def test_triton_repository_parses_and_matches_the_manifest(engines_build, tmp_path):

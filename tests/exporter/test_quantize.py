@@ -15,6 +15,7 @@ from exporter.quantize import (
     qdq_types,
     quantizable_nodes,
     tensorrt_qdq_violations,
+    weights_past_seven_bits,
 )
 from exporter.runners import OnnxRuntimeRunner
 from tests.conftest import tiny_config
@@ -54,6 +55,9 @@ def test_cpu_graph_is_u8_activations_s8_weights_and_fuses(quantized, tmp_path):
     path = quantized["se"][Int8Target.CPU]
     assert qdq_types(path) == {"activation": {"uint8"}, "weight": {"int8"}}
     assert tensorrt_qdq_violations(path)  # asymmetric u8: not for TensorRT
+    # 7-bit weights: no u8 x s8 pair sum can saturate on x86 without VNNI; TensorRT's are 8-bit
+    assert weights_past_seven_bits(path) == []
+    assert weights_past_seven_bits(quantized["se"][Int8Target.TENSORRT])
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
