@@ -17,6 +17,9 @@ LABELS      ?=
 BENCH_ARGS  ?=
 PRECISION_ARGS ?=
 TOLERANCES  ?=
+BATCH_RANGE ?=
+HEIGHT_RANGE ?=
+WIDTH_RANGE ?=
 OUT         ?= build
 
 CLI          = $(PY) -m exporter
@@ -25,7 +28,8 @@ MODEL_ARGS   = --variant $(VARIANT) --num-classes $(NUM_CLASSES) $(if $(WIDTH_MU
 CALIB_ARGS   = $(if $(CALIB_DIR),--calib-dir $(CALIB_DIR))
 PARITY_ARGS  = $(if $(TOLERANCES),--tolerances $(TOLERANCES))
 EXPORT_ARGS  = $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
-               $(if $(LABELS),--labels $(LABELS))
+               $(if $(LABELS),--labels $(LABELS)) $(if $(BATCH_RANGE),--batch $(BATCH_RANGE)) \
+               $(if $(HEIGHT_RANGE),--height $(HEIGHT_RANGE)) $(if $(WIDTH_RANGE),--width $(WIDTH_RANGE))
 
 .PHONY: setup card onnx precision engine parity parity-selftest bench triton test test-isa lint clean FORCE
 .DELETE_ON_ERROR:
