@@ -77,8 +77,9 @@ def int8_products_saturate() -> bool:
 # ONNX Runtime's session entry for exact int8 products on x86 (kOrtSessionOptionsAvx2PrecisionMode):
 # its U8S8 kernels then run as U8U8 with int32 sums. It is set only where this CPU's int8 pair sums
 # saturate: with VNNI or AMX the default kernels are exact already and faster, and on x86 the entry
-# would switch them too. The manifest records it for every int8 graph ONNX Runtime can read
-# (`exact_int8_session_options`, docs/manifest.md); the consumer applies it by the same probe.
+# would switch them too. The manifest records it on the int8 graphs with 8-bit weights (the
+# TensorRT graph: `exact_int8_session_options`, docs/manifest.md); the consumer applies it by the
+# same probe. The CPU graph's 7-bit weights cannot saturate and need none.
 EXACT_INT8 = {"session.x64quantprecision": "1"}
 
 

@@ -4,7 +4,7 @@ ONNX Runtime and OpenVINO choose their kernels from `cpuid`, which `qemu-x86_64 
 emulates: there they run their AVX2 kernels (int8 without VNNI) on any x86 host. Only the
 readers run emulated (about 30 times slower); eager PyTorch, the budgets and the report stay
 native. `ATTNVGG_EMULATE_CPU=Haswell make parity` gates a build so (make test-isa does, on the
-reduced CI build). The child imports numpy and the runtime only, and streams .npy arrays:
+reduced CI build). The child runs exporter.runners' readers (no torch) and streams .npy arrays:
 
     python -m exporter.emulated onnxruntime|openvino PATH [--exact-int8] [--hint f32]
     python -m exporter.emulated probe        # prints 1 where int8 pair sums saturate, else 0
@@ -94,35 +94,16 @@ class EmulatedRunner:
 
 
 def _child(argv: list[str]) -> None:
-    from .cpu import exact_int8_options, int8_products_saturate
+    from .cpu import int8_products_saturate
+    from .runners import OnnxRuntimeRunner, OpenVinoRunner  # the same readers as the native gate
 
     if argv[0] == "probe":
         print(int(int8_products_saturate()))
         return
     reader, path = argv[0], argv[1]
     hint = argv[argv.index("--hint") + 1] if "--hint" in argv else "f32"
-    if reader == "onnxruntime":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        for key, value in (exact_int8_options() if "--exact-int8" in argv else {}).items():
-            options.add_session_config_entry(key, value)
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-
-        def run(x):
-            return session.run(None, {name: x})[0]
-    else:
-        import openvino as ov
-
-        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": hint,
-                                                         "PERFORMANCE_HINT": "LATENCY"})
-        request = compiled.create_infer_request()
-
-        def run(x):
-            request.infer([x])
-            return request.get_output_tensor(0).data.copy()
+    run = (OnnxRuntimeRunner(path, exact_int8="--exact-int8" in argv) if reader == "onnxruntime"
+           else OpenVinoRunner(path, hint))
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while source.peek(1):
         _write(sink, run(_read(source)))

@@ -1,15 +1,19 @@
-"""Runners turn inputs into outputs; they know nothing of tolerances."""
+"""Runners turn inputs into outputs; they know nothing of tolerances. torch is imported by the
+eager runner alone, so the runtime runners start without it (the emulated readers of
+exporter.emulated run them under qemu, where importing torch costs a minute)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from .cpu import exact_int8_options
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def run_torch(model: nn.Module, batch: np.ndarray) -> np.ndarray:
@@ -17,6 +21,8 @@ def run_torch(model: nn.Module, batch: np.ndarray) -> np.ndarray:
     layout oneDNN's convolutions are fastest in (VGG16-SE: 1.26x at 224 batch 8, 1.61x at 448
     batch 2; python -m benchmarks.eager_settings); outputs equal NCHW's to float rounding
     (tests/exporter/test_export.py). The model's 4-D weights are converted in place, once."""
+    import torch
+
     model.to(memory_format=torch.channels_last)
     with torch.inference_mode():
         return model(torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)).numpy()
