@@ -59,34 +59,40 @@ $(D)/.settings-calib: FORCE
 # on a GPU machine changes it, and the engines stage runs again.
 $(D)/.settings-backend: $(STAMP) FORCE
 	@+mkdir -p $(D)
-	@+b="$(BACKEND) -> $$($(PY) -m exporter.gpu_probe $(BACKEND))"; echo "$$b" | cmp -s - $@ || echo "$$b" > $@
+	@+b="$(BACKEND) -> $$($(PY) -m exporter.runtime.gpu_probe $(BACKEND))"; echo "$$b" | cmp -s - $@ || echo "$$b" > $@
+
+# Each stage depends on the code it runs (its sub-package, the readers, the manifest, and the
+# parts of verify/ it measures with): a change there runs it again.
+COMMON_SRC   = $(wildcard exporter/*.py exporter/manifest/* exporter/runtime/*.py)
+VERIFY_SRC   = $(wildcard exporter/verify/* calibration/*.py)
 
 # OUT/VARIANT/model.onnx + manifest.json: fp32, dynamic batch/H/W, verified, simplified.
-$(D)/.export.done: $(STAMP) $(D)/.settings-export $(CHECKPOINT) $(LABELS) $(wildcard models/*.py) exporter/export.py
+$(D)/.export.done: $(STAMP) $(D)/.settings-export $(CHECKPOINT) $(LABELS) $(wildcard models/*.py) \
+		$(COMMON_SRC) exporter/graphs/export.py exporter/graphs/module_map.py \
+		exporter/verify/measures.py exporter/verify/cases.py
 	$(CLI) export $(EXPORT_ARGS)
 	touch $@
 
 # model.fp16.onnx, model.int8-{trt,cpu}.onnx, engines/ort/*.ort.
-$(D)/.precision.done: $(D)/.export.done $(D)/.settings-calib $(wildcard calibration/*.py) \
-		exporter/precision.py exporter/quantize.py exporter/fp16.py exporter/ort_models.py \
-		exporter/budgets.py exporter/tolerances.toml $(TOLERANCES)
+$(D)/.precision.done: $(D)/.export.done $(D)/.settings-calib $(COMMON_SRC) $(VERIFY_SRC) \
+		$(wildcard exporter/graphs/*.py) exporter/convert/ort_format.py $(TOLERANCES)
 	$(CLI) precision --manifest $(D)/manifest.json $(CALIB_ARGS) $(PRECISION_ARGS) $(PARITY_ARGS)
 	touch $@
 
 # engines/openvino/*.xml everywhere; engines/trt/{fp16,int8}.plan where TensorRT and a GPU exist
 # (BACKEND=auto|tensorrt|ort).
-$(D)/.engines.done: $(D)/.precision.done $(D)/.settings-backend exporter/engines.py exporter/tensorrt_engine.py \
-		exporter/openvino_ir.py
+$(D)/.engines.done: $(D)/.precision.done $(D)/.settings-backend $(COMMON_SRC) \
+		$(wildcard exporter/convert/*.py)
 	$(CLI) engines --manifest $(D)/manifest.json --backend $(BACKEND)
 	touch $@
 
-$(D)/.parity.done: $(D)/.engines.done exporter/parity.py exporter/budgets.py exporter/tolerances.toml \
+$(D)/.parity.done: $(D)/.engines.done $(COMMON_SRC) $(VERIFY_SRC) $(wildcard exporter/report/*.py) \
 		$(TOLERANCES)
 	$(CLI) parity --manifest $(D)/manifest.json $(PARITY_ARGS)
 	touch $@
 
 # After the gate: the speed report recommends only artifacts that passed it.
-$(D)/.bench.done: $(D)/.parity.done exporter/bench.py
+$(D)/.bench.done: $(D)/.parity.done $(COMMON_SRC) $(wildcard exporter/bench/*.py exporter/report/*.py)
 	$(CLI) bench --manifest $(D)/manifest.json $(BENCH_ARGS)
 	touch $@
 
@@ -122,7 +128,7 @@ test: lint
 # here first. ONNX Runtime's and OpenVINO's kernels have no such switch: they follow `cpuid`, so
 # their AVX2 kernels (int8 without VNNI: saturating pair sums) run under qemu-user's emulated
 # Haswell, on any x86 host: the `kernels` tests, and the parity gate on a copy of the reduced CI
-# build (made natively first) with its readers emulated (exporter/emulated.py); the verdict there
+# build (made natively first) with its readers emulated (exporter/runtime/emulated.py); the verdict there
 # is the emulated CPU's, so the build's own parity.json is left alone.
 # ONEDNN_MAX_CPU_ISA:ATEN_CPU_CAPABILITY:the /proc/cpuinfo flag the level needs. ATen's setting
 # forces its kernels (an illegal instruction on a CPU without them), so a level above this CPU

@@ -16,7 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
-from exporter.report import format_bench, format_recommendation
+from exporter.report.report import format_bench, format_recommendation
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "docs" / "runs"

@@ -19,14 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from calibration.calibrate import CalibrationResult
-from exporter.bench import BenchConfig, cpu_identity, latency
-from exporter.budgets import metrics
-from exporter.export import model_from_manifest
-from exporter.manifest import read_manifest
-from exporter.parity import heldout_images
-from exporter.precision import run_batches
-from exporter.quantize import Int8Target, onnx_to_int8
-from exporter.runners import OnnxRuntimeRunner, OpenVinoRunner, run_torch
+from exporter.bench.peaks import cpu_identity
+from exporter.bench.timing import BenchConfig, latency
+from exporter.graphs.quantize import Int8Target, onnx_to_int8
+from exporter.manifest.manifest import read_manifest
+from exporter.runtime import run_batches
+from exporter.runtime.eager import model_from_manifest, run_torch
+from exporter.runtime.onnxruntime import OnnxRuntimeRunner
+from exporter.runtime.openvino import OpenVinoRunner
+from exporter.verify.cases import heldout_images
+from exporter.verify.measures import metrics
 
 
 def graphs(root: Path, manifest: dict, folder: Path) -> dict[str, Path]:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import models
-from exporter.export import ExportConfig, batch_range, export_to_folder, image_range
-from exporter.precision import FallbackTargetError, PrecisionConfig, build_precision_graphs
+from exporter.graphs.export import ExportConfig, batch_range, export_to_folder, image_range
+from exporter.graphs.precision import FallbackTargetError, PrecisionConfig, build_precision_graphs
 
 from . import digits
 

@@ -45,7 +45,7 @@ METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 DEFAULT_METHOD = "percentile"  # best int8 accuracy on the trained fixture (docs/precision.md)
-# Ops whose inputs/outputs the int8 graphs quantize (see exporter.quantize).
+# Ops whose inputs/outputs the int8 graphs quantize (see exporter.graphs.quantize).
 QUANTIZED_OP_TYPES = ("Conv", "Gemm", "MaxPool")
 
 log = logging.getLogger(__name__)

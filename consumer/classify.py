@@ -71,7 +71,7 @@ def pick_artifact(manifest: dict, precision: str | None = None,
     return sorted(candidates, key=lambda a: a["format"] != "ort")[0]
 
 
-# A 195-byte ONNX graph (exporter.cpu.saturation_probe_model; a test holds the two equal): u8 255s
+# A 195-byte ONNX graph (exporter.runtime.cpu.saturation_probe_model; a test holds the two equal): u8 255s
 # times s8 127s, 64 deep, whose exact sum is 2,072,640. On x86 without VNNI or AMX, ONNX Runtime's
 # int8 kernels sum product pairs in saturating int16 and return 1,048,544 instead.
 INT8_PROBE = base64.b64decode(

@@ -1,0 +1,21 @@
+"""attnvgg-export: a trained attention-augmented VGG16 -> artifacts for every runtime, with the
+proof that they compute what was trained, and how fast.
+
+The pipeline, one sub-package per stage (`make engine` runs them in this order):
+
+    graphs/    export (torch -> ONNX, verified), fp16, int8 Q/DQ with calibration and layer fallback
+    convert/   what the engines stage makes from the graphs: .ort, OpenVINO IR, TensorRT plans, Triton
+    verify/    the gate: measures, budgets, shape cases, structure checks, explain, self-test
+    bench/     speed against eager PyTorch in one run, and the recommendation
+    report/    report.md and its plots, from the JSON files the stages wrote
+    manifest/  manifest.json, its schema, and the artifacts' sha256
+
+    runtime/   the readers every stage runs graphs with (eager PyTorch, ONNX Runtime, OpenVINO,
+               TensorRT, emulated CPUs) and what this CPU computes
+
+Imports go one way (tests/test_layers.py holds it): verify/ and runtime/ never import graphs/ or
+convert/; report/ reads files only; torch is imported at module level only by graphs/ and
+runtime/eager.py, so the measures, budgets and CPU readers load on a box without it. (The stage
+that makes graphs is graphs/, not build/: pytest's default norecursedirs, ruff's default exclude
+and the usual .gitignore all skip a folder named build, which would drop its tests and files.)
+"""

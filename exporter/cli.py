@@ -26,7 +26,7 @@ def _cmd_card(args: argparse.Namespace) -> int:
     card = model_card(args.variant, args.img_size, args.num_classes, args.width_mult or 1.0)
     markdown = card_markdown(card)
     if args.out:
-        from .files import write_text_atomic
+        from exporter.files import write_text_atomic
 
         out = Path(args.out)
         write_text_atomic(out / "card.md", markdown)
@@ -46,7 +46,7 @@ def _axis(text: str) -> tuple[int, int, int]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import ExportConfig, batch_range, export_to_folder, image_range, read_labels
+    from exporter.graphs.export import ExportConfig, batch_range, export_to_folder, image_range, read_labels
 
     opt = args.img_size
     config = ExportConfig(
@@ -66,8 +66,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_precision(args: argparse.Namespace) -> int:
-    from .allocator import keep_freed_memory
-    from .precision import PrecisionConfig, build_precision_graphs
+    from exporter.graphs.allocator import keep_freed_memory
+    from exporter.graphs.precision import PrecisionConfig, build_precision_graphs
 
     settings = dict(
         calib_source="noise" if args.calib_noise else args.calib_dir,
@@ -85,7 +85,7 @@ def _cmd_precision(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchConfig, run_bench
+    from exporter.bench.bench import BenchConfig, run_bench
 
     config = BenchConfig(batches=tuple(args.batches), seconds_per_case=args.seconds,
                          torch_compile=not args.no_compile)
@@ -94,7 +94,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_parity(args: argparse.Namespace) -> int:
-    from .parity import run_parity
+    from exporter.verify.gate import run_parity
 
     report = run_parity(Path(args.manifest),
                         tolerances=Path(args.tolerances) if args.tolerances else None,
@@ -112,28 +112,28 @@ def _cmd_parity(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import explain_artifact
+    from exporter.verify.explain import explain_artifact
 
     explain_artifact(Path(args.manifest), args.artifact, args.images)
     return 0
 
 
 def _cmd_selftest(args: argparse.Namespace) -> int:
-    from .selftest import run_selftest
+    from exporter.verify.selftest import run_selftest
 
     run_selftest(Path(args.manifest))
     return 0
 
 
 def _cmd_engines(args: argparse.Namespace) -> int:
-    from .engines import build_engines
+    from exporter.convert.engines import build_engines
 
     build_engines(Path(args.manifest), args.backend)
     return 0
 
 
 def _cmd_triton(args: argparse.Namespace) -> int:
-    from .triton import manifest_to_triton
+    from exporter.convert.triton import manifest_to_triton
 
     manifest = Path(args.manifest)
     manifest_to_triton(manifest, Path(args.repository or manifest.parent / "triton"))
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     parity = sub.add_parser("parity", help="the CI gate: every artifact against eager PyTorch, on "
                             "the held-out images the precision stage set aside")
     parity.add_argument("--manifest", required=True)
-    parity.add_argument("--tolerances", help="a tolerances.toml (default: exporter/tolerances.toml)")
+    parity.add_argument("--tolerances", help="a tolerances.toml (default: exporter/verify/tolerances.toml)")
     parity.add_argument("--artifacts", nargs="+", metavar="PATH",
                         help="gate only these artifacts (paths as in the manifest); the verdict "
                         "then covers only them")

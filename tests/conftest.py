@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import models
-from exporter.export import ExportConfig, export_to_folder, image_range
+from exporter.graphs.export import ExportConfig, export_to_folder, image_range
 
 TINY_WIDTH = 0.125  # channels 8..64, hidden 512: fast on 2 cores, same graph structure
 
@@ -53,7 +53,7 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="session")
 def precision_build(exported, tmp_path_factory):
     """A tiny se build with every precision graph (random init, calibrated on noise)."""
-    from exporter.precision import PrecisionConfig, build_precision_graphs
+    from exporter.graphs.precision import PrecisionConfig, build_precision_graphs
 
     root = tmp_path_factory.mktemp("precision") / "se"
     shutil.copytree(exported("se").parent, root)
@@ -66,7 +66,7 @@ def precision_build(exported, tmp_path_factory):
 class DigitsBuild:
     manifest: Path
     fixture: object  # benchmarks.digits.TrainedFixture
-    config: object  # exporter.precision.PrecisionConfig
+    config: object  # exporter.graphs.precision.PrecisionConfig
     log: list
 
 
@@ -76,7 +76,7 @@ def digits_build(tmp_path_factory) -> DigitsBuild:
     Tests that change the build work on a copy (copy_build)."""
     from benchmarks import digits
     from benchmarks.precision_table import fixture_manifest
-    from exporter.precision import PrecisionConfig, build_precision_graphs
+    from exporter.graphs.precision import PrecisionConfig, build_precision_graphs
 
     root = tmp_path_factory.mktemp("digits")
     manifest, fixture = fixture_manifest("se", root)
@@ -97,7 +97,7 @@ def copy_build(folder: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def engines_build(precision_build, tmp_path_factory):
     """precision_build after the engines stage (CPU backend): OpenVINO IR added."""
-    from exporter.engines import build_engines
+    from exporter.convert.engines import build_engines
 
     root = copy_build(precision_build, tmp_path_factory.mktemp("engines"))
     build_engines(root / "manifest.json", "ort", log=lambda *_: None)

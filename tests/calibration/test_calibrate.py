@@ -140,7 +140,7 @@ def test_calibration_memory_does_not_grow_with_the_number_of_images(fp32_graph, 
         "from pathlib import Path\n"
         "from calibration.calibrate import calibrate\n"
         "from calibration.data import ImageSet\n"
-        "from exporter.allocator import keep_freed_memory\n"
+        "from exporter.graphs.allocator import keep_freed_memory\n"
         + ("assert keep_freed_memory()\n" if allocator == "keep freed memory" else "") +
         "n = int(sys.argv[1])\n"
         "rng = np.random.default_rng(0)\n"

@@ -1,0 +1,68 @@
+"""What this machine can do at best, and what it is: GEMM throughput of ONNX Runtime (fp32,
+int8) and torch (bf16), and the CPU's name and the ISA flags that pick kernels. A measurement's
+share of the peak says how much a runtime leaves on the table."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import numpy as np
+from onnx import ModelProto, TensorProto, helper
+
+from exporter.bench.timing import BenchConfig, latency
+from exporter.runtime import runtime_module
+from exporter.runtime.cpu import cpu_model_and_flags
+from exporter.runtime.eager import bf16_matmul
+
+
+def _gemm_model(int8: bool, n: int) -> ModelProto:
+    a_type, b_type = (TensorProto.UINT8, TensorProto.INT8) if int8 else (TensorProto.FLOAT,) * 2
+    node = helper.make_node("MatMulInteger" if int8 else "MatMul", ["a", "b"], ["c"])
+    graph = helper.make_graph(
+        [node], "gemm", [helper.make_tensor_value_info("a", a_type, [n, n]),
+                         helper.make_tensor_value_info("b", b_type, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.INT32 if int8 else TensorProto.FLOAT,
+                                       [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9  # onnx 1.23 stamps 14; ONNX Runtime 1.31 reads up to 13
+    return model
+
+
+def gemm_peak_gmacs(n: int = 1024, seconds: float = 2.0) -> dict[str, float]:
+    """fp32 and int8 (U8S8) GEMM throughput of ONNX Runtime on this machine."""
+    ort = runtime_module("onnxruntime", "pip install onnxruntime-gpu (or onnxruntime)")
+    peaks = {}
+    rng = np.random.default_rng(0)
+    for name, int8 in (("fp32", False), ("int8", True)):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        session = ort.InferenceSession(_gemm_model(int8, n).SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        if int8:
+            feeds = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8),
+                     "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+        else:
+            feeds = {k: rng.standard_normal((n, n), dtype=np.float32) for k in ("a", "b")}
+        result = latency(lambda s=session, f=feeds: s.run(None, f),
+                         BenchConfig(warmup=2, min_iterations=5, seconds_per_case=seconds))
+        peaks[name] = n**3 / (result["p50_ms"] / 1000) / 1e9
+    return peaks
+
+
+def torch_bf16_peak_gmacs(n: int = 1024, seconds: float = 2.0) -> float:
+    """bf16 GEMM throughput of torch (oneDNN: AMX or AVX512-BF16) on this machine."""
+    result = latency(bf16_matmul(n), BenchConfig(warmup=2, min_iterations=5, seconds_per_case=seconds))
+    return n**3 / (result["p50_ms"] / 1000) / 1e9
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+             "amx_int8", "amx_bf16")
+
+
+def cpu_identity() -> dict:
+    """The CPU a measurement is a property of: model name and the ISA flags that pick kernels."""
+    model, flags = cpu_model_and_flags() or ("", set())
+    return {"model": model or platform.processor() or "unknown",
+            "isa": [f for f in ISA_FLAGS if f in flags],
+            "threads": os.cpu_count()}

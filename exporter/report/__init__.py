@@ -1,0 +1,1 @@
+"""report.md and its plots, rendered from the JSON files the stages wrote, and nothing else."""

@@ -1,0 +1,218 @@
+"""report.md beside the manifest: the parity table, the speed table, and their plots, rendered
+from the JSON files the stages wrote (manifest.json, parity.json, explain.json, selftest.json,
+bench.json) and from nothing else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from exporter.files import atomic_path, write_text_atomic
+from exporter.manifest.manifest import read_manifest, write_manifest
+
+ERRORS_PNG, LATENCY_PNG = "parity-errors.png", "bench-latency.png"
+MODULES_PNG = "explain-modules.png"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_png(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_error_histograms(path: Path, histograms: dict) -> Path:
+    """The error histograms of parity.json (``error_histograms``), log-log."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, counts in histograms["counts"].items():
+        ax.stairs(counts, histograms["edges"], linewidth=1.5, label=name)
+    ax.set(xscale="log", yscale="log", xlabel="|artifact - eager| per logit",
+           ylabel="count", title="Output error against eager PyTorch fp32 (held-out images)")
+    if histograms["counts"]:
+        ax.legend(fontsize=8)
+    return _save_png(plt, fig, path)
+
+
+def plot_module_errors(path: Path, explain: dict) -> Path:
+    """rel L2 against eager at each module's output, in forward order, one line per artifact."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    modules: list[str] = []
+    for name, errors in explain["artifacts"].items():
+        modules = modules or [e["module"] for e in errors]
+        ax.plot(range(len(errors)), [max(e["rel_l2"], 1e-9) for e in errors], marker=".", label=name)
+    ax.set_xticks(range(len(modules)), modules, rotation=90, fontsize=6)
+    ax.set(yscale="log", ylabel="rel L2 against eager at the module's output",
+           title=f"Where error enters, module by module ({explain['images']} held-out images)")
+    ax.legend(fontsize=8)
+    return _save_png(plt, fig, path)
+
+
+def format_module_errors(errors: list[dict], count: int = 10) -> str:
+    """The ``count`` modules that add the most error (explain.json's records), as a table."""
+    top = sorted(errors, key=lambda e: e["added"], reverse=True)[:count]
+    lines = ["| module | kind | rel L2 at its output | added by it |", "|---|---|---|---|"]
+    lines += [f"| {e['module']} | {e['kind']} | {e['rel_l2']:.3e} | {e['added']:+.3e} |" for e in top]
+    return "\n".join(lines)
+
+
+def _explain_section(explain: dict) -> list[str]:
+    lines = ["## Where error enters", "",
+             f"Each module's output in the artifact against eager PyTorch's, on {explain['images']} "
+             "held-out images (`python -m exporter explain --manifest manifest.json --artifact A` "
+             "prints the whole list). The ten modules that add the most error:", ""]
+    for name, errors in explain["artifacts"].items():
+        lines += [f"### {name}", "", format_module_errors(errors), ""]
+    return lines + [f"![modules]({MODULES_PNG})", ""]
+
+
+def _selftest_section(selftest: dict) -> list[str]:
+    lines = ["## Gate self-test", "",
+             f"`make parity-selftest` planted {selftest['planted']} known bugs into copies of this "
+             f"build (manifest sha256 updated, as a careless rebuild would) and the gate caught "
+             f"**{selftest['caught']} of {selftest['planted']}**.", "",
+             "| bug | artifact | planted | caught | first failure |", "|---|---|---|---|---|"]
+    for bug in selftest["bugs"]:
+        first = bug["by"][0].replace("|", "/") if bug["by"] else ""
+        lines.append(f"| {bug['bug']} | {bug['artifact']} | {bug['planted']} | "
+                     f"{'yes' if bug['caught'] else '**NO**'} | {first} |")
+    return lines + [""]
+
+
+def plot_latency(path: Path, bench: dict) -> Path:
+    plt = _pyplot()
+    names = [n for n, per in bench["results"].items() if any("p50_ms" in r for r in per.values())]
+    batches = sorted({b for per in bench["results"].values() for b in per}, key=int)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / max(len(batches), 1)
+    for i, batch in enumerate(batches):
+        values = [bench["results"][n].get(batch, {}).get("p50_ms", 0) / int(batch) for n in names]
+        ax.bar(np.arange(len(names)) + i * width, values, width, label=f"batch {batch}")
+    ax.set_xticks(np.arange(len(names)) + width * (len(batches) - 1) / 2, names, rotation=20,
+                  ha="right", fontsize=8)
+    ax.set(ylabel="p50 latency per image (ms)", title="Latency per image, same run")
+    ax.legend()
+    return _save_png(plt, fig, path)
+
+
+def _parity_section(parity: dict) -> list[str]:
+    weights = ("trained weights" if parity["trained_weights"]
+               else "random-init weights: top-1/top-5 not gated")
+    heldout = parity.get("heldout", {})
+    lines = ["## Parity against eager PyTorch fp32", "",
+             f"Gate: **{'passed' if parity['passed'] else 'FAILED'}** ({weights}). "
+             f"Held-out images: {heldout.get('images', '?')} ({heldout.get('source', '?')}), "
+             f"never used for calibration or tuning; shapes: {', '.join(parity.get('shapes', []))}. "
+             "Every portable graph is read by ONNX Runtime and by OpenVINO.",
+             "", "| artifact | reader | case | rel L2 | min cosine | max abs | top-1 | top-5 | accuracy "
+             "| verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for artifact in parity["artifacts"]:
+        reader = artifact.get("reader", "onnxruntime")
+        if artifact["skipped"]:
+            lines.append(f"| {artifact['path']} | {reader} | - | | | | | | | "
+                         f"SKIPPED, not verified: {artifact['skipped']} |")
+        general = [f for f in artifact["failures"] if f.split(": ")[0] not in artifact["cases"]]
+        if general:
+            lines.append(f"| {artifact['path']} | {reader} | all | | | | | | | "
+                         f"FAIL: {'; '.join(general)} |")
+        for case, r in artifact["cases"].items():
+            failed = any(f.startswith(f"{case}: ") for f in artifact["failures"])
+            accuracy = f"{100 * r['accuracy']:.2f}%" if "accuracy" in r else ""
+            verdict = "FAIL" if failed else "ok" if r.get("gated", True) else "not gated"
+            lines.append(f"| {artifact['path']} | {reader} | {case} | {r['rel_l2']:.2e} | "
+                         f"{r['cosine']:.5f} | {r['max_abs']:.2e} | {r['top1']:.3f} | {r['top5']:.3f} "
+                         f"| {accuracy} | {verdict} |")
+    return lines + ["", f"![errors]({ERRORS_PNG})", ""]
+
+
+def format_bench(bench: dict) -> str:
+    lines = ["| runtime | batch | p50 ms | p90 ms | p99 ms | img/s | x eager | GMAC/s | % of peak |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, per_batch in bench["results"].items():
+        for batch, r in per_batch.items():
+            if "error" in r:
+                lines.append(f"| {name} | {batch} | failed: {r['error']} | | | | | | |")
+                continue
+            lines.append(
+                f"| {name} | {batch} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
+                f"{r['images_per_s']:.1f} | {r['speedup_vs_eager']:.2f} | "
+                f"{r.get('gmacs_per_s', 0):.0f} | {100 * r.get('peak_share', 0):.0f} |")
+    return "\n".join(lines)
+
+
+TARGET_NAMES = {"onnxruntime-cpu": "ONNX Runtime (portable: x86 and ARM)",
+                "openvino-cpu": "OpenVINO (Intel CPUs)", "tensorrt": "TensorRT (NVIDIA GPUs)"}
+
+
+def format_recommendation(bench: dict) -> str:
+    cpu = bench.get("cpu", {})
+    lines = [f"Measured on {cpu.get('model', 'an unnamed CPU')} ({', '.join(cpu.get('isa', []))}, "
+             f"{cpu.get('threads', '?')} threads). The fastest artifact that passed the gate, per "
+             "target and batch size:", ""]
+    if not bench.get("gate_checked"):
+        return lines[0] + " No recommendation: `make parity` has not run on this build."
+    lines += ["| batch | target | artifact | runtime options | p50 ms | x eager |",
+              "|---|---|---|---|---|---|"]
+    for batch, targets in bench.get("recommended", {}).items():
+        for target, r in targets.items():
+            options = ", ".join(f"{k}={v}" for k, v in r["runtime_options"].items()) or "-"
+            lines.append(f"| {batch} | {TARGET_NAMES.get(target, target)} | {r['artifact']} "
+                         f"({r['precision']}) | {options} | {r['p50_ms']:.1f} | "
+                         f"{r['speedup_vs_eager']:.2f} |")
+    lines += ["", "This is a property of the machine that ran `make bench`, not of the artifacts: "
+              "which runtime is fastest flips between CPUs (AMD Zen 4: ONNX Runtime int8 ahead of "
+              "OpenVINO; Intel Xeon with AMX: the reverse). On the target box, run `make bench` on "
+              "a copy of the build, or, without torch, `python consumer/classify.py "
+              "manifest.json --bench` (docs/edge.md)."]
+    return "\n".join(lines)
+
+
+def write_report(root: Path) -> Path:
+    manifest_path = root / "manifest.json"
+    manifest = read_manifest(manifest_path)
+    lines = [f"# {manifest['variant']}: deployment report", "",
+             f"Weights: {manifest['weights']}. Input `{manifest['input']['name']}` "
+             f"{manifest['input']['shape']}, declared ranges "
+             + ", ".join(f"{k} {v['min']}-{v['max']} (opt {v['opt']})"
+                         for k, v in manifest["dynamic"].items()) + ".", "",
+             "| artifact | format | precision | target | MB |", "|---|---|---|---|---|"]
+    lines += [f"| {a['path']} | {a['format']} | {a['precision']} | {a['target']} | "
+              f"{a['bytes'] / 1e6:.1f} |" for a in manifest["artifacts"]]
+    lines.append("")
+    if (root / "parity.json").is_file():
+        parity = json.loads((root / "parity.json").read_text())
+        if parity.get("error_histograms"):
+            plot_error_histograms(root / ERRORS_PNG, parity["error_histograms"])
+        lines += _parity_section(parity)
+    if (root / "explain.json").is_file():
+        explain = json.loads((root / "explain.json").read_text())
+        if explain["artifacts"]:
+            plot_module_errors(root / MODULES_PNG, explain)
+            lines += _explain_section(explain)
+    if (root / "selftest.json").is_file():
+        lines += _selftest_section(json.loads((root / "selftest.json").read_text()))
+    if (root / "bench.json").is_file():
+        bench = json.loads((root / "bench.json").read_text())
+        peaks = ", ".join(f"{k} {v:.0f} GMAC/s" for k, v in bench["peak_gmacs"].items())
+        lines += ["## Speed", "", f"Input {bench['input'][0]}x{bench['input'][1]}, "
+                  f"{bench['threads']} threads; machine peak (GEMM): {peaks}. Speedups are "
+                  "measured in the same run.", "", format_bench(bench), "",
+                  "### Recommended", "", format_recommendation(bench), "",
+                  f"![latency]({LATENCY_PNG})", ""]
+    path = write_text_atomic(root / "report.md", "\n".join(lines))
+    manifest["report"] = "report.md"
+    write_manifest(manifest_path, manifest)
+    return path

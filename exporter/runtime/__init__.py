@@ -1,0 +1,35 @@
+"""Readers: what turns inputs into outputs on this machine, and what its CPU computes.
+
+Every reader is a callable from an NCHW float32 batch to the output logits: eager PyTorch
+(eager.py, the reference, the only module here that imports torch), ONNX Runtime
+(onnxruntime.py), OpenVINO (openvino.py), TensorRT (tensorrt.py), and any of the CPU readers in
+a qemu child that emulates another CPU (emulated.py). Readers know nothing of budgets. A
+runtime is imported on first use, through ``runtime_module``: importing a reader never pulls in
+another runtime (nor torch), so a target box needs only the runtimes it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+
+import numpy as np
+
+from models import ReaderUnavailable
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def runtime_module(name: str, install_hint: str,
+                   error: type[ReaderUnavailable] = ReaderUnavailable) -> ModuleType:
+    """``import name`` on first use; where it is not installed, ``error`` naming what to install."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise error(f"the {name} Python package is not installed ({e}); {install_hint}") from None
+
+
+def run_batches(runner: Runner, images: np.ndarray, batch: int = 8) -> np.ndarray:
+    """``runner`` over ``images`` in batches of ``batch`` (the last one may be smaller)."""
+    return np.concatenate([runner(images[i:i + batch]) for i in range(0, len(images), batch)])

@@ -1,0 +1,32 @@
+"""The child side of exporter.runtime.emulated: one reader, run by qemu as the emulated CPU,
+batches in and outputs out as .npy arrays on stdin and stdout.
+
+    python -m exporter.runtime.emulated_reader onnxruntime|openvino PATH [--exact-int8] [--hint f32]
+    python -m exporter.runtime.emulated_reader probe   # prints 1 where int8 pair sums saturate
+"""
+
+from __future__ import annotations
+
+import sys
+
+from exporter.runtime.cpu import int8_products_saturate
+from exporter.runtime.emulated import read_array, write_array
+from exporter.runtime.onnxruntime import OnnxRuntimeRunner
+from exporter.runtime.openvino import OpenVinoRunner  # the same readers as the native gate
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "probe":
+        print(int(int8_products_saturate()))
+        return
+    reader, path = argv[0], argv[1]
+    hint = argv[argv.index("--hint") + 1] if "--hint" in argv else "f32"
+    run = (OnnxRuntimeRunner(path, exact_int8="--exact-int8" in argv) if reader == "onnxruntime"
+           else OpenVinoRunner(path, hint))
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    while source.peek(1):
+        write_array(sink, run(read_array(source)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

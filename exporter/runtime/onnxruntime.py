@@ -1,0 +1,34 @@
+"""The ONNX Runtime reader (CPUExecutionProvider), over an ONNX graph or an .ort model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from exporter.runtime import runtime_module
+from exporter.runtime.cpu import exact_int8_options
+
+INSTALL_HINT = "pip install onnxruntime-gpu (Linux x86_64) or onnxruntime (elsewhere)"
+
+class OnnxRuntimeRunner:
+    """An ONNX Runtime CPU session over one model file. ``exact_int8``: int8 products summed
+    exactly on every CPU (exporter.runtime.cpu.exact_int8_options, set only where this CPU's int8 pair
+    sums saturate), as TensorRT sums them: how the TensorRT graph, with its 8-bit weights, is
+    read. The CPU graph's 7-bit weights cannot saturate and need no option."""
+
+    def __init__(self, path: str | Path | bytes, threads: int | None = None,
+                 exact_int8: bool = False) -> None:
+        ort = runtime_module("onnxruntime", INSTALL_HINT)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.log_severity_level = 3
+        for key, value in (exact_int8_options() if exact_int8 else {}).items():
+            options.add_session_config_entry(key, value)
+        source = path if isinstance(path, bytes) else str(path)  # bytes: a graph made in memory
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]

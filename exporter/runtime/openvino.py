@@ -1,0 +1,43 @@
+"""The OpenVINO reader (CPU plugin), over an ONNX graph or an IR: the second, independent reader
+of every portable graph, and the Intel CPU target."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from exporter.runtime import runtime_module
+
+INSTALL_HINT = "pip install openvino"
+
+
+def precision_hint(artifact: dict) -> str:
+    """OpenVINO's inference precision for a manifest entry: "bf16" for the bf16 entry (the fp32
+    IR listed again with that runtime option), else "f32"."""
+    return artifact.get("runtime_options", {}).get("INFERENCE_PRECISION_HINT", "f32")
+
+
+def reader_name(artifact: dict) -> str:
+    """How the gate, the bench and the reports name OpenVINO's reading of ``artifact``."""
+    return "openvino-bf16" if precision_hint(artifact) == "bf16" else "openvino"
+
+
+class OpenVinoRunner:
+    """OpenVINO on the CPU over an ONNX graph or an IR (.xml): a second, independent reader.
+
+    ``precision`` is OpenVINO's inference precision hint: "f32" computes what the graph says (an
+    fp16 graph's casts included); "bf16" lets OpenVINO run the float layers in bf16, which it
+    does by default on CPUs with AMX or AVX512-BF16, so it is always set explicitly here."""
+
+    def __init__(self, path: str | Path, precision: str = "f32", threads: int | None = None) -> None:
+        ov = runtime_module("openvino", INSTALL_HINT)
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1}
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.request.infer([np.ascontiguousarray(batch)])
+        return self.request.get_output_tensor(0).data.copy()

@@ -1,0 +1,121 @@
+"""The budgets: what each measure (exporter.verify.measures) must stay within, per precision
+(tolerances.toml merged with a user's file), and the judgement of a case's measures against
+them. The gate holds artifacts to them; the layer fallback aims at them with a margin. numpy
+and the standard library only: a target box judges with exactly these."""
+
+from __future__ import annotations
+
+import importlib.resources
+import tomllib
+from pathlib import Path
+
+from models import ConfigError
+from models.names import VARIANT_NAMES
+
+METRICS = ("rel_l2_max", "cosine_min", "top1_min", "top5_min", "accuracy_drop_max", "drift_max")
+DRIFT_FLOOR = 1e-4  # rel L2 differences below this are kernel noise, not drift
+AGREEMENT_METRICS = ("top1_min", "top5_min")  # meaningful only for trained weights
+
+
+PRECISION_BUDGETS = ("fp32", "fp16", "bf16", "int8")
+
+
+def _read_toml(path: Path | None) -> dict:
+    where = str(path) if path else "exporter/verify/tolerances.toml"
+    try:
+        text = Path(path).read_text() if path else (
+            importlib.resources.files("exporter.verify") / "tolerances.toml").read_text()
+        return tomllib.loads(text)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read tolerances from {where}: {e}") from None
+
+
+def _check_sections(config: dict, where: str) -> None:
+    unknown = set(config) - {"precision", "variant"}
+    unknown |= {f"precision.{p}" for p in config.get("precision", {}) if p not in PRECISION_BUDGETS}
+    for variant, overrides in config.get("variant", {}).items():
+        if variant not in VARIANT_NAMES:
+            unknown.add(f"variant.{variant}")
+            continue
+        unknown |= {f"variant.{variant}.{p}" for p in overrides if p not in PRECISION_BUDGETS}
+    if unknown:
+        raise ConfigError(f"tolerances in {where}: unknown sections {sorted(unknown)}; known: "
+                          f"[precision.<{'|'.join(PRECISION_BUDGETS)}>] and "
+                          f"[variant.<{'|'.join(VARIANT_NAMES)}>.<precision>]")
+    sections = [(f"precision.{p}", b) for p, b in config.get("precision", {}).items()]
+    sections += [(f"variant.{v}.{p}", b) for v, o in config.get("variant", {}).items()
+                 for p, b in o.items()]
+    for name, budget in sections:
+        bad = set(budget) - set(METRICS)
+        if bad:
+            raise ConfigError(f"tolerances in {where}, [{name}]: unknown keys {sorted(bad)}; "
+                              f"known: {', '.join(METRICS)}")
+
+
+def load_tolerances(variant: str, path: Path | None = None) -> dict[str, dict[str, float]]:
+    """precision -> budget: the defaults (exporter/verify/tolerances.toml), then a user file's sections
+    merged over them key by key, then [variant.<name>.<precision>] overrides of both."""
+    layers = [(_read_toml(None), "exporter/verify/tolerances.toml")]
+    if path:
+        layers.append((_read_toml(path), str(path)))
+    budgets: dict[str, dict[str, float]] = {}
+    for config, where in layers:
+        _check_sections(config, where)
+        for precision, budget in config.get("precision", {}).items():
+            budgets.setdefault(precision, {}).update(budget)
+    for config, _ in layers:
+        for precision, override in config.get("variant", {}).get(variant, {}).items():
+            budgets.setdefault(precision, {}).update(override)
+    return budgets
+
+
+def resolvable(key: str, result: dict, budget: dict) -> bool:
+    """Whether ``result`` has images enough to hold the agreement budget ``key``: one image's top-1
+    disagreement moves top-1 agreement by 1/N, one class of its top-5 by 1/(5N); a budget that
+    allows less than that demands perfection, whatever it says (top-1 >= 0.95 on 8 images means
+    no disagreement at all). Elsewhere the figure is reported and not gated."""
+    if key not in AGREEMENT_METRICS or budget[key] >= 1:  # perfection is measurable on any number
+        return True
+    step = 1 / result["images"] / (5 if key == "top5_min" else 1)
+    return step <= 1 - budget[key] + 1e-12
+
+
+def budget_margin(result: dict, budget: dict, trained: bool) -> float:
+    """How many times over ``result`` fits inside ``budget``: the smallest ratio of allowed to
+    measured error over the budgeted metrics (1.0: exactly at the budget; below 1: a breach).
+    Errors are rel L2 and one minus cosine, top-1 and top-5 (those with trained weights only)."""
+    if not result["finite"]:
+        return 0.0
+    used = {"rel_l2_max": result["rel_l2"], "cosine_min": 1 - result["cosine"]}
+    if trained:
+        used |= {"top1_min": 1 - result["top1"], "top5_min": 1 - result["top5"]}
+    ratios = [(budget[k] if k == "rel_l2_max" else 1 - budget[k]) / v if v > 0 else float("inf")
+              for k, v in used.items() if k in budget and resolvable(k, result, budget)]
+    return min(ratios, default=float("inf"))
+
+
+def breaches(result: dict, budget: dict, trained: bool, built: float | None = None) -> list[str]:
+    """What breaks the budget. ``built``: the rel L2 the precision stage measured for this
+    artifact on the same held-out images; drifting past it means the file no longer computes
+    what the build measured."""
+    found = [] if result["finite"] else ["NaN or Inf in the outputs"]
+    if built is not None and "drift_max" in budget:
+        allowed = built * (1 + budget["drift_max"]) + DRIFT_FLOOR
+        if result["rel_l2"] > allowed:
+            found.append(f"drift: rel L2 {result['rel_l2']:.4g}, the build measured {built:.4g} on "
+                         f"the same images (allowed {allowed:.4g}): the artifact changed since it "
+                         f"was measured")
+    checks = {
+        "rel_l2_max": (result["rel_l2"], lambda v, b: v <= b),
+        "cosine_min": (result["cosine"], lambda v, b: v >= b),
+        "top1_min": (result["top1"], lambda v, b: v >= b),
+        "top5_min": (result["top5"], lambda v, b: v >= b),
+    }
+    if "accuracy" in result:
+        checks["accuracy_drop_max"] = (result["accuracy_eager"] - result["accuracy"],
+                                       lambda v, b: v <= b + 1e-12)
+    for key, (value, ok) in checks.items():
+        gated = key in budget and (trained or key not in AGREEMENT_METRICS)
+        if gated and resolvable(key, result, budget) and not ok(value, budget[key]):
+            found.append(f"{key.rsplit('_', 1)[0]} {value:.4g} (budget {budget[key]:.4g})")
+    return found

@@ -1,0 +1,333 @@
+"""Stage: parity, the CI gate. Every artifact against eager PyTorch fp32, on held-out real
+images and at shapes across the declared range (cases), against the budgets (budgets,
+tolerances.toml), by the measures (measures), with each graph's structure checked (structure).
+
+Running (exporter.runtime) and judging are separate; the gate verdict is data (ParityReport),
+written to parity.json and parity.junit.xml, and the CLI turns it into an exit code."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calibration.data import NOISE
+from exporter.files import atomic_path, write_text_atomic
+from exporter.manifest.manifest import read_manifest, verify_artifacts, write_manifest
+from exporter.report.report import write_report
+from exporter.runtime import run_batches
+from exporter.runtime.cpu import openvino_has_bf16, openvino_int8_has_vnni
+from exporter.runtime.eager import model_from_manifest, run_torch
+from exporter.runtime.emulated import EmulatedRunner, emulated_cpu
+from exporter.runtime.onnxruntime import OnnxRuntimeRunner
+from exporter.runtime.openvino import OpenVinoRunner, precision_hint, reader_name
+from exporter.verify.budgets import breaches, load_tolerances
+from exporter.verify.cases import INT8_MIN_SIDE, ShapeCase, heldout_images, shape_cases
+from exporter.verify.explain import EXPLAIN_IMAGES, first_past, module_errors, write_explain_json
+from exporter.verify.measures import metrics, relative_l2
+from exporter.verify.structure import signed_int8_activations, static_violations
+from models import ConfigError, ReaderUnavailable
+
+
+@dataclass
+class ArtifactParity:
+    path: str
+    precision: str
+    reader: str = "onnxruntime"  # the runtime that ran it: onnxruntime, openvino, tensorrt
+    cases: dict[str, dict] = field(default_factory=dict)  # case name -> metrics
+    failures: list[str] = field(default_factory=list)
+    skipped: str | None = None  # only a TensorRT plan on a machine that cannot run one
+    where: str | None = None  # for a failing graph: the module where its error passes the budget
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def label(self) -> str:
+        return f"{self.path} [{self.reader}]"
+
+
+@dataclass
+class ParityReport:
+    variant: str
+    trained: bool
+    artifacts: list[ArtifactParity]
+    heldout: dict = field(default_factory=dict)  # what the held-out set is, and its sha256
+    shapes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(a.passed for a in self.artifacts)
+
+    def failures(self) -> list[str]:
+        return [f"{a.label}: {f}" + (f"; {a.where}" if a.where else "")
+                for a in self.artifacts for f in a.failures]
+
+    def skipped(self) -> list[str]:
+        return [f"{a.label}: {a.skipped}" for a in self.artifacts if a.skipped]
+
+    def to_json(self) -> dict:
+        return {"variant": self.variant, "trained_weights": self.trained, "passed": self.passed,
+                "heldout": self.heldout, "shapes": self.shapes, "emulated_cpu": emulated_cpu(),
+                "artifacts": [a.__dict__ | {"passed": a.passed} for a in self.artifacts]}
+
+
+READERS = {"onnx": ("onnxruntime", "openvino"), "ort": ("onnxruntime",), "plan": ("tensorrt",),
+           "openvino-ir": ("openvino",)}
+
+
+def runner_for(artifact: dict, root: Path, manifest: dict, reader: str):
+    """The artifact under one reader: ONNX Runtime and OpenVINO on the CPU (every portable graph
+    is read by both), TensorRT for plans (GPU machines). ReaderUnavailable where this machine
+    cannot compute it."""
+    path = root / artifact["path"]
+    if reader == "tensorrt":
+        from exporter.runtime.tensorrt import TensorRTRunner  # tensorrt only where a plan is read
+
+        # version-compatible plans embed host code: trusted, since this build made them
+        trusted = manifest.get("tensorrt", {}).get("version_compatible", False)
+        return TensorRTRunner(path, host_code_allowed=trusted)
+    if reader == "openvino-bf16" and not openvino_has_bf16():
+        raise ReaderUnavailable("this CPU does not compute bf16 (no AMX or AVX512-BF16): the bf16 "
+                                "entry runs only where it does")
+    if reader == "openvino" and not openvino_int8_has_vnni() and signed_int8_activations(artifact, root):
+        raise ReaderUnavailable("OpenVINO on a CPU without VNNI saturates signed int8 activations "
+                                "(int16 pair sums, docs/precision.md); ONNX Runtime reads this "
+                                "graph here, and its target is TensorRT")
+    exact = "exact_int8_session_options" in artifact
+    hint = precision_hint(artifact)
+    cpu = emulated_cpu()
+    if cpu:  # the reader runs as that CPU would run it (exporter.runtime.emulated)
+        return EmulatedRunner(cpu, "openvino" if reader.startswith("openvino") else "onnxruntime",
+                              path, exact, hint)
+    if reader.startswith("openvino"):
+        return OpenVinoRunner(path, hint)
+    return OnnxRuntimeRunner(path, exact_int8=exact)
+
+
+FALLBACK_ARTIFACTS = {"int8-trt": ("model.int8-trt.onnx",),
+                      "int8-cpu": ("model.int8-cpu.onnx", "engines/ort/model.int8-cpu.ort")}
+
+
+def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cases: dict,
+                    references: dict, budget: dict, trained: bool,
+                    heldout_outputs: dict) -> ArtifactParity:
+    # the precision stage measured each graph with ONNX Runtime; drift is judged against that
+    built_rel_l2 = {r["path"]: r["rel_l2"] for r in
+                    manifest["parity"].get("heldout-vs-eager", {}).values() if "rel_l2" in r}
+    if reader == "openvino":
+        reader = reader_name(artifact)  # openvino-bf16: the fp32 IR, listed again to run in bf16
+    entry = ArtifactParity(artifact["path"], artifact["precision"], reader)
+    try:
+        runner = runner_for(artifact, root, manifest, reader)
+    except ReaderUnavailable as e:  # this machine cannot compute it: reported, not passed
+        entry.skipped = str(e).splitlines()[0]
+        return entry
+    except Exception as e:  # any other artifact that does not load fails the gate
+        entry.failures.append(f"cannot be loaded: {type(e).__name__}: {str(e).strip()[:300]}")
+        return entry
+    for name, case in cases.items():
+        try:
+            outputs = run_batches(runner, case.images, case.batch)
+        except Exception as e:  # a runtime error at a declared shape is a breach, not a crash
+            entry.failures.append(f"{name}: fails to run: {str(e).strip().splitlines()[-1][:240]}")
+            continue
+        built = None
+        if name == "heldout":
+            heldout_outputs[entry.label] = outputs
+            built = built_rel_l2.get(artifact["path"]) if reader == "onnxruntime" else None
+        result = metrics(outputs, references[name], case.labels)
+        entry.cases[name] = result
+        if not case.gates(artifact["precision"]):
+            result["gated"] = False  # measured and reported; see ShapeCase.gates
+            continue
+        entry.failures += [f"{name}: {b}" for b in breaches(result, budget, trained, built)]
+    return entry
+
+
+def reader_disagreement(entries: list[ArtifactParity], heldout_outputs: dict,
+                        budget: dict) -> str | None:
+    """Two readers of one graph that compute different things: reported as such, even when
+    each is within its budget against eager."""
+    outputs = [heldout_outputs[e.label] for e in entries if e.label in heldout_outputs]
+    if len(outputs) < 2:
+        return None
+    between = relative_l2(outputs[0], outputs[1])
+    if between <= budget.get("rel_l2_max", float("inf")):
+        return None
+    return (f"readers disagree: {entries[0].reader} and {entries[1].reader} differ by rel L2 "
+            f"{between:.4g} on the held-out images (budget {budget['rel_l2_max']:.4g}); one of "
+            f"them does not compute what the graph says (see docs/precision.md)")
+
+
+def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
+               only: set[str] | None = None, cases: set[str] | None = None) -> ParityReport:
+    """The gate. ``only``: check just these artifact paths (the self-test's planted bugs);
+    ``cases``: just these shape cases (the emulated run of `make test-isa`, where every kernel
+    runs ~30 times slower). The verdict then covers only them."""
+    manifest_path = Path(manifest_path)
+    root = manifest_path.parent
+    verify_artifacts(manifest_path)  # missing or edited artifacts are refused before anything runs
+    manifest = read_manifest(manifest_path)
+    budgets = load_tolerances(manifest["variant"], tolerances)
+    missing = sorted({a["precision"] for a in manifest["artifacts"]} - set(budgets))
+    if missing:
+        raise ConfigError(f"no parity budget for precision {', '.join(missing)}: add a "
+                          f"[precision.{missing[0]}] section to {tolerances or 'the tolerances'}")
+    trained = bool(manifest["model"]["checkpoint"])
+    heldout = heldout_images(manifest)
+    all_cases = shape_cases(manifest["dynamic"], heldout,
+                            noise=manifest["data_split"]["source"] == NOISE)
+    unknown = (cases or set()) - set(all_cases)
+    if unknown:
+        raise ConfigError(f"no shape case {sorted(unknown)} in this build; its cases: "
+                          f"{', '.join(all_cases)}")
+    cases = {name: case for name, case in all_cases.items()  # held-out: drift, errors, explain
+             if cases is None or name in cases | {"heldout"}}
+    if only:
+        listed = {a["path"] for a in manifest["artifacts"]}
+        if only - listed:
+            raise ConfigError(f"no artifact {sorted(only - listed)} in {manifest_path}; it lists "
+                              f"{', '.join(sorted(listed))}")
+    model = model_from_manifest(manifest)
+    references = {name: run_batches(lambda x: run_torch(model, x), case.images, case.batch)
+                  for name, case in cases.items()}
+    if emulated_cpu():
+        log(f"readers run as an emulated {emulated_cpu()} CPU (qemu-x86_64; exporter.runtime.emulated)")
+    log(f"parity against eager PyTorch fp32 on {len(heldout)} held-out images ({heldout.source}; "
+        f"never used for calibration or tuning) and at {len(cases) - 1} corner shapes "
+        f"({', '.join(f'{n} on {len(c.images)} images' for n, c in list(cases.items())[1:])}; "
+        f"int8 gated where every side is at least {INT8_MIN_SIDE} px); "
+        + ("trained weights: top-1/top-5 budgets apply" if trained else
+           "random-init weights: top-1/top-5 reported, not gated"))
+    missed = {target: report for target, report in
+              manifest.get("calibration", {}).get("fallback", {}).items() if not report["met"]}
+    results, heldout_outputs = [], {}
+    for artifact in manifest["artifacts"]:
+        if only is not None and artifact["path"] not in only:
+            continue
+        budget = budgets[artifact["precision"]]
+        entries = [_check_artifact(artifact, reader, root, manifest, cases, references, budget,
+                                   trained, heldout_outputs)
+                   for reader in READERS[artifact["format"]]]
+        disagreement = reader_disagreement(entries, heldout_outputs, budget)
+        if disagreement:
+            entries[-1].failures.append(disagreement)
+        entries[0].failures += static_violations(root / artifact["path"], artifact)
+        for entry in entries:
+            for target, report in missed.items():
+                if artifact["path"] in FALLBACK_ARTIFACTS[target]:
+                    entry.failures.append(f"the layer fallback missed its target: {report['metric']} "
+                                          f"{report['final']:.4f} < {report['goal']} on the tuning set")
+            results.append(entry)
+    exact = {a["path"] for a in manifest["artifacts"] if "exact_int8_session_options" in a}
+    explain_graphs(results, root, model, cases, budgets, log, exact)
+    for entry in results:
+        _log_entry(entry, log)
+    errors = {label: (outputs - references["heldout"]).ravel()
+              for label, outputs in heldout_outputs.items()}
+    report = ParityReport(manifest["variant"], trained, results,
+                          {"images": len(heldout), "source": heldout.source,
+                           "ids_sha256": heldout.ids_sha256()}, list(cases))
+    write_parity_files(root, report, error_histograms(errors))
+    manifest["parity"]["gate"] = {"passed": report.passed, "failures": report.failures(),
+                                  "skipped": report.skipped(), "file": "parity.json",
+                                  "junit": "parity.junit.xml"}
+    write_manifest(manifest_path, manifest)
+    write_report(root)
+    return report
+
+
+def explain_graphs(results: list[ArtifactParity], root: Path, model, cases: dict[str, ShapeCase],
+                   budgets: dict, log, exact: set[str] = frozenset()) -> dict:
+    """Module-by-module error (exporter.explain) of every reduced-precision graph on held-out
+    images, for the report, and of every failing graph on the images of the case it fails first,
+    whose failure then names the module where the error first grows past its budget."""
+    explained = {}
+    for entry in results:
+        graph = entry.path.endswith(".onnx") and entry.reader == "onnxruntime"
+        if not graph or (entry.precision == "fp32" and entry.passed) or entry.skipped:
+            continue
+        try:
+            explained[entry.path] = module_errors(root / entry.path, model,
+                                                  cases["heldout"].images[:EXPLAIN_IMAGES],
+                                                  exact_int8=entry.path in exact)
+            if entry.passed:
+                continue
+            failing = next((name for name in cases if any(f.startswith(f"{name}: ")
+                                                          for f in entry.failures)), "heldout")
+            errors = explained[entry.path] if failing == "heldout" else module_errors(
+                root / entry.path, model, cases[failing].images[:EXPLAIN_IMAGES],
+                exact_int8=entry.path in exact)
+        except Exception as e:  # a graph that does not load has failed already; say why not
+            log(f"  {entry.path}: no module-by-module error ({str(e).splitlines()[0][:160]})")
+            continue
+        budget = budgets[entry.precision].get("rel_l2_max", 0.0)
+        first = first_past(errors, budget)
+        images = f"{EXPLAIN_IMAGES} images at {failing}"
+        entry.where = (f"error first grows past the rel L2 budget {budget:g} at {first.module} "
+                       f"({first.kind}, rel L2 {first.rel_l2:.3g} on {images})" if first else
+                       f"no module's output passes the rel L2 budget {budget:g} on {images}")
+    write_explain_json(root, explained, EXPLAIN_IMAGES)
+    return explained
+
+
+def _log_entry(entry: ArtifactParity, log) -> None:
+    if entry.skipped:
+        log(f"  {entry.label}: SKIPPED, not verified ({entry.skipped})")
+        return
+    gated = [r for r in entry.cases.values() if r.get("gated", True)]
+    worst = max(gated, key=lambda r: r["rel_l2"], default=None)
+    summary = (f" (worst rel L2 {worst['rel_l2']:.2e}, min cosine "
+               f"{min(r['cosine'] for r in gated):.5f})" if worst else "")
+    summary += "".join(f"; {name} reported, not gated (int8 below {INT8_MIN_SIDE} px a side): rel L2 "
+                       f"{r['rel_l2']:.3f}, min cosine {r['cosine']:.4f}"
+                       for name, r in entry.cases.items() if not r.get("gated", True))
+    log(f"  {entry.label}: {'ok' if entry.passed else 'FAIL'}{summary}"
+        + "".join(f"\n    {f}" for f in entry.failures) + (f"\n    {entry.where}" if entry.where else ""))
+
+
+def error_histograms(errors: dict[str, np.ndarray]) -> dict:
+    """|artifact - eager| per logit, counted in shared log-spaced bins, one row per reader of an
+    artifact: what parity.json keeps, and the report plots (the report reads files only)."""
+    finite = {k: np.abs(v[np.isfinite(v)]) for k, v in errors.items()}
+    top = max((float(v.max()) for v in finite.values() if v.size), default=1.0)
+    edges = np.logspace(-12, np.log10(max(top, 1e-11)) + 0.1, 60)
+    return {"edges": edges.tolist(),
+            "counts": {k: np.histogram(np.maximum(v, 1e-12), edges)[0].tolist()
+                       for k, v in finite.items()}}
+
+
+def write_parity_files(root: Path, report: ParityReport, histograms: dict | None = None) -> None:
+    """parity.json (with the error histograms the report plots), and JUnit XML: per artifact and
+    reader, a test case per input case and one for what concerns the artifact as a whole
+    (loading, readers' agreement, fallback target)."""
+    data = report.to_json() | ({"error_histograms": histograms} if histograms else {})
+    write_text_atomic(root / "parity.json", json.dumps(data, indent=2) + "\n")
+    suite = ET.Element("testsuite", name=f"parity-{report.variant}")
+    counts = {"tests": 0, "failures": 0, "skipped": 0}
+    for artifact in report.artifacts:
+        whole = ET.SubElement(suite, "testcase", classname=artifact.label, name="artifact")
+        counts["tests"] += 1
+        if artifact.skipped:
+            ET.SubElement(whole, "skipped", message=artifact.skipped)
+            counts["skipped"] += 1
+        general = [f for f in artifact.failures if f.split(": ")[0] not in artifact.cases]
+        if general:
+            ET.SubElement(whole, "failure", message="; ".join(general))
+            counts["failures"] += 1
+        for name, result in artifact.cases.items():
+            case = ET.SubElement(suite, "testcase", classname=artifact.label, name=name)
+            counts["tests"] += 1
+            failed = [f for f in artifact.failures if f.startswith(f"{name}: ")]
+            if failed:
+                ET.SubElement(case, "failure", message="; ".join(failed)).text = json.dumps(result)
+                counts["failures"] += 1
+    for key, value in counts.items():
+        suite.set(key, str(value))
+    with atomic_path(root / "parity.junit.xml") as tmp:
+        ET.ElementTree(suite).write(tmp, encoding="utf-8", xml_declaration=True)

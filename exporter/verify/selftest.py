@@ -1,0 +1,182 @@
+"""`make parity-selftest`: the gate proves it can fail. Known bugs are planted into copies of a
+build's artifacts, the manifest's sha256 is updated as a careless rebuild would, and the gate
+must fail each copy. selftest.json and the report list what was planted and what caught it.
+
+The copies share the unchanged files with the build (hard links where the file system allows),
+and the gate checks only the planted artifact, so that a full-size build is self-tested in
+minutes, not hours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import numpy_helper
+
+from exporter.files import write_text_atomic
+from exporter.manifest.manifest import read_manifest, sha256_file, verify_artifacts, write_manifest
+from exporter.report.report import write_report
+from exporter.verify.gate import run_parity
+from models import ToolchainError
+
+SELFTEST_JSON = "selftest.json"
+
+
+class SelfTestError(ToolchainError):
+    """A planted bug passed the gate: the gate proves less than it claims."""
+
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    artifact: str
+    plant: Callable[[onnx.ModelProto], str]  # changes the model in place, says where
+
+
+def _initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    return next(i for i in model.graph.initializer if i.name == name)
+
+
+def _scale(model: onnx.ModelProto, name: str, factor: float) -> None:
+    tensor = _initializer(model, name)
+    value = numpy_helper.to_array(tensor)
+    tensor.CopyFrom(numpy_helper.from_array((value * factor).astype(value.dtype), name))
+
+
+def _weight_dequantizers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    weights = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    return [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
+
+
+def fp32_conv_weight(model: onnx.ModelProto) -> str:
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    _scale(model, conv.input[1], 1.05)
+    return f"weight of {conv.name} x1.05"
+
+
+def int8_weight_scale(model: onnx.ModelProto) -> str:
+    node = _weight_dequantizers(model)[0]
+    _scale(model, node.input[1], 1.05)
+    return f"per-channel weight scales of {node.name} x1.05"
+
+
+def int8_wrong_axis(model: onnx.ModelProto) -> str:
+    """Per-channel scales applied along input channels instead of output channels, on a conv
+    whose two are the same size (so the graph still loads)."""
+    for node in _weight_dequantizers(model):
+        weight = numpy_helper.to_array(_initializer(model, node.input[0]))
+        if weight.ndim == 4 and weight.shape[0] == weight.shape[1]:
+            axis = next(a for a in node.attribute if a.name == "axis") if any(
+                a.name == "axis" for a in node.attribute) else None
+            if axis is None:
+                node.attribute.append(onnx.helper.make_attribute("axis", 1))
+            else:
+                axis.i = 1
+            return f"{node.name}: per-channel axis 0 -> 1"
+    raise SelfTestError("no square int8 conv weight to plant a wrong axis into")
+
+
+def int8_clipped_range(model: onnx.ModelProto) -> str:
+    """An activation range clipped to a quarter: its scale (shared by the Q and DQ pair) / 4."""
+    weight_scales = {n.input[1] for n in _weight_dequantizers(model)}
+    node = next(n for n in model.graph.node if n.op_type == "QuantizeLinear"
+                and n.input[1] not in weight_scales and "input" not in n.input[0])
+    _scale(model, node.input[1], 0.25)
+    return f"activation range of {node.input[0]} clipped to 1/4"
+
+
+def fp16_cast_island_removed(model: onnx.ModelProto) -> str:
+    """A reduction kept in float32 is fed fp16 and returns fp16: the Casts around it removed."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def consumers(name: str) -> list[onnx.NodeProto]:
+        return [n for n in model.graph.node if name in n.input]
+
+    for node in model.graph.node:
+        before = producers.get(node.input[0])
+        after = consumers(node.output[0])
+        if (node.op_type in ("ReduceMean", "ReduceSum", "Softmax") and before is not None
+                and before.op_type == "Cast" and len(after) == 1 and after[0].op_type == "Cast"):
+            node.input[0] = before.input[0]  # the fp16 tensor, not cast up
+            for consumer in consumers(after[0].output[0]):  # read the fp16 result directly
+                consumer.input[:] = [node.output[0] if i == after[0].output[0] else i
+                                     for i in consumer.input]
+            model.graph.node.remove(after[0])
+            if not consumers(before.output[0]):
+                model.graph.node.remove(before)
+            stale = [v for v in model.graph.value_info if v.name == node.output[0]]
+            for value in stale:  # its output is fp16 now: let the runtimes infer the type
+                model.graph.value_info.remove(value)
+            return f"{node.op_type} {node.name} computes in fp16 (its Casts removed)"
+    raise SelfTestError("the fp16 graph has no cast island to remove")
+
+
+BUGS = (
+    Bug("fp32 conv weight x1.05", "model.onnx", fp32_conv_weight),
+    Bug("int8 weight scales x1.05 on one layer", "model.int8-trt.onnx", int8_weight_scale),
+    Bug("int8 per-channel axis wrong", "model.int8-trt.onnx", int8_wrong_axis),
+    Bug("int8 activation range clipped", "model.int8-cpu.onnx", int8_clipped_range),
+    Bug("fp16 cast island removed", "model.fp16.onnx", fp16_cast_island_removed),
+)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def planted_copy(root: Path, bug: Bug, folder: Path) -> tuple[Path, str]:
+    """A copy of the build in ``folder`` with ``bug`` planted and the manifest rehashed."""
+    manifest = read_manifest(root / "manifest.json")
+    # every file the manifest lists once: an IR's weights file, and the fp32 IR listed again to
+    # run in bf16
+    files = {a["path"] for a in manifest["artifacts"]}
+    files |= {a["weights"]["path"] for a in manifest["artifacts"] if "weights" in a}
+    for path in sorted(files - {bug.artifact}):
+        _link_or_copy(root / path, folder / path)
+    model = onnx.load(str(root / bug.artifact))
+    where = bug.plant(model)
+    onnx.save(model, str(folder / bug.artifact))
+    entry = next(a for a in manifest["artifacts"] if a["path"] == bug.artifact)
+    entry["sha256"] = sha256_file(folder / bug.artifact)
+    entry["bytes"] = (folder / bug.artifact).stat().st_size
+    write_manifest(folder / "manifest.json", manifest)
+    return folder / "manifest.json", where
+
+
+def run_selftest(manifest_path: Path, log=print) -> dict:
+    manifest_path = Path(manifest_path)
+    root = manifest_path.parent
+    verify_artifacts(manifest_path)
+    present = {a["path"] for a in read_manifest(manifest_path)["artifacts"]}
+    results = []
+    for bug in (b for b in BUGS if b.artifact in present):
+        with tempfile.TemporaryDirectory(prefix=".selftest-", dir=root) as tmp:  # hard links
+            copy, where = planted_copy(root, bug, Path(tmp))
+            report = run_parity(copy, log=lambda *_: None, only={bug.artifact})
+        caught = not report.passed
+        results.append({"bug": bug.name, "artifact": bug.artifact, "planted": where,
+                        "caught": caught, "by": report.failures()[:4]})
+        log(f"  {'caught' if caught else 'MISSED'}: {bug.name} ({where})"
+            + (f"\n    {report.failures()[0]}" if caught else ""))
+    summary = {"planted": len(results), "caught": sum(r["caught"] for r in results),
+               "bugs": results}
+    write_text_atomic(root / SELFTEST_JSON, json.dumps(summary, indent=2) + "\n")
+    write_report(root)
+    missed = [r["bug"] for r in results if not r["caught"]]
+    if missed:
+        raise SelfTestError(f"the gate passed {len(missed)} planted bugs: {', '.join(missed)}")
+    log(f"parity-selftest: the gate caught all {len(results)} planted bugs")
+    return summary
+
+

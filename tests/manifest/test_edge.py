@@ -1,0 +1,194 @@
+"""What runtimes on other machines consume: the manifest contract, the reference consumer,
+the Triton repository."""
+
+import importlib.resources
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from PIL import Image
+
+from calibration.data import load_image
+from calibration.preprocessing import Preprocessing
+from consumer import classify
+from exporter.convert.triton import manifest_to_triton
+from exporter.manifest.manifest import (
+    SCHEMA_VERSION,
+    ManifestError,
+    read_manifest,
+    validate_manifest,
+    write_manifest,
+)
+from exporter.runtime.eager import model_from_manifest, run_torch
+from exporter.runtime.onnxruntime import OnnxRuntimeRunner
+from tests.conftest import copy_build
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_build_manifest_validates_and_a_broken_one_is_refused(precision_build, tmp_path):
+    manifest = read_manifest(precision_build / "manifest.json")
+    validate_manifest(manifest)
+    broken = json.loads(json.dumps(manifest))
+    broken["artifacts"][0]["format"] = "tflite"
+    with pytest.raises(ManifestError, match="artifacts/0/format: 'tflite' is not one of"):
+        write_manifest(tmp_path / "manifest.json", broken)
+    assert not (tmp_path / "manifest.json").exists()
+    del broken["dynamic"]
+    with pytest.raises(ManifestError, match="'dynamic' is a required property"):
+        validate_manifest(broken)
+
+
+def test_a_schema_1_0_manifest_stays_readable(precision_build, tmp_path):
+    """1.1 and 1.2 only added optional fields: a 1.0 build validates, and the consumer reads it."""
+    manifest = read_manifest(precision_build / "manifest.json")
+    assert manifest["schema_version"] == SCHEMA_VERSION and "data_split" in manifest
+    old = {k: v for k, v in manifest.items() if k != "data_split"} | {"schema_version": "1.0"}
+    old["artifacts"] = [{k: v for k, v in a.items() if k != "exact_int8_session_options"}
+                        for a in old["artifacts"]]
+    validate_manifest(old)
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(old))
+    assert classify.load_manifest(path)["schema_version"] == "1.0"
+    assert classify.pick_artifact(old, "int8")["path"] == "engines/ort/model.int8-cpu.ort"
+
+
+def test_schema_is_documented_field_by_field():
+    schema = json.loads((importlib.resources.files("exporter.manifest") / "schema.json").read_text())
+    doc = (REPO / "docs" / "manifest.md").read_text()
+    for field in schema["properties"]:
+        assert f"`{field}`" in doc, f"docs/manifest.md does not document {field}"
+
+
+def test_consumer_preprocessing_is_the_toolchains():
+    pre = Preprocessing.for_size(224, 192)
+    for name in ("chelsea.png", "rocket.jpg", "coffee.png"):
+        path = Path(str(importlib.resources.files("skimage") / "data" / name))
+        np.testing.assert_allclose(classify.preprocess(path, pre.to_json()), load_image(path, pre),
+                                   atol=2e-6)
+
+
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory):
+    """Digits no training step saw, as PNG files, as an integrator would have them."""
+    from benchmarks import digits
+
+    folder = tmp_path_factory.mktemp("digit-pngs")
+    pixels, labels = digits.digit_images()
+    paths = []
+    for i in range(digits.UNSEEN_START, digits.UNSEEN_START + 48):
+        paths.append(folder / f"{i}_{labels[i]}.png")
+        Image.fromarray(pixels[i]).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def digits_manifest(digits_build, tmp_path_factory):
+    """The session's trained digits build, with class names added to its manifest."""
+    root = copy_build(digits_build.manifest.parent, tmp_path_factory.mktemp("digits-edge"))
+    manifest = read_manifest(root / "manifest.json")
+    manifest["labels"] = [f"digit {i}" for i in range(10)]
+    write_manifest(root / "manifest.json", manifest)
+    return root / "manifest.json"
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    return shifted / shifted.sum(1, keepdims=True)
+
+
+def _check_top5(results, probabilities: np.ndarray) -> None:
+    """The consumer's top-5 (label, p) are the reference's probabilities at those labels, in
+    descending order, led by the reference's most probable class (ties between near-equal small
+    probabilities may order differently, so labels are not compared by rank)."""
+    for result, p in zip(results, probabilities, strict=True):
+        assert len(result) == 5
+        indices = [int(label.split()[-1]) for label, _ in result]
+        got = np.array([q for _, q in result])
+        np.testing.assert_allclose(got, p[indices], atol=1e-5)
+        assert (np.diff(got) <= 0).all() and got[0] >= p.max() - 1e-5
+
+
+@pytest.mark.numerics
+def test_consumer_computes_what_the_toolchain_computes(digits_manifest, digit_files):
+    """fp32: the consumer's probabilities are eager PyTorch's; int8: they are the int8 artifact's
+    as the toolchain runs it. So the consumer's preprocessing, artifact choice and decoding are
+    right; how close int8 is to eager is the parity gate's business (and is only bounded loosely
+    here, far from both chance and the gate's budget)."""
+    from benchmarks import digits
+
+    manifest = read_manifest(digits_manifest)
+    pre = Preprocessing.from_json(manifest["preprocessing"])
+    batch = np.stack([load_image(p, pre) for p in digit_files])
+    eager = run_torch(model_from_manifest(manifest), batch)
+    int8 = OnnxRuntimeRunner(digits_manifest.parent / "engines/ort/model.int8-cpu.ort")(batch)
+    fp32_results = classify.classify(digits_manifest, digit_files, "fp32")
+    int8_results = classify.classify(digits_manifest, digit_files, "int8")
+    _check_top5(fp32_results, _softmax(eager))
+    _check_top5(int8_results, _softmax(int8))
+    assert np.mean(int8.argmax(1) == eager.argmax(1)) >= 0.8  # chance: 0.1
+    truth = np.array([int(p.stem.split("_")[1]) for p in digit_files])
+    assert digits.accuracy(eager, truth) > 5 * digits.CHANCE  # a trained model on real digits
+    assert fp32_results[0][0][0].startswith("digit ")
+
+
+def test_consumer_cli_prints_top5_and_refuses_an_edited_artifact(digits_manifest, digit_files,
+                                                                 tmp_path):
+    script = REPO / "consumer" / "classify.py"
+    ok = subprocess.run([sys.executable, str(script), str(digits_manifest), str(digit_files[0])],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.count("digit ") == 5
+    root = tmp_path / "copy"
+    shutil.copytree(digits_manifest.parent, root)
+    with open(root / "engines" / "ort" / "model.fp32.ort", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x01\x02")
+    bad = subprocess.run([sys.executable, str(script), str(root / "manifest.json"),
+                          str(digit_files[0])], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "does not match the sha256" in bad.stderr
+
+
+def test_consumer_imports_nothing_but_numpy_pillow_onnxruntime():
+    source = (REPO / "consumer" / "classify.py").read_text()
+    imports = {line.split()[1].split(".")[0] for line in source.splitlines()
+               if line.startswith(("import ", "from ")) and not line.startswith("from __future__")}
+    assert imports <= {"argparse", "base64", "functools", "hashlib", "json", "sys", "pathlib",
+                       "numpy", "PIL", "onnxruntime"}
+
+
+def test_triton_repository_parses_and_matches_the_manifest(engines_build, tmp_path):
+    from tritonclient.grpc import model_config_pb2
+
+    root = copy_build(engines_build, tmp_path)
+    manifest = read_manifest(root / "manifest.json")
+    configs = manifest_to_triton(root / "manifest.json", tmp_path / "repo", log=lambda *_: None)
+    served = [a for a in manifest["artifacts"] if a["format"] in ("onnx", "openvino-ir")]
+    assert len(configs) == len(served) >= 6
+    for path in configs:
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        assert config.name == path.parent.name
+        assert config.max_batch_size == manifest["dynamic"]["batch"]["max"]
+        assert [i.name for i in config.input] == ["input"] and list(config.input[0].dims) == [3, -1, -1]
+        assert config.input[0].data_type == model_config_pb2.TYPE_FP32
+        assert list(config.output[0].dims) == [manifest["num_classes"]]
+        assert config.parameters["height_range"].string_value == "32:224:448:32"
+        assert config.dynamic_batching.max_queue_delay_microseconds > 0
+        if "openvino" in path.parent.name:
+            assert config.backend == "openvino" and not config.platform
+            assert sorted(p.name for p in (path.parent / "1").iterdir()) == ["model.bin", "model.xml"]
+        else:
+            assert config.platform == "onnxruntime_onnx"
+            assert (path.parent / "1" / "model.onnx").is_file()
+    names = sorted(p.parent.name for p in configs)
+    assert names[:4] == ["se_onnx_fp16", "se_onnx_fp32", "se_onnx_int8_cpu", "se_onnx_int8_trt"]
+    assert {"se_openvino_ir_fp32", "se_openvino_ir_int8"} <= set(names)
+    if "se_openvino_ir_bf16" in names:
+        bf16 = text_format.Parse((tmp_path / "repo/se_openvino_ir_bf16/config.pbtxt").read_text(),
+                                 model_config_pb2.ModelConfig())
+        assert bf16.parameters["INFERENCE_PRECISION_HINT"].string_value == "bf16"

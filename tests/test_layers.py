@@ -1,0 +1,196 @@
+"""The layout's rules (exporter/__init__.py), read from the source with ast: which sub-package
+may import which, no import cycles (imports inside functions count: deferring one does not
+remove it), torch at module level only in graphs/ and runtime/eager.py, and the measures,
+budgets and CPU readers importable where torch is not installed."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# sub-package -> the sub-packages it may import ("common": exporter/files.py, console.py)
+ALLOWED = {
+    "common": set(),
+    "manifest": {"common"},
+    "runtime": {"common", "manifest"},
+    "report": {"common", "manifest"},
+    "convert": {"common", "manifest", "runtime"},
+    "verify": {"common", "manifest", "runtime", "report"},
+    "bench": {"common", "manifest", "runtime", "report"},
+    "graphs": {"common", "manifest", "runtime", "verify", "convert"},
+}
+ENTRY_POINTS = {"exporter.cli", "exporter.__main__"}  # they dispatch to every stage
+TORCH_ALLOWED = ("exporter.graphs.", "exporter.runtime.eager")
+TORCH_FREE = ("exporter.verify", "exporter.verify.measures", "exporter.verify.budgets",
+              "exporter.verify.structure", "exporter.runtime", "exporter.runtime.onnxruntime",
+              "exporter.runtime.openvino", "exporter.runtime.tensorrt", "exporter.runtime.cpu",
+              "exporter.runtime.emulated", "exporter.runtime.emulated_reader",
+              "exporter.manifest.manifest", "exporter.report.report", "exporter.files")
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def imports(path: Path, root: Path) -> list[tuple[str, bool]]:
+    """(imported module, at module level) for every import in the file, TYPE_CHECKING blocks
+    left out; ``from package import submodule`` names the submodule."""
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: list[tuple[str, bool]] = []
+
+    def visit(node: ast.AST, top: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child):
+                continue
+            inner = top and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                found.extend((alias.name, top) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.split(".")[:len(package.split(".")) - child.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                for alias in child.names:
+                    candidate = f"{base}.{alias.name}"
+                    is_module = (root / Path(*candidate.split("."))).with_suffix(".py").is_file() or \
+                        (root / Path(*candidate.split(".")) / "__init__.py").is_file()
+                    found.append((candidate if is_module else base, top))
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text()), True)
+    return found
+
+
+def import_graph(root: Path) -> dict[str, list[tuple[str, bool]]]:
+    return {module_name(p, root): imports(p, root) for p in sorted((root / "exporter").rglob("*.py"))}
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ALLOWED) else "common"
+
+
+def layer_violations(graph: dict) -> list[str]:
+    found = []
+    for module, imported in graph.items():
+        if module in ENTRY_POINTS or module == "exporter":
+            continue
+        for target, _ in imported:
+            if not target.startswith("exporter.") or target in ENTRY_POINTS:
+                continue
+            source, into = layer(module), layer(target)
+            if into != source and into not in ALLOWED[source]:
+                found.append(f"{module} imports {target}: {source}/ may import only "
+                             f"{', '.join(sorted(ALLOWED[source])) or 'nothing'} of exporter")
+    return found
+
+
+def cycles(graph: dict) -> list[list[str]]:
+    """Every import cycle among exporter's modules, one per strongly connected set."""
+    edges = {m: sorted({t for t, _ in imported if t in graph and t != m}) for m, imported in graph.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def connect(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in edges[node]:
+            if nxt not in index:
+                connect(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in edges:
+        if node not in index:
+            connect(node)
+    return found
+
+
+def torch_at_module_level(graph: dict) -> list[str]:
+    return [f"{module} imports {target} at module level" for module, imported in graph.items()
+            for target, top in imported
+            if top and target.split(".")[0] in ("torch", "torchvision")
+            and not module.startswith(TORCH_ALLOWED)]
+
+
+def test_every_sub_package_imports_only_the_layers_below_it():
+    assert layer_violations(import_graph(ROOT)) == []
+
+
+def test_no_module_of_the_exporter_is_in_an_import_cycle():
+    assert cycles(import_graph(ROOT)) == []
+
+
+def test_torch_is_imported_at_module_level_only_by_graphs_and_the_eager_reader():
+    assert torch_at_module_level(import_graph(ROOT)) == []
+
+
+def _planted(tmp_path: Path, module: str, line: str) -> Path:
+    copy = tmp_path / "tree"
+    shutil.copytree(ROOT / "exporter", copy / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
+    path = copy / Path(*module.split(".")).with_suffix(".py")
+    path.write_text(path.read_text() + f"\n\ndef planted():\n    {line}\n")
+    return copy
+
+
+def test_the_rules_catch_a_forbidden_import_even_inside_a_function(tmp_path):
+    tree = _planted(tmp_path, "exporter.verify.measures", "from exporter.graphs.export import peak_rss_mib")
+    assert layer_violations(import_graph(tree)) == [
+        "exporter.verify.measures imports exporter.graphs.export: verify/ may import only common, "
+        "manifest, report, runtime of exporter"]
+
+
+def test_the_rules_catch_a_cycle_made_by_a_deferred_import(tmp_path):
+    tree = _planted(tmp_path, "exporter.runtime.cpu", "from exporter.runtime.emulated_reader import main")
+    found = cycles(import_graph(tree))
+    assert found and {"exporter.runtime.cpu", "exporter.runtime.emulated_reader"} <= set(found[0])
+
+
+def test_the_rules_catch_torch_imported_at_module_level(tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "exporter", tree / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
+    path = tree / "exporter" / "verify" / "budgets.py"
+    path.write_text("import torch\n" + path.read_text())
+    assert torch_at_module_level(import_graph(tree)) == [
+        "exporter.verify.budgets imports torch at module level"]
+
+
+@pytest.mark.parametrize("blocked", [("torch", "torchvision")])
+def test_measures_budgets_and_cpu_readers_import_without_torch(blocked):
+    """As in a venv without torch: torch cannot be imported at all (sys.modules[name] = None)."""
+    script = (f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n"
+              + "".join(f"import {m}\n" for m in TORCH_FREE)
+              + "from exporter.verify.budgets import load_tolerances, breaches\n"
+              + "from exporter.verify.measures import metrics\n"
+              + "import numpy as np\n"
+              + "x = np.eye(4, dtype=np.float32)\n"
+              + "print(breaches(metrics(x, x), load_tolerances('se')['int8'], trained=True))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,302 @@
+"""The CI gate: it passes a good build and fails a bad one, with files CI can read. Every
+negative test plants a bug into a copy of a good build, updates the manifest's sha256 as a
+careless rebuild would, and shows the gate fails on it."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from exporter.cli import main
+from exporter.manifest.manifest import ManifestError, read_manifest, sha256_file, write_manifest
+from exporter.runtime.cpu import openvino_int8_has_vnni
+from exporter.verify.budgets import breaches, budget_margin, load_tolerances, resolvable
+from exporter.verify.cases import shape_cases
+from exporter.verify.gate import run_parity
+from exporter.verify.measures import metrics
+from models import ConfigError
+from tests.conftest import copy_build
+
+
+def _quiet(*_):
+    pass
+
+
+def _rehash(root, path):
+    """What a careless rebuild does: the manifest follows the file, whatever is in it."""
+    manifest = read_manifest(root / "manifest.json")
+    entry = next(a for a in manifest["artifacts"] if a["path"] == path)
+    entry["sha256"] = sha256_file(root / path)
+    entry["bytes"] = (root / path).stat().st_size
+    write_manifest(root / "manifest.json", manifest)
+
+
+def _scale_initializer(root, path, pick, factor=1.05):
+    """Multiply one initializer chosen by pick(node, model) -> name by factor; rehash."""
+    model = onnx.load(str(root / path))
+    name = pick(model)
+    tensor = next(i for i in model.graph.initializer if i.name == name)
+    tensor.CopyFrom(numpy_helper.from_array(
+        (numpy_helper.to_array(tensor) * factor).astype(numpy_helper.to_array(tensor).dtype), name))
+    onnx.save(model, str(root / path))
+    _rehash(root, path)
+    return name
+
+
+@pytest.mark.numerics
+def test_gate_passes_a_good_build_and_writes_json_junit_and_report(precision_build, tmp_path):
+    root = copy_build(precision_build, tmp_path)
+    report = run_parity(root / "manifest.json", log=_quiet)
+    assert report.passed, report.failures()
+    parity = json.loads((root / "parity.json").read_text())
+    assert parity["passed"] and len(parity["artifacts"]) == 10
+    readers = {(a["path"], a["reader"]) for a in parity["artifacts"]}
+    onnx_graphs = {"model.onnx", "model.fp16.onnx", "model.int8-trt.onnx", "model.int8-cpu.onnx"}
+    assert {p for p, r in readers if r == "openvino"} == onnx_graphs  # the second reader
+    assert {p for p, r in readers if r == "onnxruntime"} == onnx_graphs | {
+        "engines/ort/model.fp32.ort", "engines/ort/model.int8-cpu.ort"}
+    # skipped only where this CPU cannot compute it: OpenVINO on signed int8 without VNNI
+    skipped = {f"{a['path']} [{a['reader']}]" for a in parity["artifacts"] if a["skipped"]}
+    assert skipped == (set() if openvino_int8_has_vnni() else {"model.int8-trt.onnx [openvino]"})
+    assert all(len(a["cases"]) == 5 for a in parity["artifacts"]  # held-out + 4 corner shapes
+               if not a["skipped"])
+    assert "32x3x224x224" in parity["shapes"]  # the max batch is gated
+    assert parity["heldout"]["ids_sha256"] == read_manifest(root / "manifest.json")[
+        "data_split"]["ids_sha256"]["heldout"]
+    suite = ET.parse(root / "parity.junit.xml").getroot()
+    assert suite.get("failures") == "0" and suite.get("skipped") == str(len(skipped))
+    assert int(suite.get("tests")) == (10 - len(skipped)) * (5 + 1) + len(skipped)
+    text = (root / "report.md").read_text()
+    assert "Gate: **passed**" in text and "parity-errors.png" in text
+    assert (root / "parity-errors.png").read_bytes()[:4] == b"\x89PNG"
+    assert read_manifest(root / "manifest.json")["parity"]["gate"]["passed"]
+
+
+def test_gate_fails_a_model_with_one_conv_scaled_by_5_percent(precision_build, tmp_path):
+    root = copy_build(precision_build, tmp_path)
+    _scale_initializer(root, "model.onnx", lambda m: next(
+        n for n in m.graph.node if n.op_type == "Conv").input[1])
+    report = run_parity(root / "manifest.json", log=_quiet, only={"model.onnx"})
+    assert not report.passed
+    assert {f.split(": ")[0] for f in report.failures()} == {
+        "model.onnx [onnxruntime]", "model.onnx [openvino]"}  # both readers see it
+    # and the message names the module where the error enters: the conv that was scaled
+    assert all("error first grows past the rel L2 budget 0.0001 at features.0 (Conv2d" in f
+               for f in report.failures() if "[onnxruntime]" in f)
+    assert any("rel_l2" in f for f in report.failures())
+    suite = ET.parse(root / "parity.junit.xml").getroot()
+    assert int(suite.get("failures")) >= 1
+    assert "Gate: **FAILED**" in (root / "report.md").read_text()
+
+
+@pytest.mark.numerics
+def test_gate_fails_an_int8_graph_with_one_dequantize_scale_x105(precision_build, tmp_path):
+    """Too small for the absolute int8 budget; the drift check catches it."""
+    root = copy_build(precision_build, tmp_path)
+    good = run_parity(copy_build(precision_build, tmp_path / "good") / "manifest.json", log=_quiet,
+                      only={"model.int8-trt.onnx"})
+    good_int8 = next(a for a in good.artifacts if a.label == "model.int8-trt.onnx [onnxruntime]")
+    _scale_initializer(root, "model.int8-trt.onnx", lambda m: next(
+        n for n in m.graph.node if n.op_type == "DequantizeLinear"
+        and any(i.name == n.input[0] and i.data_type == onnx.TensorProto.INT8
+                for i in m.graph.initializer)).input[1])
+    report = run_parity(root / "manifest.json", log=_quiet, only={"model.int8-trt.onnx"})
+    bad = next(a for a in report.artifacts if a.label == "model.int8-trt.onnx [onnxruntime]")
+    assert bad.cases["heldout"]["rel_l2"] <= load_tolerances("se")["int8"]["rel_l2_max"]
+    assert bad.cases["heldout"]["rel_l2"] > good_int8.cases["heldout"]["rel_l2"]
+    assert not report.passed
+    assert [f for f in report.failures() if "drift" in f] and all(
+        f.startswith("model.int8-trt.onnx [onnxruntime]") for f in report.failures())
+
+
+@pytest.mark.numerics
+def test_gate_fails_an_fp16_graph_with_one_weight_x105(precision_build, tmp_path):
+    root = copy_build(precision_build, tmp_path)
+    _scale_initializer(root, "model.fp16.onnx", lambda m: next(
+        n for n in m.graph.node if n.op_type == "Conv").input[1])
+    report = run_parity(root / "manifest.json", log=_quiet, only={"model.fp16.onnx"})
+    assert not report.passed
+    assert all(f.startswith("model.fp16.onnx") for f in report.failures())
+
+
+@pytest.mark.parametrize("path", ["model.int8-cpu.onnx", "engines/ort/model.fp32.ort"])
+@pytest.mark.parametrize("vnni", [True, False])
+def test_an_artifact_that_does_not_load_fails_the_gate(precision_build, tmp_path, capsys, path,
+                                                       vnni, monkeypatch):
+    from exporter.verify import gate as parity
+
+    monkeypatch.setattr(parity, "openvino_int8_has_vnni", lambda: vnni)  # both paths, any CPU
+    root = copy_build(precision_build, tmp_path)
+    (root / path).write_bytes(b"not a model")
+    _rehash(root, path)
+    report = run_parity(root / "manifest.json", log=_quiet, only={path})
+    assert not report.passed and report.skipped() == []
+    assert [f for f in report.failures() if f.startswith(f"{path} [onnxruntime]: cannot be loaded")]
+    assert main(["parity", "--manifest", str(root / "manifest.json")]) == 1
+    assert "parity: FAILED" in capsys.readouterr().err
+
+
+def test_a_plan_without_tensorrt_is_reported_as_skipped_not_verified(precision_build, tmp_path,
+                                                                     monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    root = copy_build(precision_build, tmp_path)
+    (root / "engines" / "trt").mkdir(parents=True)
+    (root / "engines/trt/int8.plan").write_bytes(b"PLAN")
+    manifest = read_manifest(root / "manifest.json")
+    from exporter.manifest.manifest import artifact_entry
+
+    manifest["artifacts"].append(artifact_entry(root / "engines/trt/int8.plan", root, "plan",
+                                                "int8", "tensorrt"))
+    write_manifest(root / "manifest.json", manifest)
+    assert main(["parity", "--manifest", str(root / "manifest.json")]) == 0
+    out = capsys.readouterr().out
+    assert "SKIPPED, not verified" in out
+    # what else is not verified depends on the CPU (OpenVINO's signed int8 without VNNI, bf16)
+    verdict = next(line for line in out.splitlines() if "NOT verified on this machine:" in line)
+    assert "engines/trt/int8.plan [tensorrt]" in verdict.split("NOT verified on this machine:")[1]
+    gate = read_manifest(root / "manifest.json")["parity"]["gate"]
+    assert any(s.startswith("engines/trt/int8.plan [tensorrt]: ") for s in gate["skipped"])
+
+
+def test_a_missed_fallback_target_fails_the_gate(precision_build, tmp_path):
+    root = copy_build(precision_build, tmp_path)
+    manifest = read_manifest(root / "manifest.json")
+    manifest["calibration"]["fallback"]["int8-cpu"]["met"] = False
+    write_manifest(root / "manifest.json", manifest)
+    int8 = {"model.int8-trt.onnx", "model.int8-cpu.onnx", "engines/ort/model.int8-cpu.ort"}
+    report = run_parity(root / "manifest.json", log=_quiet, only=int8)
+    failing = {f.split(" [")[0] for f in report.failures()}
+    assert failing == {"model.int8-cpu.onnx", "engines/ort/model.int8-cpu.ort"}
+    assert all("fallback missed its target" in f for f in report.failures())
+
+
+def test_held_out_images_that_changed_since_the_build_are_refused(precision_build, tmp_path):
+    root = copy_build(precision_build, tmp_path)
+    manifest = read_manifest(root / "manifest.json")
+    manifest["data_split"]["seed"] = 7  # another split than the one set aside
+    write_manifest(root / "manifest.json", manifest)
+    with pytest.raises(ManifestError, match="held-out images .* are not the ones the build set aside"):
+        run_parity(root / "manifest.json", log=_quiet)
+
+
+def test_an_artifact_edited_after_the_build_is_refused(precision_build, tmp_path):
+    root = copy_build(precision_build, tmp_path)
+    with open(root / "model.int8-cpu.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ManifestError, match="model.int8-cpu.onnx no longer matches the sha256"):
+        run_parity(root / "manifest.json", log=_quiet)
+
+
+def test_a_missing_artifact_is_refused(precision_build, tmp_path):
+    root = copy_build(precision_build, tmp_path)
+    (root / "engines" / "ort" / "model.fp32.ort").unlink()
+    with pytest.raises(ManifestError, match="model.fp32.ort listed in .* is missing"):
+        run_parity(root / "manifest.json", log=_quiet)
+
+
+def test_a_user_tolerances_file_merges_over_the_defaults(tmp_path):
+    default = load_tolerances("se")
+    assert default["fp32"]["rel_l2_max"] == 1e-4
+    assert load_tolerances("sa")["fp16"]["rel_l2_max"] == 1e-2 > default["fp16"]["rel_l2_max"]
+    custom = tmp_path / "t.toml"
+    custom.write_text("[precision.fp32]\nrel_l2_max = 1e-3\n[variant.se.fp32]\ncosine_min = 0.5\n")
+    merged = load_tolerances("se", custom)
+    assert merged["int8"] == default["int8"]  # a file without an int8 section still gates int8
+    assert merged["fp32"] == {**default["fp32"], "rel_l2_max": 1e-3, "cosine_min": 0.5}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[precision.int8]\nrel_l2 = 0.5\n", r"\[precision.int8\]: unknown keys \['rel_l2'\]"),
+    ("[precision.in8]\nrel_l2_max = 0.5\n", r"unknown sections \['precision.in8'\]"),
+    ("[variant.sse.int8]\nrel_l2_max = 0.5\n", r"unknown sections \['variant.sse'\]"),
+    ("[precison.int8]\nrel_l2_max = 0.5\n", r"unknown sections \['precison'\]"),
+    ("[variant.se.int9]\nrel_l2_max = 0.5\n", r"unknown sections \['variant.se.int9'\]"),
+])
+def test_misspelled_tolerances_are_refused(tmp_path, text, message):
+    custom = tmp_path / "t.toml"
+    custom.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_tolerances("se", custom)
+
+
+def test_nan_always_fails_and_agreement_is_gated_only_for_trained_weights():
+    reference = np.random.default_rng(0).standard_normal((100, 10))
+    shuffled = reference[:, ::-1].copy()
+    budget = {"rel_l2_max": 10.0, "cosine_min": -1.0, "top1_min": 0.99}
+    assert breaches(metrics(shuffled, reference), budget, trained=False) == []
+    assert any("top1" in b for b in breaches(metrics(shuffled, reference), budget, trained=True))
+    poisoned = reference.copy()
+    poisoned[0, 0] = np.nan
+    assert "NaN or Inf in the outputs" in breaches(metrics(poisoned, reference), budget, False)
+
+
+def test_agreement_is_gated_only_where_the_images_can_resolve_the_budget():
+    reference = np.random.default_rng(0).standard_normal((40, 10))
+    one_flip = reference.copy()
+    one_flip[0] = -one_flip[0]  # one image's ranking reversed: its top-1 and top-5 change
+    budget = {"top1_min": 0.95, "top5_min": 0.85}
+    # 40 images: one disagreement in 40 is inside 95%, and gated
+    assert breaches(metrics(one_flip, reference), budget, trained=True) == []
+    assert resolvable("top1_min", metrics(one_flip, reference), budget)
+    # 8 images: 95% cannot be resolved (1 in 8 is 12.5%): reported, not gated
+    few = metrics(one_flip[:8], reference[:8])
+    assert few["top1"] == 0.875 and not resolvable("top1_min", few, budget)
+    assert resolvable("top5_min", few, budget)  # one class of 5 x 8 is 2.5%, inside 15%
+    assert breaches(few, budget, trained=True) == []
+    # a budget of perfection is measurable on any number of images
+    assert any("top1" in b for b in breaches(few, {"top1_min": 1.0}, trained=True))
+
+
+def test_budget_margin_is_the_tightest_ratio_of_allowed_to_measured_error():
+    budget = {"rel_l2_max": 0.12, "cosine_min": 0.98, "top1_min": 0.95}
+    result = {"finite": True, "rel_l2": 0.06, "cosine": 0.99, "top1": 1.0, "top5": 1.0, "images": 64}
+    assert budget_margin(result, budget, trained=False) == pytest.approx(2.0)  # cosine 0.02/0.01
+    assert budget_margin({**result, "rel_l2": 0.24}, budget, trained=False) == pytest.approx(0.5)
+    assert budget_margin({**result, "top1": 0.9}, budget, trained=True) == pytest.approx(0.5)
+    assert budget_margin({**result, "top1": 0.9}, budget, trained=False) == pytest.approx(2.0)
+    assert budget_margin({**result, "finite": False}, budget, trained=False) == 0.0
+
+
+def test_shape_cases_aggregate_over_images_and_gate_int8_only_at_sides_of_64_px():
+    from calibration.data import ImageSet
+
+    dynamic = {"batch": {"min": 1, "opt": 1, "max": 32}, "height": {"min": 32, "opt": 224, "max": 448},
+               "width": {"min": 32, "opt": 224, "max": 448}}
+    images = ImageSet(np.zeros((64, 3, 224, 224), np.float32), None, "zeros")
+    cases = shape_cases(dynamic, images)
+    assert list(cases) == ["heldout", "1x3x32x448", "32x3x224x224", "4x3x448x32", "2x3x448x448"]
+    assert [len(c.images) for c in cases.values()] == [64, 64, 32, 64, 8]
+    assert [c.batch for c in cases.values()] == [8, 1, 32, 4, 2]
+    assert [c.gates("int8") for c in cases.values()] == [True, False, True, False, True]
+    assert all(c.gates("fp16") and c.gates("fp32") for c in cases.values())
+    # an opt size under 64 px is gated for int8 at its own size
+    small = {**dynamic, "height": {"min": 32, "opt": 32, "max": 64}}
+    assert all(c.gates("int8") for c in shape_cases(small, images).values())
+
+
+def test_cli_exit_code_is_the_verdict(precision_build, tmp_path, capsys):
+    root = copy_build(precision_build, tmp_path)
+    args = ["parity", "--manifest", str(root / "manifest.json")]
+    assert main(args) == 0
+    strict = tmp_path / "strict.toml"
+    strict.write_text("[precision.int8]\nrel_l2_max = 1e-6\n")
+    assert main(args + ["--tolerances", str(strict)]) == 1
+    assert "parity: FAILED" in capsys.readouterr().err
+
+
+def test_readers_that_disagree_are_reported_as_such():
+    from exporter.verify.gate import ArtifactParity, reader_disagreement
+
+    entries = [ArtifactParity("model.fp16.onnx", "fp16", "onnxruntime"),
+               ArtifactParity("model.fp16.onnx", "fp16", "openvino")]
+    logits = np.random.default_rng(0).standard_normal((8, 10))
+    same = {e.label: logits for e in entries}
+    assert reader_disagreement(entries, same, {"rel_l2_max": 5e-3}) is None
+    off = {entries[0].label: logits, entries[1].label: logits * 1.17}
+    message = reader_disagreement(entries, off, {"rel_l2_max": 5e-3})
+    assert message and message.startswith("readers disagree: onnxruntime and openvino differ")
