@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from calibration.calibrate import CalibrationResult
-from exporter.bench.peaks import cpu_identity
 from exporter.bench.timing import BenchConfig, latency
 from exporter.graphs.quantize import Int8Target, onnx_to_int8
 from exporter.manifest.manifest import read_manifest
 from exporter.runtime import run_batches
+from exporter.runtime.cpu import cpu_identity
 from exporter.runtime.eager import model_from_manifest, run_torch
 from exporter.runtime.onnxruntime import OnnxRuntimeRunner
 from exporter.runtime.openvino import OpenVinoRunner

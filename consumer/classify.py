@@ -1,14 +1,23 @@
 #!/usr/bin/env python3
 """Reference consumer of an attnvgg-export build: what an edge integrator copies.
 
-Needs only numpy, Pillow and onnxruntime, or openvino (no torch, nothing else from this project).
+Needs only numpy, Pillow and onnxruntime, or openvino (no torch, nothing else from this project;
+--verify also uses its torch-free exporter package, see below).
 Reads manifest.json, picks the artifact for a runtime and precision (by default the one the
-build's benchmark recommends for the runtime installed), verifies its sha256, applies the
-recorded preprocessing to image files, runs, and prints the top-5 classes with their labels.
+build's benchmark recommends for the runtime installed), refuses it unless the build's gate
+passed it under that runtime for these very bytes (its sha256; `--allow-unverified` runs it
+anyway, saying so on stderr), verifies its sha256, applies the recorded preprocessing to image
+files, runs, and prints the top-5 classes with their labels.
 
     python classify.py build/se/manifest.json photo1.jpg photo2.png [--precision int8]
     python classify.py build/se/manifest.json photo.jpg --runtime openvino
+    python classify.py build/se/manifest.json photo.jpg --allow-unverified   # no gate verdict
     python classify.py build/se/manifest.json --bench      # time every CPU artifact on this box
+    python classify.py build/se/manifest.json --verify     # re-run the gate's measures here
+
+--verify needs, besides numpy and the runtimes, this project's torch-free `exporter` package
+(run from a checkout, or `pip install --no-deps` it): the gate's own measures and budgets, so
+that the box judges exactly as the build did (docs/edge.md).
 """
 
 from __future__ import annotations
@@ -102,6 +111,44 @@ def onnxruntime_session_options(artifact: dict):
     return options
 
 
+def reader_name(artifact: dict, runtime: str) -> str:
+    """The gate's name for ``runtime`` reading ``artifact`` (the bf16 entry is "openvino-bf16")."""
+    bf16 = artifact.get("runtime_options", {}).get("INFERENCE_PRECISION_HINT") == "bf16"
+    return "openvino-bf16" if runtime == "openvino" and bf16 else runtime
+
+
+def unverified_reason(manifest: dict, artifact: dict, runtime: str) -> str | None:
+    """Why the build's gate did not pass ``artifact`` under ``runtime`` for its current bytes, or
+    None where it did (manifest schema 1.3: parity.gate.verdicts)."""
+    reader = reader_name(artifact, runtime)
+    gate = (manifest.get("parity") or {}).get("gate")
+    if not gate or "verdicts" not in gate:
+        return "the build's gate has not run on these artifacts (`make parity`)"
+    mine = [v for v in gate["verdicts"] if v["path"] == artifact["path"] and v["reader"] == reader]
+    if not mine:
+        return f"the gate has no verdict for it under {reader}"
+    current = [v for v in mine if v["sha256"] == artifact["sha256"]]
+    if not current:
+        return "the gate judged other bytes than the manifest lists now"
+    if any(v["passed"] and not v.get("skipped") for v in current):
+        return None
+    skipped = next((v["skipped"] for v in current if v.get("skipped")), None)
+    return f"the gate did not verify it ({skipped})" if skipped else "it FAILED the gate"
+
+
+def check_verdict(manifest: dict, artifact: dict, runtime: str, allow_unverified: bool) -> None:
+    reason = unverified_reason(manifest, artifact, runtime)
+    if reason is None:
+        return
+    what = (f"{artifact['path']} under {runtime} has no passing gate verdict for its bytes "
+            f"(sha256 {artifact['sha256'][:12]}...): {reason}")
+    if not allow_unverified:
+        raise ConsumerError(f"refusing to run it: {what}. Run `make parity` on the build, or pass "
+                            f"--allow-unverified to run it without that proof")
+    print(f"WARNING: --allow-unverified: running {what}. Its outputs are NOT verified against "
+          f"the trained model.", file=sys.stderr)
+
+
 def load_runner(manifest_path: Path, artifact: dict, runtime: str):
     """A callable batch -> logits for the artifact, sha256 checked (an IR's weights too)."""
     path = verified_path(manifest_path, artifact)
@@ -158,9 +205,12 @@ def preprocess(path: Path, pre: dict) -> np.ndarray:
 
 
 def classify(manifest_path: Path, images: list[Path], precision: str | None = "fp32",
-             top: int = 5, runtime: str = "onnxruntime") -> list[list[tuple[str, float]]]:
+             top: int = 5, runtime: str = "onnxruntime",
+             allow_unverified: bool = False) -> list[list[tuple[str, float]]]:
     manifest = load_manifest(manifest_path)
-    run = load_runner(manifest_path, pick_artifact(manifest, precision, runtime), runtime)
+    artifact = pick_artifact(manifest, precision, runtime)
+    check_verdict(manifest, artifact, runtime, allow_unverified)
+    run = load_runner(manifest_path, artifact, runtime)
     batch = np.stack([preprocess(p, manifest["preprocessing"]) for p in images])
     logits = run(batch)
     shifted = np.exp(logits - logits.max(1, keepdims=True))
@@ -200,6 +250,17 @@ def bench(manifest_path: Path, batches: tuple[int, ...] = (1, 8), runs: int = 10
     return rows
 
 
+def verify(manifest_path: Path) -> int:
+    """The build's golden I/O through every artifact the runtimes here can read, judged by the
+    gate's measures and budgets (exporter.verify.on_box): exit 1 on a breach, 0 if all passed."""
+    try:
+        from exporter.verify.on_box import main as verify_main
+    except ImportError:  # a checkout: consumer/ beside exporter/
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from exporter.verify.on_box import main as verify_main
+    return verify_main([str(manifest_path)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("manifest", type=Path)
@@ -210,7 +271,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: openvino where installed and the build has IR, else "
                         "onnxruntime")
     parser.add_argument("--bench", action="store_true", help="time every CPU artifact here")
+    parser.add_argument("--verify", action="store_true",
+                        help="re-run the gate's measures on this box's kernels (exit 1 on a breach)")
+    parser.add_argument("--allow-unverified", action="store_true",
+                        help="run an artifact the build's gate did not pass for its bytes (says so "
+                        "on stderr); by default it is refused")
     args = parser.parse_args(argv)
+    if args.verify:
+        return verify(args.manifest)
     try:
         if args.bench:
             rows = bench(args.manifest)
@@ -221,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.images:
             parser.error("give image files, or --bench")
         runtime = args.runtime or default_runtime(load_manifest(args.manifest))
-        results = classify(args.manifest, args.images, args.precision, runtime=runtime)
+        results = classify(args.manifest, args.images, args.precision, runtime=runtime,
+                           allow_unverified=args.allow_unverified)
     except (ConsumerError, OSError, KeyError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

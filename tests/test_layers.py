@@ -29,6 +29,7 @@ ALLOWED = {
 ENTRY_POINTS = {"exporter.cli", "exporter.__main__"}  # they dispatch to every stage
 TORCH_ALLOWED = ("exporter.graphs.", "exporter.runtime.eager")
 TORCH_FREE = ("exporter.verify", "exporter.verify.measures", "exporter.verify.budgets",
+              "exporter.verify.golden", "exporter.verify.readers", "exporter.verify.on_box",
               "exporter.verify.structure", "exporter.runtime", "exporter.runtime.onnxruntime",
               "exporter.runtime.openvino", "exporter.runtime.tensorrt", "exporter.runtime.cpu",
               "exporter.runtime.emulated", "exporter.runtime.emulated_reader",

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from exporter.bench.peaks import cpu_identity, gemm_peak_gmacs, torch_bf16_peak_gmacs
+from exporter.bench.peaks import gemm_peak_gmacs, torch_bf16_peak_gmacs
 from exporter.bench.recommend import gate_passed, recommend
 from exporter.bench.timing import BenchConfig, latency
 from exporter.files import write_text_atomic
@@ -25,7 +25,7 @@ from exporter.report.report import (
     plot_latency,
     write_report,
 )
-from exporter.runtime.cpu import exact_int8_options, openvino_has_bf16
+from exporter.runtime.cpu import cpu_identity, exact_int8_options, openvino_has_bf16
 from exporter.runtime.eager import eager_runner, model_from_manifest
 from exporter.runtime.onnxruntime import OnnxRuntimeRunner
 from exporter.runtime.openvino import OpenVinoRunner, precision_hint, reader_name
@@ -132,7 +132,7 @@ def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print)
         for name in results:
             if "p50_ms" in results[name].get(batch, {}):
                 results[name][batch]["speedup_vs_eager"] = eager / results[name][batch]["p50_ms"]
-    passed = gate_passed(root)
+    passed = gate_passed(manifest)
     recommended = recommend(results, rows, passed, config.batches)
     bench = {"input": [height, width], "threads": os.cpu_count(), "cpu": cpu, "peak_gmacs": peaks,
              "macs_per_image": macs_per_image, "gate_checked": passed is not None,

@@ -1,18 +1,15 @@
-"""What this machine can do at best, and what it is: GEMM throughput of ONNX Runtime (fp32,
-int8) and torch (bf16), and the CPU's name and the ISA flags that pick kernels. A measurement's
-share of the peak says how much a runtime leaves on the table."""
+"""What this machine can do at best: GEMM throughput of ONNX Runtime (fp32, int8) and torch
+(bf16). A measurement's share of the peak says how much a runtime leaves on the table."""
 
 from __future__ import annotations
 
 import os
-import platform
 
 import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
 from exporter.bench.timing import BenchConfig, latency
 from exporter.runtime import runtime_module
-from exporter.runtime.cpu import cpu_model_and_flags
 from exporter.runtime.eager import bf16_matmul
 
 
@@ -54,15 +51,3 @@ def torch_bf16_peak_gmacs(n: int = 1024, seconds: float = 2.0) -> float:
     """bf16 GEMM throughput of torch (oneDNN: AMX or AVX512-BF16) on this machine."""
     result = latency(bf16_matmul(n), BenchConfig(warmup=2, min_iterations=5, seconds_per_case=seconds))
     return n**3 / (result["p50_ms"] / 1000) / 1e9
-
-
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
-             "amx_int8", "amx_bf16")
-
-
-def cpu_identity() -> dict:
-    """The CPU a measurement is a property of: model name and the ISA flags that pick kernels."""
-    model, flags = cpu_model_and_flags() or ("", set())
-    return {"model": model or platform.processor() or "unknown",
-            "isa": [f for f in ISA_FLAGS if f in flags],
-            "threads": os.cpu_count()}

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from exporter.manifest.lifecycle import passing_verdict
 
 
-def gate_passed(root: Path) -> set[tuple[str, str]] | None:
-    """(artifact, reader) pairs that passed the last `make parity`, or None if it has not run."""
-    path = root / "parity.json"
-    if not path.is_file():
+def gate_passed(manifest: dict) -> set[tuple[str, str]] | None:
+    """(artifact, reader) pairs the gate passed for the bytes the manifest lists now, or None
+    where no gate verdict stands (never run, or removed by a stage that rewrote artifacts)."""
+    gate = manifest.get("parity", {}).get("gate")
+    if not gate or "verdicts" not in gate:
         return None
-    parity = json.loads(path.read_text())
-    return {(a["path"], a.get("reader", "onnxruntime")) for a in parity["artifacts"]
-            if a["passed"] and not a["skipped"]}
+    return {(v["path"], v["reader"]) for v in gate["verdicts"]
+            for a in manifest["artifacts"] if a["path"] == v["path"]
+            if passing_verdict(manifest, a, v["reader"])}
 
 
 def recommend(results: dict, rows: dict, passed: set | None, batches) -> dict:

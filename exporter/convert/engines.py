@@ -8,6 +8,7 @@ from pathlib import Path
 
 from exporter.convert.openvino_ir import BF16_OPTIONS, onnx_to_openvino_ir
 from exporter.convert.tensorrt_plan import EngineConfig, onnx_to_plan, resolve_backend
+from exporter.manifest.lifecycle import forget_verdicts
 from exporter.manifest.manifest import ManifestError, artifact_entry, read_manifest, write_manifest
 from exporter.runtime.cpu import openvino_has_bf16
 
@@ -45,6 +46,7 @@ def build_engines(manifest_path: Path, backend: str = "auto", log=print) -> Path
     manifest = read_manifest(manifest_path)
     chosen, why = resolve_backend(backend)
     log(why)
+    forget_verdicts(manifest_path, manifest, log)  # before any artifact is rewritten
     manifest["backend"] = {"requested": backend, "used": chosen, "why": why}
     manifest["artifacts"] = [a for a in manifest["artifacts"]
                              if a["format"] not in ("plan", "openvino-ir")]

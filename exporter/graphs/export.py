@@ -23,6 +23,7 @@ from calibration.preprocessing import Preprocessing
 from exporter.console import quiet
 from exporter.files import atomic_path, ensure_writable_dir
 from exporter.graphs.module_map import keep_only_module_map, module_outputs, strip_trace_metadata
+from exporter.manifest.lifecycle import invalidate_verdicts
 from exporter.manifest.manifest import (
     SCHEMA_VERSION,
     artifact_entry,
@@ -387,7 +388,11 @@ def export_manifest(config: ExportConfig, report: ExportReport, out_dir: Path) -
 
 
 def export_to_folder(config: ExportConfig, out_dir: Path, log=print) -> Path:
-    """The `export` stage: out_dir/model.onnx and out_dir/manifest.json. Returns the manifest."""
+    """The `export` stage: out_dir/model.onnx and out_dir/manifest.json. Returns the manifest.
+    Whatever an earlier build left of verdicts and reports in ``out_dir`` goes first."""
+    removed = invalidate_verdicts(Path(out_dir), {}) if Path(out_dir).is_dir() else []
+    if removed:
+        log(f"removed what an earlier build derived from its artifacts: {', '.join(removed)}")
     report = export(config, out_dir, log)
     manifest = write_manifest(out_dir / "manifest.json", export_manifest(config, report, out_dir))
     log(f"wrote {report.onnx_path} and {manifest}")

@@ -27,6 +27,7 @@ from exporter.graphs.export import peak_rss_mib
 from exporter.graphs.fallback import FALLBACK_METRICS, FallbackGoal, quantize_with_fallback
 from exporter.graphs.fp16 import onnx_to_fp16
 from exporter.graphs.quantize import Int8Target, QuantizationError
+from exporter.manifest.lifecycle import forget_verdicts
 from exporter.manifest.manifest import artifact_entry, read_manifest, write_manifest
 from exporter.runtime import run_batches
 from exporter.runtime.eager import model_from_manifest, run_torch
@@ -151,6 +152,7 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     goal = _fallback_goal(manifest, data.tuning, eager_model, config)
     timings["data_and_eager"] = time.perf_counter() - start
 
+    forget_verdicts(manifest_path, manifest, log)  # before any artifact is rewritten
     start = time.perf_counter()
     fp16 = onnx_to_fp16(fp32, root / "model.fp16.onnx")
     check_fp16_at_max_size(fp16, eager_model, manifest, config.seed, log)

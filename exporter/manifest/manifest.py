@@ -14,7 +14,7 @@ from models import ToolchainError
 
 # 1.1 added data_split, openvino-ir, bf16 and openvino-cpu; 1.2 exact_int8_session_options.
 # Reads 1.0 and 1.1.
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 FORMATS = ("onnx", "ort", "plan", "openvino-ir")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TARGETS = ("any", "tensorrt", "onnxruntime-cpu", "openvino-cpu")

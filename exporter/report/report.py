@@ -108,6 +108,14 @@ def plot_latency(path: Path, bench: dict) -> Path:
     return _save_png(plt, fig, path)
 
 
+def _kernels(parity: dict) -> str:
+    cpu = parity.get("cpu", {})
+    readers = sorted({a["reader_version"] for a in parity["artifacts"] if a.get("reader_version")})
+    where = (f"{cpu.get('model', 'an unnamed CPU')} ({', '.join(cpu.get('isa', [])) or 'no listed ISA flags'}"
+             + (f"; emulated {cpu['emulated']}" if cpu.get("emulated") else "") + ")")
+    return where + (f", {', '.join(readers)}" if readers else "")
+
+
 def _parity_section(parity: dict) -> list[str]:
     weights = ("trained weights" if parity["trained_weights"]
                else "random-init weights: top-1/top-5 not gated")
@@ -116,7 +124,8 @@ def _parity_section(parity: dict) -> list[str]:
              f"Gate: **{'passed' if parity['passed'] else 'FAILED'}** ({weights}). "
              f"Held-out images: {heldout.get('images', '?')} ({heldout.get('source', '?')}), "
              f"never used for calibration or tuning; shapes: {', '.join(parity.get('shapes', []))}. "
-             "Every portable graph is read by ONNX Runtime and by OpenVINO.",
+             "Every portable graph is read by ONNX Runtime and by OpenVINO. Verdicts are bound to "
+             f"the artifacts' sha256 and to the kernels that computed them: {_kernels(parity)}.",
              "", "| artifact | reader | case | rel L2 | min cosine | max abs | top-1 | top-5 | accuracy "
              "| verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for artifact in parity["artifacts"]:

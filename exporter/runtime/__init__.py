@@ -33,3 +33,19 @@ def runtime_module(name: str, install_hint: str,
 def run_batches(runner: Runner, images: np.ndarray, batch: int = 8) -> np.ndarray:
     """``runner`` over ``images`` in batches of ``batch`` (the last one may be smaller)."""
     return np.concatenate([runner(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def reader_version(reader: str) -> str:
+    """The version of the library behind a reader name (onnxruntime, openvino, openvino-bf16,
+    tensorrt, eager): what a verdict is bound to besides the bytes and the CPU."""
+    from importlib import metadata
+
+    package = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "eager": "torch"}.get(
+        reader, "openvino" if reader.startswith("openvino") else reader)
+    candidates = ("onnxruntime-gpu", "onnxruntime") if package == "onnxruntime" else (package,)
+    for name in candidates:
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return f"{package} (not installed)"

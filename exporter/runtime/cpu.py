@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,17 @@ def openvino_int8_has_vnni() -> bool:
     if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _NO_VNNI_CAPS:
         return False
     return not int8_products_saturate()
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+             "amx_int8", "amx_bf16")
+
+
+def cpu_identity() -> dict:
+    """The CPU a measurement or a verdict is a property of: model name, the ISA flags that pick
+    kernels, threads; under ATTNVGG_EMULATE_CPU the emulated CPU too (/proc/cpuinfo shows the
+    host's flags there, not the kernels')."""
+    model, flags = cpu_model_and_flags() or ("", set())
+    identity = {"model": model or platform.processor() or "unknown",
+                "isa": [f for f in ISA_FLAGS if f in flags], "threads": os.cpu_count()}
+    return identity | ({"emulated": emulated_cpu()} if emulated_cpu() else {})

@@ -16,19 +16,20 @@ import numpy as np
 
 from calibration.data import NOISE
 from exporter.files import atomic_path, write_text_atomic
+from exporter.manifest.lifecycle import invalidate_recommendation
 from exporter.manifest.manifest import read_manifest, verify_artifacts, write_manifest
 from exporter.report.report import write_report
-from exporter.runtime import run_batches
-from exporter.runtime.cpu import openvino_has_bf16, openvino_int8_has_vnni
+from exporter.runtime import reader_version, run_batches
+from exporter.runtime.cpu import cpu_identity
 from exporter.runtime.eager import model_from_manifest, run_torch
-from exporter.runtime.emulated import EmulatedRunner, emulated_cpu
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
-from exporter.runtime.openvino import OpenVinoRunner, precision_hint, reader_name
+from exporter.runtime.emulated import emulated_cpu
 from exporter.verify.budgets import breaches, load_tolerances
 from exporter.verify.cases import INT8_MIN_SIDE, ShapeCase, heldout_images, shape_cases
 from exporter.verify.explain import EXPLAIN_IMAGES, first_past, module_errors, write_explain_json
+from exporter.verify.golden import write_golden
 from exporter.verify.measures import metrics, relative_l2
-from exporter.verify.structure import signed_int8_activations, static_violations
+from exporter.verify.readers import readers_of, runner_for
+from exporter.verify.structure import static_violations
 from models import ConfigError, ReaderUnavailable
 
 
@@ -41,6 +42,9 @@ class ArtifactParity:
     failures: list[str] = field(default_factory=list)
     skipped: str | None = None  # only a TensorRT plan on a machine that cannot run one
     where: str | None = None  # for a failing graph: the module where its error passes the budget
+    sha256: str = ""  # the bytes the verdict is about (the manifest's record, checked before)
+    reader_version: str = ""  # the library that computed it, e.g. "onnxruntime-gpu 1.31.1"
+    budget: dict = field(default_factory=dict)  # the effective budget it was held to
 
     @property
     def passed(self) -> bool:
@@ -58,6 +62,8 @@ class ParityReport:
     artifacts: list[ArtifactParity]
     heldout: dict = field(default_factory=dict)  # what the held-out set is, and its sha256
     shapes: list[str] = field(default_factory=list)
+    budgets: dict = field(default_factory=dict)  # precision -> the effective budget
+    cpu: dict = field(default_factory=cpu_identity)  # the kernels' CPU: model, ISA, emulated
 
     @property
     def passed(self) -> bool:
@@ -70,43 +76,18 @@ class ParityReport:
     def skipped(self) -> list[str]:
         return [f"{a.label}: {a.skipped}" for a in self.artifacts if a.skipped]
 
+    def verdicts(self) -> list[dict]:
+        """Per artifact and reader, the verdict and what it is bound to: the bytes (sha256), the
+        reader and its version. A skipped entry is no passing verdict."""
+        return [{"path": a.path, "sha256": a.sha256, "reader": a.reader,
+                 "reader_version": a.reader_version, "passed": a.passed and not a.skipped,
+                 "skipped": a.skipped} for a in self.artifacts]
+
     def to_json(self) -> dict:
         return {"variant": self.variant, "trained_weights": self.trained, "passed": self.passed,
                 "heldout": self.heldout, "shapes": self.shapes, "emulated_cpu": emulated_cpu(),
+                "cpu": self.cpu, "budgets": self.budgets,
                 "artifacts": [a.__dict__ | {"passed": a.passed} for a in self.artifacts]}
-
-
-READERS = {"onnx": ("onnxruntime", "openvino"), "ort": ("onnxruntime",), "plan": ("tensorrt",),
-           "openvino-ir": ("openvino",)}
-
-
-def runner_for(artifact: dict, root: Path, manifest: dict, reader: str):
-    """The artifact under one reader: ONNX Runtime and OpenVINO on the CPU (every portable graph
-    is read by both), TensorRT for plans (GPU machines). ReaderUnavailable where this machine
-    cannot compute it."""
-    path = root / artifact["path"]
-    if reader == "tensorrt":
-        from exporter.runtime.tensorrt import TensorRTRunner  # tensorrt only where a plan is read
-
-        # version-compatible plans embed host code: trusted, since this build made them
-        trusted = manifest.get("tensorrt", {}).get("version_compatible", False)
-        return TensorRTRunner(path, host_code_allowed=trusted)
-    if reader == "openvino-bf16" and not openvino_has_bf16():
-        raise ReaderUnavailable("this CPU does not compute bf16 (no AMX or AVX512-BF16): the bf16 "
-                                "entry runs only where it does")
-    if reader == "openvino" and not openvino_int8_has_vnni() and signed_int8_activations(artifact, root):
-        raise ReaderUnavailable("OpenVINO on a CPU without VNNI saturates signed int8 activations "
-                                "(int16 pair sums, docs/precision.md); ONNX Runtime reads this "
-                                "graph here, and its target is TensorRT")
-    exact = "exact_int8_session_options" in artifact
-    hint = precision_hint(artifact)
-    cpu = emulated_cpu()
-    if cpu:  # the reader runs as that CPU would run it (exporter.runtime.emulated)
-        return EmulatedRunner(cpu, "openvino" if reader.startswith("openvino") else "onnxruntime",
-                              path, exact, hint)
-    if reader.startswith("openvino"):
-        return OpenVinoRunner(path, hint)
-    return OnnxRuntimeRunner(path, exact_int8=exact)
 
 
 FALLBACK_ARTIFACTS = {"int8-trt": ("model.int8-trt.onnx",),
@@ -119,9 +100,9 @@ def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cas
     # the precision stage measured each graph with ONNX Runtime; drift is judged against that
     built_rel_l2 = {r["path"]: r["rel_l2"] for r in
                     manifest["parity"].get("heldout-vs-eager", {}).values() if "rel_l2" in r}
-    if reader == "openvino":
-        reader = reader_name(artifact)  # openvino-bf16: the fp32 IR, listed again to run in bf16
-    entry = ArtifactParity(artifact["path"], artifact["precision"], reader)
+    version = reader_version(reader) + (f" (emulated {emulated_cpu()})" if emulated_cpu() else "")
+    entry = ArtifactParity(artifact["path"], artifact["precision"], reader, sha256=artifact["sha256"],
+                           reader_version=version, budget=budget)
     try:
         runner = runner_for(artifact, root, manifest, reader)
     except ReaderUnavailable as e:  # this machine cannot compute it: reported, not passed
@@ -196,6 +177,10 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
     model = model_from_manifest(manifest)
     references = {name: run_batches(lambda x: run_torch(model, x), case.images, case.batch)
                   for name, case in cases.items()}
+    if len(cases) == len(all_cases) and only is None:  # the whole gate: its inputs travel with it
+        manifest["golden"] = write_golden(root, cases, references) | {
+            "trained_weights": trained,
+            "budgets": {p: budgets[p] for p in sorted({a["precision"] for a in manifest["artifacts"]})}}
     if emulated_cpu():
         log(f"readers run as an emulated {emulated_cpu()} CPU (qemu-x86_64; exporter.runtime.emulated)")
     log(f"parity against eager PyTorch fp32 on {len(heldout)} held-out images ({heldout.source}; "
@@ -213,7 +198,7 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
         budget = budgets[artifact["precision"]]
         entries = [_check_artifact(artifact, reader, root, manifest, cases, references, budget,
                                    trained, heldout_outputs)
-                   for reader in READERS[artifact["format"]]]
+                   for reader in readers_of(artifact)]
         disagreement = reader_disagreement(entries, heldout_outputs, budget)
         if disagreement:
             entries[-1].failures.append(disagreement)
@@ -232,10 +217,16 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
               for label, outputs in heldout_outputs.items()}
     report = ParityReport(manifest["variant"], trained, results,
                           {"images": len(heldout), "source": heldout.source,
-                           "ids_sha256": heldout.ids_sha256()}, list(cases))
+                           "ids_sha256": heldout.ids_sha256()}, list(cases),
+                          {p: budgets[p] for p in sorted({a.precision for a in results})})
     write_parity_files(root, report, error_histograms(errors))
+    removed = invalidate_recommendation(root, manifest)  # chosen by the previous verdicts
+    if removed:
+        log(f"  the speed recommendation was chosen by the previous verdicts; removed "
+            f"{', '.join(removed)} (`make bench` chooses again)")
     manifest["parity"]["gate"] = {"passed": report.passed, "failures": report.failures(),
-                                  "skipped": report.skipped(), "file": "parity.json",
+                                  "skipped": report.skipped(), "verdicts": report.verdicts(),
+                                  "cpu": report.cpu, "file": "parity.json",
                                   "junit": "parity.junit.xml"}
     write_manifest(manifest_path, manifest)
     write_report(root)

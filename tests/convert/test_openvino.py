@@ -58,10 +58,10 @@ def test_the_int8_ir_is_the_u8s8_graph_that_every_x86_cpu_computes_alike(engines
 
 def test_without_vnni_or_bf16_the_gate_skips_only_what_this_cpu_cannot_compute(
         engines_build, tmp_path, monkeypatch):
-    from exporter.verify import gate as parity
+    from exporter.verify import readers
 
-    monkeypatch.setattr(parity, "openvino_int8_has_vnni", lambda: False)
-    monkeypatch.setattr(parity, "openvino_has_bf16", lambda: False)
+    monkeypatch.setattr(readers, "openvino_int8_has_vnni", lambda: False)
+    monkeypatch.setattr(readers, "openvino_has_bf16", lambda: False)
     root = copy_build(engines_build, tmp_path)
     report = run_parity(root / "manifest.json", log=lambda *_: None)
     assert report.passed, report.failures()
@@ -122,6 +122,9 @@ def test_consumer_runs_the_ir_it_picks_and_matches_openvino(engines_build, tmp_p
     from consumer import classify
 
     root = copy_build(engines_build, tmp_path)
+    # the consumer runs only what the gate passed for its bytes
+    assert run_parity(root / "manifest.json", log=lambda *_: None,
+                      only={"engines/openvino/model.int8.xml"}).passed
     manifest = read_manifest(root / "manifest.json")
     image = tmp_path / "photo.png"
     from PIL import Image

@@ -21,11 +21,13 @@ from exporter.manifest.manifest import (
     SCHEMA_VERSION,
     ManifestError,
     read_manifest,
+    sha256_file,
     validate_manifest,
     write_manifest,
 )
 from exporter.runtime.eager import model_from_manifest, run_torch
 from exporter.runtime.onnxruntime import OnnxRuntimeRunner
+from exporter.verify.gate import run_parity
 from tests.conftest import copy_build
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,11 +91,13 @@ def digit_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits_manifest(digits_build, tmp_path_factory):
-    """The session's trained digits build, with class names added to its manifest."""
+    """The session's trained digits build, with class names added to its manifest, gated (the
+    consumer runs only what the gate passed for its bytes)."""
     root = copy_build(digits_build.manifest.parent, tmp_path_factory.mktemp("digits-edge"))
     manifest = read_manifest(root / "manifest.json")
     manifest["labels"] = [f"digit {i}" for i in range(10)]
     write_manifest(root / "manifest.json", manifest)
+    assert run_parity(root / "manifest.json", log=lambda *_: None).passed
     return root / "manifest.json"
 
 
@@ -192,3 +196,43 @@ def test_triton_repository_parses_and_matches_the_manifest(engines_build, tmp_pa
         bf16 = text_format.Parse((tmp_path / "repo/se_openvino_ir_bf16/config.pbtxt").read_text(),
                                  model_config_pb2.ModelConfig())
         assert bf16.parameters["INFERENCE_PRECISION_HINT"].string_value == "bf16"
+
+
+def _consume(manifest: Path, image: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "consumer" / "classify.py"), str(manifest),
+                           str(image), *flags], capture_output=True, text=True, timeout=120)
+
+
+def test_consumer_refuses_an_artifact_that_failed_the_gate_and_says_so_when_told(
+        digits_manifest, digit_files, tmp_path):
+    """As after a new CALIB_DIR that makes int8 fail: the gate judged the int8 model and failed
+    it (here by a budget no int8 graph meets); the consumer refuses it, runs it only when told,
+    and says so; the fp32 model, never judged by that run, is refused too."""
+    root = copy_build(digits_manifest.parent, tmp_path)
+    strict = tmp_path / "strict.toml"
+    strict.write_text("[precision.int8]\nrel_l2_max = 1e-6\n")
+    int8 = "engines/ort/model.int8-cpu.ort"
+    assert not run_parity(root / "manifest.json", strict, log=lambda *_: None, only={int8}).passed
+    refused = _consume(root / "manifest.json", digit_files[0], "--precision", "int8")
+    assert refused.returncode == 2
+    assert f"refusing to run it: {int8} under onnxruntime" in refused.stderr
+    assert "it FAILED the gate" in refused.stderr and not refused.stdout
+    told = _consume(root / "manifest.json", digit_files[0], "--precision", "int8", "--allow-unverified")
+    assert told.returncode == 0 and told.stdout.count("digit ") == 5
+    assert "WARNING: --allow-unverified: running" in told.stderr and "NOT verified" in told.stderr
+    fp32 = _consume(root / "manifest.json", digit_files[0], "--precision", "fp32")
+    assert fp32.returncode == 2 and "no verdict for it under onnxruntime" in fp32.stderr
+
+
+def test_consumer_refuses_bytes_other_than_those_the_gate_judged(digits_manifest, digit_files, tmp_path):
+    """A rebuild that rewrote an artifact and its sha256 but kept the old verdict (what the
+    stages no longer do) does not pass: the verdict is bound to the bytes."""
+    root = copy_build(digits_manifest.parent, tmp_path)
+    manifest = read_manifest(root / "manifest.json")
+    entry = next(a for a in manifest["artifacts"] if a["path"] == "engines/ort/model.fp32.ort")
+    path = root / entry["path"]
+    path.write_bytes(path.read_bytes() + b"\0")  # still loads; other bytes
+    entry["sha256"], entry["bytes"] = sha256_file(path), path.stat().st_size
+    write_manifest(root / "manifest.json", manifest)
+    refused = _consume(root / "manifest.json", digit_files[0], "--precision", "fp32")
+    assert refused.returncode == 2 and "the gate judged other bytes" in refused.stderr

@@ -126,9 +126,9 @@ def test_gate_fails_an_fp16_graph_with_one_weight_x105(precision_build, tmp_path
 @pytest.mark.parametrize("vnni", [True, False])
 def test_an_artifact_that_does_not_load_fails_the_gate(precision_build, tmp_path, capsys, path,
                                                        vnni, monkeypatch):
-    from exporter.verify import gate as parity
+    from exporter.verify import readers
 
-    monkeypatch.setattr(parity, "openvino_int8_has_vnni", lambda: vnni)  # both paths, any CPU
+    monkeypatch.setattr(readers, "openvino_int8_has_vnni", lambda: vnni)  # both paths, any CPU
     root = copy_build(precision_build, tmp_path)
     (root / path).write_bytes(b"not a model")
     _rehash(root, path)

@@ -1,0 +1,121 @@
+"""Golden I/O: the gate's inputs at every gated shape and eager fp32's outputs for them, in
+Polygraphy's JSON format (what `polygraphy run --save-inputs / --save-outputs` write), so that
+a box without torch re-checks the artifacts on its own kernels (`consumer/classify.py --verify`,
+exporter.verify.on_box) and a GPU box checks a plan with NVIDIA's own tool (docs/tensorrt.md).
+
+golden/inputs.json is a list of feed dicts {"input": batch}, one per iteration; golden/outputs.json
+is a RunResults with one runner, "eager-pytorch-fp32", and an IterationResult {"logits": ...} per
+iteration. Each gated case is a run of consecutive iterations at its batch size; the manifest's
+``golden`` record says which (``cases``), with the files' sha256 and the budgets they are judged by.
+Written with Polygraphy's own classes; read here with json, base64 and numpy only.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from exporter.files import atomic_path
+from exporter.manifest.manifest import ManifestError, sha256_file
+
+GOLDEN_DIR = "golden"
+GOLDEN_RUNNER = "eager-pytorch-fp32"
+# images at the opt size: enough to resolve the agreement budgets the gate applies with trained
+# weights (int8 top-1 >= 0.95 needs 20: one disagreement moves it by 1/N); at each corner one
+# full batch and at least 4 images. Polygraphy's JSON holds arrays in base64: the inputs of the
+# default full-size range take 59 MB (README), almost half of it the max-batch corner's 32 images.
+OPT_IMAGES = 24
+CORNER_IMAGES = 4
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    name: str
+    batch: int
+    iterations: int
+    int8_gated: bool
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def golden_selection(cases: dict) -> dict[str, int]:
+    """How many images of each of the gate's cases (exporter.verify.cases) go into golden/: whole
+    batches of the case's size."""
+    chosen = {}
+    for name, case in cases.items():
+        wanted = OPT_IMAGES if name == "heldout" else CORNER_IMAGES
+        chosen[name] = case.batch * max(1, -(-min(wanted, len(case.images)) // case.batch))
+    return chosen
+
+
+def write_golden(root: Path, cases: dict, references: dict[str, np.ndarray]) -> dict:
+    """golden/inputs.json and golden/outputs.json beside the manifest; returns the manifest's
+    ``golden`` record (files with sha256 and bytes, and the cases)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        from polygraphy.comparator import IterationResult, RunResults  # its logger talks at import
+        from polygraphy.json import save_json
+        from polygraphy.logger import G_LOGGER
+
+    feeds, results, record = [], [], []
+    for name, count in golden_selection(cases).items():
+        case = cases[name]
+        images = np.resize(case.images, (count, *case.images.shape[1:])) if count > len(case.images) \
+            else case.images[:count]
+        outputs = np.resize(references[name], (count, references[name].shape[1])) \
+            if count > len(references[name]) else references[name][:count]
+        for start in range(0, count, case.batch):
+            feeds.append({"input": np.ascontiguousarray(images[start:start + case.batch])})
+            results.append(IterationResult({"logits": outputs[start:start + case.batch]},
+                                           runner_name=GOLDEN_RUNNER))
+        record.append(GoldenCase(name, case.batch, count // case.batch, case.int8_gated).to_json())
+    folder = Path(root) / GOLDEN_DIR
+    folder.mkdir(exist_ok=True)
+    files = {}
+    for key, data in (("inputs", feeds), ("outputs", RunResults([(GOLDEN_RUNNER, results)]))):
+        path = folder / f"{key}.json"
+        with atomic_path(path) as tmp, G_LOGGER.verbosity(G_LOGGER.ERROR):
+            save_json(data, str(tmp), description=f"golden {key}")
+        files[key] = {"path": f"{GOLDEN_DIR}/{key}.json", "bytes": path.stat().st_size,
+                      "sha256": sha256_file(path)}
+    return {"runner": GOLDEN_RUNNER, **files, "cases": record}
+
+
+def _decode(value):
+    if isinstance(value, dict):
+        kind = value.get("polygraphy_class")
+        if kind == "ndarray":
+            return np.load(io.BytesIO(base64.b64decode(value["array"])), allow_pickle=False)
+        if kind in ("LazyArray", "LazyNumpyArray"):  # an IterationResult's arrays
+            return _decode(value["values"])
+        return {k: _decode(v) for k, v in value.items() if k != "polygraphy_class"}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def read_golden(root: Path, record: dict) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+    """case name -> (its input batches, eager's outputs for them, concatenated), from the files
+    the manifest's ``golden`` record lists, refused where their sha256 differs."""
+    for key in ("inputs", "outputs"):
+        path = Path(root) / record[key]["path"]
+        if not path.is_file() or sha256_file(path) != record[key]["sha256"]:
+            raise ManifestError(f"{path} is missing or is not the golden file the build wrote "
+                                f"(sha256 differs); rebuild with `make engine`")
+    feeds = _decode(json.loads((Path(root) / record["inputs"]["path"]).read_text()))
+    runs = _decode(json.loads((Path(root) / record["outputs"]["path"]).read_text()))["lst"]
+    iterations = dict(runs)[record["runner"]]
+    golden, start = {}, 0
+    for case in record["cases"]:
+        stop = start + case["iterations"]
+        batches = [feed["input"] for feed in feeds[start:stop]]
+        outputs = np.concatenate([it["outputs"]["logits"] for it in iterations[start:stop]])
+        golden[case["name"]] = (batches, outputs)
+        start = stop
+    return golden

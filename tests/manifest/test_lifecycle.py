@@ -1,0 +1,65 @@
+"""A verdict, a recommendation or a report belongs to the bytes it was made about: a stage that
+rewrites artifacts leaves none about the old bytes, and the bench recommends only what the gate
+passed for the bytes listed now."""
+
+import json
+
+from exporter.bench.recommend import gate_passed
+from exporter.convert.engines import build_engines
+from exporter.manifest.lifecycle import DERIVED_FILES, passing_verdict
+from exporter.manifest.manifest import read_manifest, write_manifest
+from exporter.verify.gate import run_parity
+from tests.conftest import copy_build
+
+
+def _gated(engines_build, tmp_path):
+    root = copy_build(engines_build, tmp_path)
+    report = run_parity(root / "manifest.json", log=lambda *_: None)
+    manifest = read_manifest(root / "manifest.json")
+    return root, report, manifest
+
+
+def test_the_gate_binds_each_verdict_to_bytes_reader_version_cpu_and_budget(engines_build, tmp_path):
+    root, report, manifest = _gated(engines_build, tmp_path)
+    parity = json.loads((root / "parity.json").read_text())
+    listed = {a["path"]: a["sha256"] for a in manifest["artifacts"]}
+    assert parity["cpu"]["model"] and isinstance(parity["cpu"]["isa"], list)
+    assert set(parity["budgets"]) == {a["precision"] for a in manifest["artifacts"]}
+    for entry in parity["artifacts"]:
+        assert entry["sha256"] == listed[entry["path"]]
+        assert entry["reader_version"].split()[0] in ("onnxruntime-gpu", "onnxruntime", "openvino")
+        assert entry["budget"] == parity["budgets"][entry["precision"]]
+    verdicts = manifest["parity"]["gate"]["verdicts"]
+    assert {(v["path"], v["reader"]) for v in verdicts} == {
+        (a["path"], a["reader"]) for a in parity["artifacts"]}
+    passed = gate_passed(manifest)
+    assert passed == {(v["path"], v["reader"]) for v in verdicts if v["passed"]}
+    assert ("model.onnx", "onnxruntime") in passed
+
+
+def test_a_stage_that_rewrites_artifacts_removes_every_verdict_and_report_about_the_old_bytes(
+        engines_build, tmp_path):
+    root, _, manifest = _gated(engines_build, tmp_path)
+    manifest["bench"] = {"recommended": {"1": {"onnxruntime-cpu": {"artifact": "model.onnx"}}}}
+    write_manifest(root / "manifest.json", manifest)
+    (root / "bench.json").write_text("{}")
+    assert (root / "parity.json").is_file() and (root / "report.md").is_file()
+    lines = []
+    build_engines(root / "manifest.json", "ort", log=lines.append)
+    after = read_manifest(root / "manifest.json")
+    assert "gate" not in after["parity"] and after["bench"] is None and "report" not in after
+    assert not [name for name in DERIVED_FILES if (root / name).exists()]
+    assert any("removed what was derived from the old ones" in line for line in lines)
+    assert gate_passed(after) is None  # the bench recommends nothing until the gate runs again
+    assert not any(passing_verdict(after, a, "onnxruntime") for a in after["artifacts"])
+
+
+def test_a_new_gate_run_drops_the_recommendation_the_old_verdicts_chose(engines_build, tmp_path):
+    root, _, manifest = _gated(engines_build, tmp_path)
+    manifest["bench"] = {"recommended": {"1": {"onnxruntime-cpu": {"artifact": "model.onnx"}}}}
+    write_manifest(root / "manifest.json", manifest)
+    (root / "bench.json").write_text("{}")
+    run_parity(root / "manifest.json", log=lambda *_: None, only={"model.onnx"})
+    after = read_manifest(root / "manifest.json")
+    assert after["bench"] is None and not (root / "bench.json").exists()
+    assert {v["path"] for v in after["parity"]["gate"]["verdicts"]} == {"model.onnx"}

@@ -1,0 +1,110 @@
+"""The proof travels with the build: golden I/O in Polygraphy's format, checked by `polygraphy run`
+and by `consumer/classify.py --verify` on this box's kernels, without torch."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.manifest.manifest import read_manifest
+from exporter.verify.gate import run_parity
+from exporter.verify.golden import OPT_IMAGES, read_golden
+from tests.conftest import copy_build
+from tests.verify.test_gate import _scale_initializer
+
+REPO = Path(__file__).resolve().parents[2]
+NO_TORCH = ("import runpy, sys\n"
+            "for name in ('torch', 'torchvision'): sys.modules[name] = None  # as on a box without it\n"
+            "sys.argv = ['classify.py', *sys.argv[1:]]\n"
+            f"runpy.run_path({str(REPO / 'consumer' / 'classify.py')!r}, run_name='__main__')\n")
+
+
+@pytest.fixture(scope="module")
+def gated_build(engines_build, tmp_path_factory):
+    root = copy_build(engines_build, tmp_path_factory.mktemp("gated"))
+    assert run_parity(root / "manifest.json", log=lambda *_: None).passed
+    return root
+
+
+def _verify(manifest: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH, str(manifest), "--verify"],
+                          capture_output=True, text=True, timeout=900, cwd=manifest.parent)
+
+
+def _conv_weight(model):
+    return next(n for n in model.graph.node if n.op_type == "Conv").input[1]
+
+
+def test_the_gate_writes_golden_io_that_the_manifest_lists_and_polygraphy_reads(gated_build):
+    manifest = read_manifest(gated_build / "manifest.json")
+    record = manifest["golden"]
+    golden = read_golden(gated_build, record)
+    assert set(golden) == set(json.loads((gated_build / "parity.json").read_text())["shapes"])
+    for name, (batches, outputs) in golden.items():
+        case = next(c for c in record["cases"] if c["name"] == name)
+        assert len(batches) == case["iterations"] and all(len(b) == case["batch"] for b in batches)
+        assert outputs.shape == (case["batch"] * case["iterations"], manifest["num_classes"])
+    heldout = json.loads((gated_build / "parity.json").read_text())["heldout"]["images"]
+    assert len(golden["heldout"][1]) == min(OPT_IMAGES, heldout)  # 24 resolve top-1 >= 0.95
+    assert record["budgets"]["int8"]["rel_l2_max"] > 0
+    from polygraphy.json import load_json  # NVIDIA's own reader of the same files
+
+    feeds = load_json(str(gated_build / record["inputs"]["path"]))
+    assert sum(c["iterations"] for c in record["cases"]) == len(feeds)
+
+
+@pytest.mark.parametrize("planted", [False, True])
+def test_polygraphy_run_checks_the_fp32_graph_against_the_golden_outputs(gated_build, tmp_path, planted):
+    """The command docs/tensorrt.md gives, with --onnxrt for --trt: pass on the build, fail on
+    a conv weight scaled by 1.05."""
+    root = copy_build(gated_build, tmp_path)
+    if planted:
+        _scale_initializer(root, "model.onnx", _conv_weight)
+    polygraphy = Path(sys.executable).parent / "polygraphy"
+    result = subprocess.run(
+        [str(polygraphy), "run", "model.onnx", "--onnxrt", "--load-inputs", "golden/inputs.json",
+         "--load-outputs", "golden/outputs.json", "--check-error-stat", "median", "--atol", "0",
+         "--rtol", "1e-3"],
+        capture_output=True, text=True, timeout=600, cwd=root)
+    assert (result.returncode != 0) == planted, result.stdout[-3000:] + result.stderr[-2000:]
+    assert ("FAILED" in result.stdout + result.stderr) == planted
+
+
+def test_verify_passes_on_this_box_without_torch_and_names_what_it_cannot_read(gated_build, tmp_path):
+    root = copy_build(gated_build, tmp_path)
+    result = _verify(root / "manifest.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((root / "verify.json").read_text())
+    assert report["passed"] and report["read"] >= 10 and report["cpu"]["model"]
+    assert "verifying" in result.stdout and "int8 pair sums" in result.stdout
+    manifest = read_manifest(root / "manifest.json")
+    judged = {(r["path"], r["reader"]) for r in report["results"]}
+    assert {a["path"] for a in manifest["artifacts"]} == {p for p, _ in judged}
+    for r in report["results"]:  # everything not read is named, with the reason
+        assert r["passed"] or r["unread"], r
+    assert "artifact readings passed on this box" in result.stdout
+
+
+def test_verify_fails_naming_artifact_reader_and_shape_when_an_artifact_is_subtly_wrong(
+        gated_build, tmp_path):
+    """One conv weight x1.05 in the fp32 graph, its sha256 updated in the manifest (a careless
+    rebuild): the box's verification fails with exit 1 and says where."""
+    root = copy_build(gated_build, tmp_path)
+    _scale_initializer(root, "model.onnx", _conv_weight)
+    result = _verify(root / "manifest.json")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "model.onnx [onnxruntime, onnxruntime" in result.stdout
+    assert "heldout: rel_l2" in result.stdout and "FAIL" in result.stdout
+    report = json.loads((root / "verify.json").read_text())
+    failed = {(r["path"], r["reader"]) for r in report["results"] if r["failures"]}
+    assert failed == {("model.onnx", "onnxruntime"), ("model.onnx", "openvino")}
+
+
+def test_verify_refuses_a_build_without_golden_io(engines_build, tmp_path):
+    root = copy_build(engines_build, tmp_path)
+    shutil.rmtree(root / "golden", ignore_errors=True)
+    result = _verify(root / "manifest.json")
+    assert result.returncode == 2 and "lists no golden I/O" in result.stderr
