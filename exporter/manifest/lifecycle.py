@@ -64,3 +64,13 @@ def passing_verdict(manifest: dict, artifact: dict, reader: str) -> bool:
     return any(v["path"] == artifact["path"] and v["sha256"] == artifact["sha256"]
                and v["reader"] == reader and v["passed"] and not v.get("skipped")
                for v in verdicts)
+
+
+def recommendation_still_passes(manifest: dict) -> bool:
+    """Whether every artifact the speed recommendation names has a passing verdict for its
+    current bytes under the runtime it was timed with (the row's first word)."""
+    recommended = (manifest.get("bench") or {}).get("recommended", {})
+    by_path = {a["path"]: a for a in manifest["artifacts"]}
+    return all(entry["artifact"] in by_path and passing_verdict(
+        manifest, by_path[entry["artifact"]], (entry.get("row") or " ").split(" ")[0])
+        for targets in recommended.values() for entry in targets.values())

@@ -16,7 +16,7 @@ import numpy as np
 
 from calibration.data import NOISE
 from exporter.files import atomic_path, write_text_atomic
-from exporter.manifest.lifecycle import invalidate_recommendation
+from exporter.manifest.lifecycle import invalidate_recommendation, recommendation_still_passes
 from exporter.manifest.manifest import read_manifest, verify_artifacts, write_manifest
 from exporter.report.report import write_report
 from exporter.runtime import reader_version, run_batches
@@ -220,14 +220,14 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
                            "ids_sha256": heldout.ids_sha256()}, list(cases),
                           {p: budgets[p] for p in sorted({a.precision for a in results})})
     write_parity_files(root, report, error_histograms(errors))
-    removed = invalidate_recommendation(root, manifest)  # chosen by the previous verdicts
-    if removed:
-        log(f"  the speed recommendation was chosen by the previous verdicts; removed "
-            f"{', '.join(removed)} (`make bench` chooses again)")
     manifest["parity"]["gate"] = {"passed": report.passed, "failures": report.failures(),
                                   "skipped": report.skipped(), "verdicts": report.verdicts(),
                                   "cpu": report.cpu, "file": "parity.json",
                                   "junit": "parity.junit.xml"}
+    if not recommendation_still_passes(manifest):  # it was chosen by the previous verdicts
+        removed = invalidate_recommendation(root, manifest)
+        log(f"  the speed recommendation names an artifact this run did not pass; removed "
+            f"{', '.join(removed)} (`make bench` chooses again)")
     write_manifest(manifest_path, manifest)
     write_report(root)
     return report

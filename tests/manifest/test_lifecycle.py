@@ -54,12 +54,26 @@ def test_a_stage_that_rewrites_artifacts_removes_every_verdict_and_report_about_
     assert not any(passing_verdict(after, a, "onnxruntime") for a in after["artifacts"])
 
 
-def test_a_new_gate_run_drops_the_recommendation_the_old_verdicts_chose(engines_build, tmp_path):
+def test_a_new_gate_run_keeps_a_recommendation_only_while_it_passes(engines_build, tmp_path):
+    """The recommendation names (artifact, runtime) pairs: a gate run that passes them again for
+    the same bytes keeps it; one that does not pass one of them (here: does not judge it) drops
+    it, bench.json with it."""
     root, _, manifest = _gated(engines_build, tmp_path)
-    manifest["bench"] = {"recommended": {"1": {"onnxruntime-cpu": {"artifact": "model.onnx"}}}}
-    write_manifest(root / "manifest.json", manifest)
-    (root / "bench.json").write_text("{}")
+
+    def recommend(path: str) -> None:
+        manifest = read_manifest(root / "manifest.json")
+        manifest["bench"] = {"recommended": {"1": {"onnxruntime-cpu": {
+            "row": f"onnxruntime {path}", "artifact": path, "precision": "fp32"}}}}
+        write_manifest(root / "manifest.json", manifest)
+
+    recommend("model.onnx")
     run_parity(root / "manifest.json", log=lambda *_: None, only={"model.onnx"})
+    assert read_manifest(root / "manifest.json")["bench"]["recommended"]
+    recommend("engines/ort/model.fp32.ort")
+    (root / "bench.json").write_text("{}")
+    lines = []
+    run_parity(root / "manifest.json", log=lines.append, only={"model.onnx"})
     after = read_manifest(root / "manifest.json")
     assert after["bench"] is None and not (root / "bench.json").exists()
+    assert any("names an artifact this run did not pass" in line for line in lines)
     assert {v["path"] for v in after["parity"]["gate"]["verdicts"]} == {"model.onnx"}
