@@ -17,6 +17,7 @@ LABELS      ?=
 BENCH_ARGS  ?=
 PRECISION_ARGS ?=
 TOLERANCES  ?=
+EVAL_DIR    ?=
 BATCH_RANGE ?=
 HEIGHT_RANGE ?=
 WIDTH_RANGE ?=
@@ -26,7 +27,7 @@ CLI          = $(PY) -m exporter
 D            = $(OUT)/$(VARIANT)
 MODEL_ARGS   = --variant $(VARIANT) --num-classes $(NUM_CLASSES) $(if $(WIDTH_MULT),--width-mult $(WIDTH_MULT))
 CALIB_ARGS   = $(if $(CALIB_DIR),--calib-dir $(CALIB_DIR))
-PARITY_ARGS  = $(if $(TOLERANCES),--tolerances $(TOLERANCES))
+PARITY_ARGS  = $(if $(TOLERANCES),--tolerances $(TOLERANCES)) $(if $(EVAL_DIR),--eval-dir $(EVAL_DIR))
 EXPORT_ARGS  = $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
                $(if $(LABELS),--labels $(LABELS)) $(if $(BATCH_RANGE),--batch $(BATCH_RANGE)) \
                $(if $(HEIGHT_RANGE),--height $(HEIGHT_RANGE)) $(if $(WIDTH_RANGE),--width $(WIDTH_RANGE))
@@ -55,6 +56,9 @@ $(D)/.settings-export: FORCE
 $(D)/.settings-calib: FORCE
 	@+mkdir -p $(D)
 	@+echo "$(CALIB_DIR) $(PRECISION_ARGS)" | cmp -s - $@ || echo "$(CALIB_DIR) $(PRECISION_ARGS)" > $@
+$(D)/.settings-eval: FORCE
+	@+mkdir -p $(D)
+	@+echo "$(EVAL_DIR)" | cmp -s - $@ || echo "$(EVAL_DIR)" > $@
 # The backend as resolved on this machine ("auto -> ort"), not as asked: installing tensorrt
 # on a GPU machine changes it, and the engines stage runs again.
 $(D)/.settings-backend: $(STAMP) FORCE
@@ -86,8 +90,8 @@ $(D)/.engines.done: $(D)/.precision.done $(D)/.settings-backend $(COMMON_SRC) \
 	$(CLI) engines --manifest $(D)/manifest.json --backend $(BACKEND)
 	touch $@
 
-$(D)/.parity.done: $(D)/.engines.done $(COMMON_SRC) $(VERIFY_SRC) $(wildcard exporter/report/*.py) \
-		$(TOLERANCES)
+$(D)/.parity.done: $(D)/.engines.done $(D)/.settings-eval $(COMMON_SRC) $(VERIFY_SRC) \
+		$(wildcard exporter/report/*.py) $(TOLERANCES) $(EVAL_DIR)
 	$(CLI) parity --manifest $(D)/manifest.json $(PARITY_ARGS)
 	touch $@
 

@@ -1,6 +1,7 @@
 """The README's and docs' figures, generated from one named run instead of copied by hand.
 
     .venv/bin/python -m benchmarks.figures build/se --name se-full-zen5   # after make engine
+    .venv/bin/python -m benchmarks.figures --name se-full-zen5   # re-render from the stored run
 
 copies the run's bench.json, parity.json and the manifest's stage timings into
 docs/runs/<name>/, and rewrites the blocks between `<!-- figures:<name>:begin -->` and
@@ -16,7 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
-from exporter.report.report import format_bench, format_recommendation
+from exporter.report.report import describe_limits, format_bench, format_recommendation
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "docs" / "runs"
@@ -51,7 +52,7 @@ def render(run: Path) -> str:
     return "\n".join([
         f"Run `{run.name}`: {stages['description']}. Files: [docs/runs/{run.name}/]"
         f"(docs/runs/{run.name}/).", "",
-        format_bench(bench), "", format_recommendation(bench), "",
+        format_bench(bench), "", describe_limits(bench), "", format_recommendation(bench), "",
         f"Gate: **{'passed' if parity['passed'] else 'FAILED'}** on {parity['heldout']['images']} "
         f"held-out images and shapes {', '.join(parity['shapes'][1:])}"
         + (" (int8 gated where every side is at least 64 px; its thin corners are in parity.json)"
@@ -69,11 +70,19 @@ def replace_block(text: str, name: str, block: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("build", type=Path, help="a build folder, e.g. build/se")
+    parser.add_argument("build", type=Path, nargs="?",
+                        help="a build folder, e.g. build/se (none: re-render the stored run)")
     parser.add_argument("--name", required=True)
-    parser.add_argument("--description", required=True, help="what, where, which command")
+    parser.add_argument("--description", help="what, where, which command (with a build)")
     args = parser.parse_args()
     run = RUNS / args.name
+    readme = REPO / "README.md"
+    if args.build is None:  # the renderer changed, the run did not
+        readme.write_text(replace_block(readme.read_text(), args.name, render(run)))
+        print(f"re-rendered the README block {args.name} from {run}")
+        return
+    if not args.description:
+        parser.error("--description is required with a build folder")
     run.mkdir(parents=True, exist_ok=True)
     for name in ("bench.json", "parity.json"):
         shutil.copyfile(args.build / name, run / name)
@@ -84,7 +93,6 @@ def main() -> None:
               "peak_rss_mib": {"export": manifest["export"]["peak_rss_mib"],
                                "precision": manifest["calibration"]["peak_rss_mib"]}}
     (run / "stages.json").write_text(json.dumps(stages, indent=2) + "\n")
-    readme = REPO / "README.md"
     readme.write_text(replace_block(readme.read_text(), args.name, render(run)))
     print(f"wrote {run} and the README block {args.name}")
 

@@ -88,6 +88,14 @@ class ImageSet:
         """Of the identities: stable across machines (pixels may differ in the last bit)."""
         return hashlib.sha256("\n".join(self.ids).encode()).hexdigest()
 
+    def distinct_sources(self, indices: Sequence[int] | None = None) -> int:
+        """How many independent images back the set (or ``indices`` of it): a file, an array
+        entry, a noise draw each; the crops and flips of one bundled photograph are one."""
+        if not self.ids:  # a set made in memory, without identities: each image its own
+            return len(self) if indices is None else len(set(indices))
+        ids = self.ids if indices is None else [self.ids[i] for i in indices]
+        return len({i.split(":view")[0] for i in ids})
+
     def batches(self, size: int) -> Iterator[np.ndarray]:
         for start in range(0, len(self.images), size):
             yield self.images[start:start + size]

@@ -212,6 +212,10 @@ def classify(manifest_path: Path, images: list[Path], precision: str | None = "f
     check_verdict(manifest, artifact, runtime, allow_unverified)
     run = load_runner(manifest_path, artifact, runtime)
     batch = np.stack([preprocess(p, manifest["preprocessing"]) for p in images])
+    if min(batch.shape[2:]) < artifact.get("min_side", 0):  # outside what its verdict covers
+        raise ConsumerError(f"{artifact['path']} is verified only for H and W >= "
+                            f"{artifact['min_side']} (min_side); the preprocessing crops to "
+                            f"{batch.shape[2]}x{batch.shape[3]}: use --precision fp32 or fp16")
     logits = run(batch)
     shifted = np.exp(logits - logits.max(1, keepdims=True))
     probabilities = shifted / shifted.sum(1, keepdims=True)

@@ -13,3 +13,25 @@ def test_readme_figures_are_rendered_from_their_named_run():
     for name, block in blocks:
         assert (RUNS / name / "bench.json").is_file(), name
         assert block == render(RUNS / name), f"README block {name} is not what its run renders"
+
+
+def test_no_share_of_peak_passes_100_percent():
+    import json
+
+    from exporter.report.report import bench_limits, peak_share
+
+    # a runtime's fused convolutions beat the GEMM probe: the limit is then that row
+    bench = {"gemm_probes": {"onnxruntime": {"fp32": 100.0}},
+             "rows": {"eager fp32": {"precision": "fp32"}, "openvino m.xml": {"precision": "fp32"},
+                      "onnxruntime m.fp16.onnx": {"precision": "fp16"}},
+             "results": {"eager fp32": {"1": {"gmacs_per_s": 60.0}},
+                         "openvino m.xml": {"1": {"gmacs_per_s": 130.0}},
+                         "onnxruntime m.fp16.onnx": {"1": {"gmacs_per_s": 65.0}}}}
+    assert bench_limits(bench) == {"fp32": {"gmacs": 130.0, "by": "openvino m.xml at batch 1"}}
+    assert peak_share(bench, "openvino m.xml", bench["results"]["openvino m.xml"]["1"]) == 1.0
+    assert peak_share(bench, "onnxruntime m.fp16.onnx", {"gmacs_per_s": 65.0}) == 0.5  # fp32's limit
+    for path in RUNS.glob("*/bench.json"):  # every stored run, rendered under this definition
+        stored = json.loads(path.read_text())
+        shares = [peak_share(stored, name, r) for name, per_batch in stored["results"].items()
+                  for r in per_batch.values() if "gmacs_per_s" in r]
+        assert shares and max(shares) <= 1.0 + 1e-12, path

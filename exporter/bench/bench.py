@@ -13,15 +13,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from exporter.bench.peaks import gemm_peak_gmacs, torch_bf16_peak_gmacs
+from exporter.bench.peaks import gemm_peak_gmacs, openvino_gemm_peak_gmacs, torch_bf16_peak_gmacs
 from exporter.bench.recommend import gate_passed, recommend
 from exporter.bench.timing import BenchConfig, latency
 from exporter.files import write_text_atomic
 from exporter.manifest.manifest import read_manifest, write_manifest
 from exporter.report.report import (
     LATENCY_PNG,
+    bench_limits,
     format_bench,
     format_recommendation,
+    peak_share,
     plot_latency,
     write_report,
 )
@@ -90,15 +92,17 @@ def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print)
                                     spec["model_width"]).macs["total"]
     cpu = cpu_identity()
     bf16 = openvino_has_bf16()
-    # the best GEMM measured here, at two sizes (cache effects differ); a runtime's fused
-    # convolutions can beat it, so a share above 100% means the probe, not the runtime, fell short
+    # GEMM probes of two libraries at two sizes (cache effects differ); the limit a row's share
+    # is of is the best of them and of the rows themselves (peaks.machine_limits)
     peak_seconds = min(1.0, config.seconds_per_case)
-    probes = [gemm_peak_gmacs(n, peak_seconds) for n in (1024, 2048)]
-    peaks = {k: max(p[k] for p in probes) for k in probes[0]}
+    probes = {"onnxruntime": [gemm_peak_gmacs(n, peak_seconds) for n in (1024, 2048)],
+              "openvino": [openvino_gemm_peak_gmacs(n, peak_seconds) for n in (1024, 2048)]}
+    probes = {lib: {k: max(p[k] for p in runs) for k in runs[0]} for lib, runs in probes.items()}
     if bf16:
-        peaks["bf16"] = max(torch_bf16_peak_gmacs(n, peak_seconds) for n in (1024, 2048))
-    log(f"machine: {cpu['model']} ({', '.join(cpu['isa'])}); peak GEMM: "
-        + ", ".join(f"{k} {v:.0f} GMAC/s" for k, v in peaks.items()))
+        probes["torch"] = {"bf16": max(torch_bf16_peak_gmacs(n, peak_seconds) for n in (1024, 2048))}
+    log(f"machine: {cpu['model']} ({', '.join(cpu['isa'])}); GEMM probes: "
+        + "; ".join(f"{lib} " + ", ".join(f"{k} {v:.0f}" for k, v in p.items())
+                    for lib, p in probes.items()) + " GMAC/s")
     rows = bench_rows(manifest, root, config, bf16)
     results: dict[str, dict] = {}
     inputs = {b: np.random.default_rng(b).standard_normal((b, 3, height, width), dtype=np.float32)
@@ -120,9 +124,7 @@ def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print)
                 continue
             result["images_per_s"] = batch / (result["p50_ms"] / 1000)
             if macs_per_image:
-                achieved = macs_per_image * result["images_per_s"] / 1e9
-                result["gmacs_per_s"] = achieved
-                result["peak_share"] = achieved / peaks.get(row.precision, peaks["fp32"])
+                result["gmacs_per_s"] = macs_per_image * result["images_per_s"] / 1e9
             results.setdefault(name, {})[str(batch)] = result
             progress.update()
         del runner
@@ -134,11 +136,16 @@ def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print)
                 results[name][batch]["speedup_vs_eager"] = eager / results[name][batch]["p50_ms"]
     passed = gate_passed(manifest)
     recommended = recommend(results, rows, passed, config.batches)
-    bench = {"input": [height, width], "threads": os.cpu_count(), "cpu": cpu, "peak_gmacs": peaks,
+    bench = {"input": [height, width], "threads": os.cpu_count(), "cpu": cpu, "gemm_probes": probes,
              "macs_per_image": macs_per_image, "gate_checked": passed is not None,
              "rows": {name: {"runtime": r.runtime, "artifact": r.artifact, "precision": r.precision,
                              "target": r.target} for name, r in rows.items()},
              "results": results, "recommended": recommended}
+    bench["limits"] = bench_limits(bench)
+    for name, per_batch in results.items():
+        for r in per_batch.values():
+            if "gmacs_per_s" in r:
+                r["peak_share"] = peak_share(bench, name, r)
     write_text_atomic(root / "bench.json", json.dumps(bench, indent=2) + "\n")
     manifest["bench"] = {
         "cpu": cpu, "recommended": recommended,

@@ -1,9 +1,13 @@
-"""What this machine can do at best: GEMM throughput of ONNX Runtime (fp32, int8) and torch
-(bf16). A measurement's share of the peak says how much a runtime leaves on the table."""
+"""What this machine can do at best: GEMM throughput of ONNX Runtime (fp32, int8), OpenVINO
+(fp32, int8) and torch (bf16). The limit a row's "% of peak" is a share of is the best of these
+and of the rows themselves (exporter.report.report.bench_limits): a runtime's fused
+convolutions can beat one library's GEMM."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 from onnx import ModelProto, TensorProto, helper
@@ -44,6 +48,46 @@ def gemm_peak_gmacs(n: int = 1024, seconds: float = 2.0) -> dict[str, float]:
         result = latency(lambda s=session, f=feeds: s.run(None, f),
                          BenchConfig(warmup=2, min_iterations=5, seconds_per_case=seconds))
         peaks[name] = n**3 / (result["p50_ms"] / 1000) / 1e9
+    return peaks
+
+
+def _qdq_gemm_model(n: int) -> ModelProto:
+    """A float A quantized to u8, times an int8 B: OpenVINO runs the pair as an int8 GEMM."""
+    b = np.random.default_rng(0).integers(-127, 127, (n, n), dtype=np.int8)
+    nodes = [helper.make_node("QuantizeLinear", ["a", "sa", "za"], ["qa"]),
+             helper.make_node("DequantizeLinear", ["qa", "sa", "za"], ["da"]),
+             helper.make_node("DequantizeLinear", ["b", "sb"], ["db"]),
+             helper.make_node("MatMul", ["da", "db"], ["c"])]
+    inits = [helper.make_tensor("sa", TensorProto.FLOAT, [], [0.02]),
+             helper.make_tensor("za", TensorProto.UINT8, [], [128]),
+             helper.make_tensor("sb", TensorProto.FLOAT, [], [0.01]),
+             helper.make_tensor("b", TensorProto.INT8, [n, n], b.tobytes(), raw=True)]
+    graph = helper.make_graph(nodes, "qdq_gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def openvino_gemm_peak_gmacs(n: int = 1024, seconds: float = 2.0) -> dict[str, float]:
+    """fp32 and int8 GEMM throughput of OpenVINO's CPU plugin (oneDNN) on this machine."""
+    from exporter.runtime.openvino import OpenVinoRunner
+
+    peaks = {}
+    a = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    with tempfile.TemporaryDirectory(prefix="gemm-") as tmp:
+        for name, model in (("fp32", _gemm_model(False, n)), ("int8", _qdq_gemm_model(n))):
+            if name == "fp32":  # both inputs fed
+                model.graph.input.pop()
+                model.graph.initializer.append(helper.make_tensor(
+                    "b", TensorProto.FLOAT, [n, n], a.T.copy().tobytes(), raw=True))
+            path = Path(tmp) / f"{name}.onnx"
+            path.write_bytes(model.SerializeToString())
+            runner = OpenVinoRunner(path)
+            result = latency(lambda r=runner: r(a),
+                             BenchConfig(warmup=2, min_iterations=5, seconds_per_case=seconds))
+            peaks[name] = n**3 / (result["p50_ms"] / 1000) / 1e9
     return peaks
 
 

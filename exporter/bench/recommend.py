@@ -16,20 +16,26 @@ def gate_passed(manifest: dict) -> set[tuple[str, str]] | None:
             if passing_verdict(manifest, a, v["reader"])}
 
 
+NOISE = 0.05  # rows whose p50 is within 5% of the fastest are a tie on a noisy machine
+
+
 def recommend(results: dict, rows: dict, passed: set | None, batches) -> dict:
-    """Per batch size and target, the fastest artifact that passed the gate."""
+    """Per batch size and target, the fastest artifact that passed the gate in this run (on any
+    CPU: the measurement decides, not a table of which runtime wins where), with the other
+    passing rows within NOISE of it named as ties."""
     chosen: dict = {}
     for batch in map(str, batches):
         for target in ("onnxruntime-cpu", "openvino-cpu", "tensorrt"):
-            candidates = [(results[name][batch]["p50_ms"], name) for name, row in rows.items()
-                          if row.target == target and "p50_ms" in results[name].get(batch, {})
-                          and passed is not None and (row.artifact, row.runtime) in passed]
-            if candidates:
-                _, name = min(candidates)
-                row = rows[name]
-                chosen.setdefault(batch, {})[target] = {
-                    "row": name, "artifact": row.artifact, "precision": row.precision,
-                    "runtime_options": row.runtime_options or {},
-                    "p50_ms": results[name][batch]["p50_ms"],
-                    "speedup_vs_eager": results[name][batch]["speedup_vs_eager"]}
+            candidates = sorted((results[name][batch]["p50_ms"], name) for name, row in rows.items()
+                                if row.target == target and "p50_ms" in results[name].get(batch, {})
+                                and passed is not None and (row.artifact, row.runtime) in passed)
+            if not candidates:
+                continue
+            fastest, name = candidates[0]
+            row = rows[name]
+            chosen.setdefault(batch, {})[target] = {
+                "row": name, "artifact": row.artifact, "precision": row.precision,
+                "runtime_options": row.runtime_options or {},
+                "p50_ms": fastest, "speedup_vs_eager": results[name][batch]["speedup_vs_eager"],
+                "ties": [other for ms, other in candidates[1:] if ms <= fastest * (1 + NOISE)]}
     return chosen

@@ -4,12 +4,21 @@ the precision stage. The manifest says which GPU backend was used and why."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from exporter.convert.openvino_ir import BF16_OPTIONS, onnx_to_openvino_ir
 from exporter.convert.tensorrt_plan import EngineConfig, onnx_to_plan, resolve_backend
 from exporter.manifest.lifecycle import forget_verdicts
-from exporter.manifest.manifest import ManifestError, artifact_entry, read_manifest, write_manifest
+from exporter.manifest.manifest import (
+    ManifestError,
+    artifact_entry,
+    declare_served_ranges,
+    int8_min_side,
+    read_manifest,
+    served_range,
+    write_manifest,
+)
 from exporter.runtime.cpu import openvino_has_bf16
 
 
@@ -27,14 +36,16 @@ def openvino_artifacts(root: Path, manifest: dict, log=print) -> list[dict]:
     """engines/openvino/: the fp32 IR (and, where this CPU computes bf16, the same IR listed as
     bf16 with OpenVINO's bf16 inference precision) and the int8 IR, on every machine."""
     folder = root / "engines" / "openvino"
+    int8_graph = graph_path(manifest, root, "int8", "onnxruntime-cpu")
     fp32 = onnx_to_openvino_ir(root / "model.onnx", folder / "model.fp32.xml")
-    int8 = onnx_to_openvino_ir(graph_path(manifest, root, "int8", "onnxruntime-cpu"),
-                               folder / "model.int8.xml")
-    entries = [artifact_entry(fp32, root, "openvino-ir", "fp32", "openvino-cpu")]
+    int8 = onnx_to_openvino_ir(int8_graph, folder / "model.int8.xml")
+    entries = [artifact_entry(fp32, root, "openvino-ir", "fp32", "openvino-cpu",
+                              source=root / "model.onnx")]
     if openvino_has_bf16():
         entries.append(artifact_entry(fp32, root, "openvino-ir", "bf16", "openvino-cpu",
                                       BF16_OPTIONS))
-    entries.append(artifact_entry(int8, root, "openvino-ir", "int8", "openvino-cpu"))
+    entries.append(artifact_entry(int8, root, "openvino-ir", "int8", "openvino-cpu",
+                                  source=int8_graph))
     listed = ", ".join(f"{e['path']} ({e['precision']})" for e in entries)
     log(f"  OpenVINO IR: {listed}")
     return entries
@@ -56,11 +67,17 @@ def build_engines(manifest_path: Path, backend: str = "auto", log=print) -> Path
         config = EngineConfig(timing_cache=trt_dir / "timing.cache")
         for name in ("fp16", "int8"):
             graph = graph_path(manifest, root, name, "tensorrt")
-            report = onnx_to_plan(graph, trt_dir / f"{name}.plan", manifest["dynamic"], config)
-            manifest["artifacts"].append(artifact_entry(report.plan, root, "plan", name, "tensorrt"))
+            # an int8 plan's profile starts where its verdict does (manifest.int8_min_side)
+            served = {"min_side": int8_min_side(manifest["dynamic"])} if name == "int8" else {}
+            report = onnx_to_plan(graph, trt_dir / f"{name}.plan",
+                                  served_range(manifest["dynamic"], served), config)
+            manifest["artifacts"].append(artifact_entry(report.plan, root, "plan", name, "tensorrt",
+                                                        source=graph))
             log(f"  built {report.plan} (layer info: {report.layers.name})")
         manifest["tensorrt"] = {"version": report.tensorrt_version, "gpu": report.gpu,
                                 "compute_capability": report.compute_capability,
-                                "version_compatible": config.version_compatible}
+                                "version_compatible": config.version_compatible,
+                                "host": socket.gethostname()}  # the gate fails, not skips, here
+    declare_served_ranges(manifest)
     write_manifest(manifest_path, manifest)
     return manifest_path

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from exporter.files import ensure_writable_dir, write_text_atomic
-from exporter.manifest.manifest import read_manifest, verify_artifacts
+from exporter.manifest.manifest import read_manifest, served_range, verify_artifacts
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "plan": ("tensorrt_plan", "model.plan"),
              "openvino-ir": ("openvino", "model.xml")}  # openvino is a backend, not a platform
@@ -26,8 +26,9 @@ def model_name(variant: str, artifact: dict) -> str:
     return f"{variant}_{artifact['format']}_{stem}".replace(".", "_").replace("-", "_")
 
 
-def config_pbtxt(name: str, platform: str, manifest: dict, options: dict | None = None) -> str:
-    dyn = manifest["dynamic"]
+def config_pbtxt(name: str, platform: str, manifest: dict, options: dict | None = None,
+                 artifact: dict | None = None) -> str:
+    dyn = served_range(manifest["dynamic"], artifact or {})  # int8: from its min_side
     batch = dyn["batch"]
     preferred = sorted({b for b in (batch["opt"], min(8, batch["max"]), batch["max"]) if b > 1})
     params = "\n".join(
@@ -90,6 +91,6 @@ def manifest_to_triton(manifest_path: Path, repository: Path, log=print) -> list
         for source, target in files:
             _place(manifest_path.parent / source, version / target)
         written.append(write_text_atomic(repository / name / "config.pbtxt", config_pbtxt(
-            name, platform, manifest, artifact.get("runtime_options"))))
+            name, platform, manifest, artifact.get("runtime_options"), artifact)))
         log(f"  {name}: {platform}")
     return written

@@ -28,7 +28,12 @@ from exporter.graphs.fallback import FALLBACK_METRICS, FallbackGoal, quantize_wi
 from exporter.graphs.fp16 import onnx_to_fp16
 from exporter.graphs.quantize import Int8Target, QuantizationError
 from exporter.manifest.lifecycle import forget_verdicts
-from exporter.manifest.manifest import artifact_entry, read_manifest, write_manifest
+from exporter.manifest.manifest import (
+    artifact_entry,
+    declare_served_ranges,
+    read_manifest,
+    write_manifest,
+)
 from exporter.runtime import run_batches
 from exporter.runtime.eager import model_from_manifest, run_torch
 from exporter.runtime.onnxruntime import OnnxRuntimeRunner
@@ -185,8 +190,9 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
         "int8-trt-onnx": (root / Int8Target.TENSORRT.filename, "onnx", "int8", "tensorrt", None,
                           trt_exact),
         "int8-cpu-onnx": (root / Int8Target.CPU.filename, "onnx", "int8", "onnxruntime-cpu"),
-        "fp32-ort": (ort_fp32, "ort", "fp32", "onnxruntime-cpu"),
-        "int8-cpu-ort": (ort_int8, "ort", "int8", "onnxruntime-cpu"),
+        "fp32-ort": (ort_fp32, "ort", "fp32", "onnxruntime-cpu", None, None, fp32),
+        "int8-cpu-ort": (ort_int8, "ort", "int8", "onnxruntime-cpu", None, None,
+                         root / Int8Target.CPU.filename),
     }
     start = time.perf_counter()
     labels = data.heldout.labels
@@ -211,6 +217,7 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     timings["heldout"] = time.perf_counter() - start
 
     manifest["artifacts"] = [artifact_entry(p, root, *rest) for p, *rest in artifacts.values()]
+    declare_served_ranges(manifest)  # int8: the sizes its verdict covers
     manifest["data_split"] = data.record()
     manifest["calibration"] = {
         "source": data.calibration.source, "method": ranges.method, "images": ranges.count,

@@ -12,7 +12,8 @@ from exporter.manifest.manifest import write_manifest
 # files derived from the artifacts' bytes (the gate's, the self-test's, the bench's, the report)
 DERIVED_FILES = ("parity.json", "parity.junit.xml", "explain.json", "selftest.json", "bench.json",
                  "verify.json", "report.md", "parity-errors.png", "explain-modules.png",
-                 "bench-latency.png", "golden/inputs.json", "golden/outputs.json")
+                 "bench-latency.png", "accuracy-drop.png", "golden/inputs.json",
+                 "golden/outputs.json")
 
 
 def _remove(root: Path, names: tuple[str, ...]) -> list[str]:

@@ -14,10 +14,11 @@ from models import ToolchainError
 
 # 1.1 added data_split, openvino-ir, bf16 and openvino-cpu; 1.2 exact_int8_session_options.
 # Reads 1.0 and 1.1.
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 FORMATS = ("onnx", "ort", "plan", "openvino-ir")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TARGETS = ("any", "tensorrt", "onnxruntime-cpu", "openvino-cpu")
+INT8_MIN_SIDE = 64  # int8 artifacts are gated, and so declared servable, where H, W >= this
 _VERSIONED = ("torch", "torchvision", "onnx", "onnxscript", "onnxsim", "onnxruntime-gpu",
               "onnxruntime", "numpy", "tensorrt")
 
@@ -38,12 +39,13 @@ def tool_versions() -> dict[str, str]:
 
 def artifact_entry(path: Path, root: Path, format: str, precision: str, target: str,
                    runtime_options: dict | None = None,
-                   exact_int8_options: dict | None = None) -> dict:
+                   exact_int8_options: dict | None = None, source: Path | None = None) -> dict:
     """One artifact. An OpenVINO IR's weights file (.bin beside the .xml) is listed with its own
     sha256 under `weights`; `runtime_options` are what a runtime must set to run it as listed
     (the bf16 entry of the fp32 IR); `exact_int8_session_options`, what ONNX Runtime must set to
     read an int8 graph with 8-bit weights exactly where the CPU's int8 pair sums saturate
-    (exporter.runtime.cpu; the TensorRT graph), as the gate and the consumer do."""
+    (exporter.runtime.cpu; the TensorRT graph), as the gate and the consumer do; `source`, the
+    graph a converted artifact (.ort, IR, plan) was made from, which the gate compares it with."""
     assert format in FORMATS and precision in PRECISIONS and target in TARGETS
     entry = {"path": path.relative_to(root).as_posix(), "format": format, "precision": precision,
              "target": target, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
@@ -55,7 +57,36 @@ def artifact_entry(path: Path, root: Path, format: str, precision: str, target: 
         entry["runtime_options"] = dict(runtime_options)
     if exact_int8_options:
         entry["exact_int8_session_options"] = dict(exact_int8_options)
+    if source is not None:
+        entry["source"] = source.relative_to(root).as_posix()
     return entry
+
+
+def int8_min_side(dynamic: dict) -> int:
+    """The smallest H and W an int8 artifact is gated at, and so served at: INT8_MIN_SIDE (or the
+    opt size, where smaller), rounded up to the declared multiple. Below it int8 is measured and
+    reported only (exporter/verify/cases.py says why)."""
+    side = min(INT8_MIN_SIDE, dynamic["height"]["opt"], dynamic["width"]["opt"])
+    multiple = max(dynamic["height"].get("multiple_of", 1), dynamic["width"].get("multiple_of", 1))
+    return -(-side // multiple) * multiple
+
+
+def served_range(dynamic: dict, artifact: dict) -> dict:
+    """The manifest's declared range as ``artifact`` serves it: an int8 artifact's H and W start
+    at its `min_side` (the range its verdict covers; TensorRT's profile and Triton's config say
+    the same)."""
+    side = artifact.get("min_side", 0)
+    return {axis: (r | {"min": max(r["min"], side)} if axis in ("height", "width") else r)
+            for axis, r in dynamic.items()}
+
+
+def declare_served_ranges(manifest: dict) -> None:
+    """Every int8 artifact gets `min_side` where it is above the declared minimum."""
+    side = int8_min_side(manifest["dynamic"])
+    for artifact in manifest["artifacts"]:
+        if artifact["precision"] == "int8" and side > min(manifest["dynamic"]["height"]["min"],
+                                                           manifest["dynamic"]["width"]["min"]):
+            artifact["min_side"] = side
 
 
 def read_manifest(path: str | Path) -> dict:

@@ -13,7 +13,7 @@ from exporter.files import atomic_path, write_text_atomic
 from exporter.manifest.manifest import read_manifest, write_manifest
 
 ERRORS_PNG, LATENCY_PNG = "parity-errors.png", "bench-latency.png"
-MODULES_PNG = "explain-modules.png"
+MODULES_PNG, ACCURACY_PNG = "explain-modules.png", "accuracy-drop.png"
 
 
 def _pyplot():
@@ -83,12 +83,16 @@ def _selftest_section(selftest: dict) -> list[str]:
     lines = ["## Gate self-test", "",
              f"`make parity-selftest` planted {selftest['planted']} known bugs into copies of this "
              f"build (manifest sha256 updated, as a careless rebuild would) and the gate caught "
-             f"**{selftest['caught']} of {selftest['planted']}**.", "",
-             "| bug | artifact | planted | caught | first failure |", "|---|---|---|---|---|"]
+             f"**{selftest['caught']} of {selftest['planted']}**; a bug counts as caught only "
+             f"where the same artifact unplanted passed the gate"
+             + (f" (it did not for {', '.join(selftest['baseline_failed'])}: **baseline failed**)"
+                if selftest.get("baseline_failed") else "") + ".", "",
+             "| bug | artifact | planted | outcome | first failure |", "|---|---|---|---|---|"]
     for bug in selftest["bugs"]:
         first = bug["by"][0].replace("|", "/") if bug["by"] else ""
+        outcome = bug.get("outcome", "caught" if bug["caught"] else "MISSED")
         lines.append(f"| {bug['bug']} | {bug['artifact']} | {bug['planted']} | "
-                     f"{'yes' if bug['caught'] else '**NO**'} | {first} |")
+                     f"{outcome if outcome == 'caught' else f'**{outcome}**'} | {first} |")
     return lines + [""]
 
 
@@ -116,35 +120,149 @@ def _kernels(parity: dict) -> str:
     return where + (f", {', '.join(readers)}" if readers else "")
 
 
+def _budgets_line(parity: dict) -> str:
+    changed = parity.get("budgets_changed")
+    return ("" if not changed else "\n**Budgets changed from the defaults** by the tolerances "
+            f"file given: {'; '.join(changed)}.")
+
+
+def plot_accuracy_drops(path: Path, parity: dict) -> Path:
+    """Each artifact's top-1 drop against eager on EVAL_DIR, with its 95% interval, against the
+    budget: what decides the accuracy verdict, at a glance."""
+    judged = [a for a in parity["artifacts"] if a.get("accuracy")]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(judged) + 1.5))
+    for y, artifact in enumerate(judged):
+        r = artifact["accuracy"]
+        color = {"within budget": "tab:green", "over budget": "tab:red"}.get(r["verdict"], "tab:orange")
+        error = [[100 * (r["drop"] - r["low"])], [100 * (r["high"] - r["drop"])]]
+        ax.errorbar(100 * r["drop"], y, xerr=error, fmt="o", color=color, capsize=3)
+    budgets = sorted({a["accuracy"]["budget"] for a in judged})
+    for budget in budgets:
+        ax.axvline(100 * budget, color="gray", linestyle="--")
+    ax.axvline(0, color="black", linewidth=0.5)
+    ax.set(yticks=range(len(judged)), yticklabels=[f"{a['path']} [{a['reader']}]" for a in judged],
+           xlabel="top-1 drop against eager fp32, points (95% interval; dashed: budget)",
+           title=f"Accuracy drop on EVAL_DIR ({parity['evaluation']['images']} labelled images)")
+    return _save_png(plt, fig, path)
+
+
+def _accuracy_section(parity: dict) -> list[str]:
+    evaluation = parity["evaluation"]
+    lines = ["## Accuracy on EVAL_DIR", "",
+             f"{evaluation['images']} labelled images in {evaluation['classes']} classes from "
+             f"`{evaluation['source']}` (kept apart from calibration; sha256 of their identities "
+             f"`{evaluation['ids_sha256'][:16]}`), eager fp32 top-1 {100 * evaluation['eager_top1']:.2f}%"
+             + (f"; {len(evaluation['skipped'])} undecodable files skipped, first: "
+                f"{evaluation['skipped'][0]}" if evaluation["skipped"] else "") + ". The drop is "
+             "paired (the same images under eager and the artifact), its interval exact (McNemar's, "
+             "on the images whose verdict changed): within budget means the whole interval is; "
+             "not resolvable means these images cannot tell, and the gate fails until more are given.",
+             "", "| artifact | reader | top-1 | top-5 | drop (points) | 95% interval | lost / gained "
+             "| budget | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for artifact in parity["artifacts"]:
+        r = artifact.get("accuracy")
+        if not r:
+            continue
+        verdict = r["verdict"] + (f" ({r['images_needed']} images would resolve it)"
+                                  if r.get("images_needed") else "")
+        lines.append(f"| {artifact['path']} | {artifact['reader']} | {100 * r['top1']:.2f}% | "
+                     f"{100 * r['top5']:.2f}% | {100 * r['drop']:+.2f} | [{100 * r['low']:+.2f}, "
+                     f"{100 * r['high']:+.2f}] | {r['lost']} / {r['gained']} | {100 * r['budget']:.2f} "
+                     f"| {verdict} |")
+    moved = [(a, m) for a in parity["artifacts"] if a.get("accuracy") for m in a["accuracy"]["moves"][:3]]
+    if moved:
+        lines += ["", "Classes that move (eager right and the artifact wrong: lost; the reverse: "
+                  "gained), the three that lose most per artifact:", "",
+                  "| artifact | reader | class | images | lost | gained |", "|---|---|---|---|---|---|"]
+        lines += [f"| {a['path']} | {a['reader']} | {m['class']} | {m['images']} | {m['lost']} | "
+                  f"{m['gained']} |" for a, m in moved]
+    return lines + ["", f"![accuracy]({ACCURACY_PNG})", ""]
+
+
 def _parity_section(parity: dict) -> list[str]:
     weights = ("trained weights" if parity["trained_weights"]
                else "random-init weights: top-1/top-5 not gated")
     heldout = parity.get("heldout", {})
     lines = ["## Parity against eager PyTorch fp32", "",
              f"Gate: **{'passed' if parity['passed'] else 'FAILED'}** ({weights}). "
-             f"Held-out images: {heldout.get('images', '?')} ({heldout.get('source', '?')}), "
-             f"never used for calibration or tuning; shapes: {', '.join(parity.get('shapes', []))}. "
-             "Every portable graph is read by ONNX Runtime and by OpenVINO. Verdicts are bound to "
-             f"the artifacts' sha256 and to the kernels that computed them: {_kernels(parity)}.",
-             "", "| artifact | reader | case | rel L2 | min cosine | max abs | top-1 | top-5 | accuracy "
-             "| verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"Held-out images: {heldout.get('images', '?')} from "
+             f"{heldout.get('distinct_sources', '?')} distinct sources (photographs, files or "
+             f"array entries; top-1/top-5 gate only where these resolve the budget) "
+             f"({heldout.get('source', '?')}), never used for calibration or tuning; shapes: "
+             f"{', '.join(parity.get('shapes', []))}. "
+             "Every portable graph is read by ONNX Runtime and by OpenVINO, held to each other "
+             "(agreement_max); every converted artifact to the graph it was made from "
+             "(derived_max, \"vs source\"). Verdicts are bound to the artifacts' sha256 and to the "
+             f"kernels that computed them: {_kernels(parity)}.", _budgets_line(parity),
+             "", "| artifact | reader | case | rel L2 | worst image | min cosine | max abs | top-1 | "
+             "top-5 | accuracy | vs source | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for artifact in parity["artifacts"]:
         reader = artifact.get("reader", "onnxruntime")
         if artifact["skipped"]:
-            lines.append(f"| {artifact['path']} | {reader} | - | | | | | | | "
+            lines.append(f"| {artifact['path']} | {reader} | - | | | | | | | | | "
                          f"SKIPPED, not verified: {artifact['skipped']} |")
         general = [f for f in artifact["failures"] if f.split(": ")[0] not in artifact["cases"]]
         if general:
-            lines.append(f"| {artifact['path']} | {reader} | all | | | | | | | "
+            lines.append(f"| {artifact['path']} | {reader} | all | | | | | | | | | "
                          f"FAIL: {'; '.join(general)} |")
         for case, r in artifact["cases"].items():
             failed = any(f.startswith(f"{case}: ") for f in artifact["failures"])
             accuracy = f"{100 * r['accuracy']:.2f}%" if "accuracy" in r else ""
             verdict = "FAIL" if failed else "ok" if r.get("gated", True) else "not gated"
-            lines.append(f"| {artifact['path']} | {reader} | {case} | {r['rel_l2']:.2e} | "
+            image = f"{r['rel_l2_image']:.2e}" if "rel_l2_image" in r else ""
+            source = f"{r['rel_l2_vs_source']:.2e}" if "rel_l2_vs_source" in r else ""
+            lines.append(f"| {artifact['path']} | {reader} | {case} | {r['rel_l2']:.2e} | {image} | "
                          f"{r['cosine']:.5f} | {r['max_abs']:.2e} | {r['top1']:.3f} | {r['top5']:.3f} "
-                         f"| {accuracy} | {verdict} |")
+                         f"| {accuracy} | {source} | {verdict} |")
     return lines + ["", f"![errors]({ERRORS_PNG})", ""]
+
+
+def _limit_key(precision: str, probes: dict) -> str:
+    """The limit a row of ``precision`` is measured against: its own where a GEMM of that
+    precision was probed (fp32, int8, bf16), else fp32's (an fp16 graph on a CPU)."""
+    return precision if any(precision in p for p in probes.values()) else "fp32"
+
+
+def _probes(bench: dict) -> dict:
+    # bench.json before gemm_probes held one library's figures (ONNX Runtime; torch for bf16)
+    return bench.get("gemm_probes") or {"ONNX Runtime/torch": bench.get("peak_gmacs", {})}
+
+
+def bench_limits(bench: dict) -> dict:
+    """Per precision, the most MAC/s this run saw: the best GEMM probe or the best row, and which
+    one it was. "% of peak" is a share of it, so it never passes 100 (a runtime's fused
+    convolutions can beat one library's GEMM)."""
+    probes = _probes(bench)
+    limits: dict = {}
+    for source, peaks in probes.items():
+        for precision, value in peaks.items():
+            if value > limits.get(precision, {}).get("gmacs", 0):
+                limits[precision] = {"gmacs": value, "by": f"{source} GEMM"}
+    for name, per_batch in bench["results"].items():
+        key = _limit_key(bench["rows"][name]["precision"], probes)
+        for batch, r in per_batch.items():
+            if r.get("gmacs_per_s", 0) > limits.get(key, {}).get("gmacs", 0):
+                limits[key] = {"gmacs": r["gmacs_per_s"], "by": f"{name} at batch {batch}"}
+    return limits
+
+
+def peak_share(bench: dict, name: str, result: dict) -> float | None:
+    if "gmacs_per_s" not in result:
+        return None
+    limits = bench.get("limits") or bench_limits(bench)
+    key = _limit_key(bench["rows"][name]["precision"], _probes(bench))
+    return result["gmacs_per_s"] / limits[key]["gmacs"]
+
+
+def describe_limits(bench: dict) -> str:
+    """What "x eager" divides by and what "% of peak" is a share of, from bench.json."""
+    limits = bench.get("limits") or bench_limits(bench)
+    named = "; ".join(f"{p} {v['gmacs']:.0f} GMAC/s ({v['by']})" for p, v in limits.items())
+    return ("\"x eager\": eager fp32's p50 (PyTorch in inference mode, channels-last) over the "
+            "row's, measured in the same run. \"% of peak\": a share of the most MAC/s this run "
+            f"saw for that precision, from GEMM probes ({', '.join(_probes(bench))}) or the rows "
+            f"themselves: {named or 'not measured (input not square)'}.")
 
 
 def format_bench(bench: dict) -> str:
@@ -158,7 +276,7 @@ def format_bench(bench: dict) -> str:
             lines.append(
                 f"| {name} | {batch} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
                 f"{r['images_per_s']:.1f} | {r['speedup_vs_eager']:.2f} | "
-                f"{r.get('gmacs_per_s', 0):.0f} | {100 * r.get('peak_share', 0):.0f} |")
+                f"{r.get('gmacs_per_s', 0):.0f} | {100 * (peak_share(bench, name, r) or 0):.0f} |")
     return "\n".join(lines)
 
 
@@ -178,14 +296,15 @@ def format_recommendation(bench: dict) -> str:
     for batch, targets in bench.get("recommended", {}).items():
         for target, r in targets.items():
             options = ", ".join(f"{k}={v}" for k, v in r["runtime_options"].items()) or "-"
+            ties = (f"; within 5%, a tie on this machine: {', '.join(r['ties'])}"
+                    if r.get("ties") else "")
             lines.append(f"| {batch} | {TARGET_NAMES.get(target, target)} | {r['artifact']} "
-                         f"({r['precision']}) | {options} | {r['p50_ms']:.1f} | "
+                         f"({r['precision']}){ties} | {options} | {r['p50_ms']:.1f} | "
                          f"{r['speedup_vs_eager']:.2f} |")
-    lines += ["", "This is a property of the machine that ran `make bench`, not of the artifacts: "
-              "which runtime is fastest flips between CPUs (AMD Zen 4: ONNX Runtime int8 ahead of "
-              "OpenVINO; Intel Xeon with AMX: the reverse). On the target box, run `make bench` on "
-              "a copy of the build, or, without torch, `python consumer/classify.py "
-              "manifest.json --bench` (docs/edge.md)."]
+    lines += ["", "This is a measurement on the machine that ran `make bench`, not a property of "
+              "the artifacts: which runtime is fastest depends on the CPU's kernels. On the "
+              "target box, run `make bench` on a copy of the build, or, without torch, "
+              "`python consumer/classify.py manifest.json --bench` (docs/edge.md)."]
     return "\n".join(lines)
 
 
@@ -206,6 +325,9 @@ def write_report(root: Path) -> Path:
         if parity.get("error_histograms"):
             plot_error_histograms(root / ERRORS_PNG, parity["error_histograms"])
         lines += _parity_section(parity)
+        if parity.get("evaluation"):
+            plot_accuracy_drops(root / ACCURACY_PNG, parity)
+            lines += _accuracy_section(parity)
     if (root / "explain.json").is_file():
         explain = json.loads((root / "explain.json").read_text())
         if explain["artifacts"]:
@@ -215,10 +337,8 @@ def write_report(root: Path) -> Path:
         lines += _selftest_section(json.loads((root / "selftest.json").read_text()))
     if (root / "bench.json").is_file():
         bench = json.loads((root / "bench.json").read_text())
-        peaks = ", ".join(f"{k} {v:.0f} GMAC/s" for k, v in bench["peak_gmacs"].items())
         lines += ["## Speed", "", f"Input {bench['input'][0]}x{bench['input'][1]}, "
-                  f"{bench['threads']} threads; machine peak (GEMM): {peaks}. Speedups are "
-                  "measured in the same run.", "", format_bench(bench), "",
+                  f"{bench['threads']} threads. {describe_limits(bench)}", "", format_bench(bench), "",
                   "### Recommended", "", format_recommendation(bench), "",
                   f"![latency]({LATENCY_PNG})", ""]
     path = write_text_atomic(root / "report.md", "\n".join(lines))

@@ -12,7 +12,8 @@ from pathlib import Path
 from models import ConfigError
 from models.names import VARIANT_NAMES
 
-METRICS = ("rel_l2_max", "cosine_min", "top1_min", "top5_min", "accuracy_drop_max", "drift_max")
+METRICS = ("rel_l2_max", "rel_l2_image_max", "cosine_min", "top1_min", "top5_min",
+           "accuracy_drop_max", "drift_max", "agreement_max", "derived_max", "derived_ort_max")
 DRIFT_FLOOR = 1e-4  # rel L2 differences below this are kernel noise, not drift
 AGREEMENT_METRICS = ("top1_min", "top5_min")  # meaningful only for trained weights
 
@@ -70,13 +71,15 @@ def load_tolerances(variant: str, path: Path | None = None) -> dict[str, dict[st
 
 
 def resolvable(key: str, result: dict, budget: dict) -> bool:
-    """Whether ``result`` has images enough to hold the agreement budget ``key``: one image's top-1
+    """Whether ``result`` has independent images enough (``sources``, where counted; else
+    ``images``) to hold the agreement budget ``key``: one image's top-1
     disagreement moves top-1 agreement by 1/N, one class of its top-5 by 1/(5N); a budget that
     allows less than that demands perfection, whatever it says (top-1 >= 0.95 on 8 images means
     no disagreement at all). Elsewhere the figure is reported and not gated."""
     if key not in AGREEMENT_METRICS or budget[key] >= 1:  # perfection is measurable on any number
         return True
-    step = 1 / result["images"] / (5 if key == "top5_min" else 1)
+    # independent images: crops of one photograph, or one image repeated, agree or not together
+    step = 1 / result.get("sources", result["images"]) / (5 if key == "top5_min" else 1)
     return step <= 1 - budget[key] + 1e-12
 
 
@@ -87,9 +90,11 @@ def budget_margin(result: dict, budget: dict, trained: bool) -> float:
     if not result["finite"]:
         return 0.0
     used = {"rel_l2_max": result["rel_l2"], "cosine_min": 1 - result["cosine"]}
+    if "rel_l2_image" in result:
+        used["rel_l2_image_max"] = result["rel_l2_image"]
     if trained:
         used |= {"top1_min": 1 - result["top1"], "top5_min": 1 - result["top5"]}
-    ratios = [(budget[k] if k == "rel_l2_max" else 1 - budget[k]) / v if v > 0 else float("inf")
+    ratios = [(budget[k] if k.startswith("rel_l2") else 1 - budget[k]) / v if v > 0 else float("inf")
               for k, v in used.items() if k in budget and resolvable(k, result, budget)]
     return min(ratios, default=float("inf"))
 
@@ -107,6 +112,7 @@ def breaches(result: dict, budget: dict, trained: bool, built: float | None = No
                          f"was measured")
     checks = {
         "rel_l2_max": (result["rel_l2"], lambda v, b: v <= b),
+        "rel_l2_image_max": (result.get("rel_l2_image", 0.0), lambda v, b: v <= b),
         "cosine_min": (result["cosine"], lambda v, b: v >= b),
         "top1_min": (result["top1"], lambda v, b: v >= b),
         "top5_min": (result["top5"], lambda v, b: v >= b),
@@ -117,5 +123,17 @@ def breaches(result: dict, budget: dict, trained: bool, built: float | None = No
     for key, (value, ok) in checks.items():
         gated = key in budget and (trained or key not in AGREEMENT_METRICS)
         if gated and resolvable(key, result, budget) and not ok(value, budget[key]):
-            found.append(f"{key.rsplit('_', 1)[0]} {value:.4g} (budget {budget[key]:.4g})")
+            name = "worst image's rel L2" if key == "rel_l2_image_max" else key.rsplit('_', 1)[0]
+            found.append(f"{name} {value:.4g} (budget {budget[key]:.4g})")
     return found
+
+
+def changed_budgets(variant: str, path: Path | None) -> list[str]:
+    """Every budget key that ``path`` (a user's tolerances) sets to other than the default, as
+    "precision.key default -> used", so that a loosened budget is never silent."""
+    if path is None:
+        return []
+    defaults, used = load_tolerances(variant), load_tolerances(variant, path)
+    return [f"{p}.{k} {defaults.get(p, {}).get(k, 'unset')} -> {v}"
+            for p, budget in sorted(used.items()) for k, v in sorted(budget.items())
+            if defaults.get(p, {}).get(k) != v]

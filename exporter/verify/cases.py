@@ -10,20 +10,21 @@ import numpy as np
 
 from calibration.data import ImageSet, SplitCounts, load_data_split, resize_images
 from calibration.preprocessing import Preprocessing
-from exporter.manifest.manifest import ManifestError
+from exporter.manifest.manifest import ManifestError, int8_min_side
 
 
 def declared_corners(dynamic: dict) -> list[tuple[int, int, int]]:
     """(batch, height, width) at the corners of the declared range that stress it: the min batch
-    at min H and max W, the max batch at the opt size, and the max size at batch 4 and 2."""
+    at the min size and at min H and max W, the max batch at the opt size, and the max size at
+    batch 4 and 2."""
     b, h, w = dynamic["batch"], dynamic["height"], dynamic["width"]
-    corners = [(b["min"], h["min"], w["max"]), (b["max"], h["opt"], w["opt"]),
+    corners = [(b["min"], h["min"], w["min"]), (b["min"], h["min"], w["max"]),
+               (b["max"], h["opt"], w["opt"]),
                (min(b["max"], 4), h["max"], w["min"]), (min(b["max"], 2), h["max"], w["max"])]
     return list(dict.fromkeys(corners))
 
 
 CORNER_IMAGES = 8  # the fewest images a corner shape is measured on
-INT8_MIN_SIDE = 64  # int8 artifacts are gated at shapes whose sides are all at least this
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ShapeCase:
     labels: np.ndarray | None
     batch: int  # run in batches of this size: the declared corner's batch
     int8_gated: bool = True
+    sources: int = 0  # independent images behind it (crops of one photo are one; repeats one)
 
     def gates(self, precision: str) -> bool:
         """Whether a breach here fails the gate for artifacts of ``precision``; where not, the
@@ -56,7 +58,7 @@ def shape_cases(dynamic: dict, images: ImageSet, name: str = "heldout", noise: b
     Not gated: the smallest square size (int8 graphs calibrated at the opt size are far less
     accurate there; docs/precision.md)."""
     h, w = dynamic["height"], dynamic["width"]
-    cases = {name: ShapeCase(images.images, images.labels, 8)}
+    cases = {name: ShapeCase(images.images, images.labels, 8, sources=images.distinct_sources())}
     rng = np.random.default_rng(seed)
     for n, hh, ww in declared_corners(dynamic):
         count = max(n, CORNER_IMAGES)
@@ -66,8 +68,9 @@ def shape_cases(dynamic: dict, images: ImageSet, name: str = "heldout", noise: b
             x = rng.standard_normal((count, 3, hh, ww), dtype=np.float32)
         else:
             x = resize_images(images.images[np.arange(count) % len(images)], hh, ww)
-        int8_gated = min(hh, ww) >= min(INT8_MIN_SIDE, h["opt"], w["opt"])
-        cases[f"{n}x3x{hh}x{ww}"] = ShapeCase(x, None, n, int8_gated)
+        int8_gated = min(hh, ww) >= int8_min_side(dynamic)
+        sources = images.distinct_sources(np.arange(min(count, len(images))))
+        cases[f"{n}x3x{hh}x{ww}"] = ShapeCase(x, None, n, int8_gated, sources)
     return cases
 
 

@@ -8,6 +8,7 @@ written to parity.json and parity.junit.xml, and the CLI turns it into an exit c
 from __future__ import annotations
 
 import json
+import socket
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +18,15 @@ import numpy as np
 from calibration.data import NOISE
 from exporter.files import atomic_path, write_text_atomic
 from exporter.manifest.lifecycle import invalidate_recommendation, recommendation_still_passes
-from exporter.manifest.manifest import read_manifest, verify_artifacts, write_manifest
+from exporter.manifest.manifest import INT8_MIN_SIDE, read_manifest, verify_artifacts, write_manifest
 from exporter.report.report import write_report
 from exporter.runtime import reader_version, run_batches
 from exporter.runtime.cpu import cpu_identity
 from exporter.runtime.eager import model_from_manifest, run_torch
 from exporter.runtime.emulated import emulated_cpu
-from exporter.verify.budgets import breaches, load_tolerances
-from exporter.verify.cases import INT8_MIN_SIDE, ShapeCase, heldout_images, shape_cases
+from exporter.verify.budgets import breaches, changed_budgets, load_tolerances
+from exporter.verify.cases import ShapeCase, heldout_images, shape_cases
+from exporter.verify.evaluate import evaluate_on_labels
 from exporter.verify.explain import EXPLAIN_IMAGES, first_past, module_errors, write_explain_json
 from exporter.verify.golden import write_golden
 from exporter.verify.measures import metrics, relative_l2
@@ -45,6 +47,7 @@ class ArtifactParity:
     sha256: str = ""  # the bytes the verdict is about (the manifest's record, checked before)
     reader_version: str = ""  # the library that computed it, e.g. "onnxruntime-gpu 1.31.1"
     budget: dict = field(default_factory=dict)  # the effective budget it was held to
+    accuracy: dict | None = None  # on EVAL_DIR: the paired drop against eager, its interval
 
     @property
     def passed(self) -> bool:
@@ -64,6 +67,8 @@ class ParityReport:
     shapes: list[str] = field(default_factory=list)
     budgets: dict = field(default_factory=dict)  # precision -> the effective budget
     cpu: dict = field(default_factory=cpu_identity)  # the kernels' CPU: model, ISA, emulated
+    budgets_changed: list[str] = field(default_factory=list)  # keys a user's file changed
+    evaluation: dict | None = None  # EVAL_DIR: what the labelled set was
 
     @property
     def passed(self) -> bool:
@@ -86,7 +91,8 @@ class ParityReport:
     def to_json(self) -> dict:
         return {"variant": self.variant, "trained_weights": self.trained, "passed": self.passed,
                 "heldout": self.heldout, "shapes": self.shapes, "emulated_cpu": emulated_cpu(),
-                "cpu": self.cpu, "budgets": self.budgets,
+                "cpu": self.cpu, "budgets": self.budgets, "budgets_changed": self.budgets_changed,
+                "not_verified": self.skipped(), "evaluation": self.evaluation,
                 "artifacts": [a.__dict__ | {"passed": a.passed} for a in self.artifacts]}
 
 
@@ -106,7 +112,12 @@ def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cas
     try:
         runner = runner_for(artifact, root, manifest, reader)
     except ReaderUnavailable as e:  # this machine cannot compute it: reported, not passed
-        entry.skipped = str(e).splitlines()[0]
+        if reader == "tensorrt" and built_here(manifest):
+            entry.failures.append(f"cannot be verified: {str(e).splitlines()[0]}; but this machine "
+                                  f"built the plans (backend.used tensorrt): its GPU must be "
+                                  f"visible to the gate (CUDA_VISIBLE_DEVICES, the driver)")
+        else:
+            entry.skipped = str(e).splitlines()[0]
         return entry
     except Exception as e:  # any other artifact that does not load fails the gate
         entry.failures.append(f"cannot be loaded: {type(e).__name__}: {str(e).strip()[:300]}")
@@ -121,7 +132,8 @@ def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cas
         if name == "heldout":
             heldout_outputs[entry.label] = outputs
             built = built_rel_l2.get(artifact["path"]) if reader == "onnxruntime" else None
-        result = metrics(outputs, references[name], case.labels)
+        result = metrics(outputs, references[name], case.labels) | (
+            {"sources": case.sources} if case.sources else {})
         entry.cases[name] = result
         if not case.gates(artifact["precision"]):
             result["gated"] = False  # measured and reported; see ShapeCase.gates
@@ -130,31 +142,67 @@ def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cas
     return entry
 
 
+def built_here(manifest: dict) -> bool:
+    """Whether this machine built the manifest's TensorRT plans: then a gate that cannot run them
+    (no GPU visible) fails rather than skips. A build copied from a GPU machine skips them."""
+    return (manifest.get("backend", {}).get("used") == "tensorrt"
+            and manifest.get("tensorrt", {}).get("host", socket.gethostname()) == socket.gethostname())
+
+
 def reader_disagreement(entries: list[ArtifactParity], heldout_outputs: dict,
                         budget: dict) -> str | None:
-    """Two readers of one graph that compute different things: reported as such, even when
-    each is within its budget against eager."""
+    """Two readers of one graph that compute different things, past the agreement budget (far
+    tighter than the budget against eager: both compute the same file)."""
     outputs = [heldout_outputs[e.label] for e in entries if e.label in heldout_outputs]
     if len(outputs) < 2:
         return None
     between = relative_l2(outputs[0], outputs[1])
-    if between <= budget.get("rel_l2_max", float("inf")):
+    for entry in entries:  # recorded beside each reader's held-out figures
+        entry.cases.get("heldout", {})["rel_l2_between_readers"] = between
+    allowed = budget.get("agreement_max", budget.get("rel_l2_max", float("inf")))
+    if between <= allowed:
         return None
     return (f"readers disagree: {entries[0].reader} and {entries[1].reader} differ by rel L2 "
-            f"{between:.4g} on the held-out images (budget {budget['rel_l2_max']:.4g}); one of "
+            f"{between:.4g} on the held-out images (agreement budget {allowed:.4g}); one of "
             f"them does not compute what the graph says (see docs/precision.md)")
 
 
+def derived_difference(entry: ArtifactParity, artifact: dict, heldout_outputs: dict,
+                       source_outputs, budget: dict) -> str | None:
+    """A converted artifact (.ort, IR, plan) against the graph it was made from, under the same
+    reader (a plan: against ONNX Runtime's reading of its graph), on the held-out images."""
+    if "source" not in artifact or entry.skipped or "heldout" not in entry.cases:
+        return None
+    reader = "onnxruntime" if entry.reader == "tensorrt" else entry.reader
+    ours, theirs = heldout_outputs.get(entry.label), source_outputs(artifact["source"], reader)
+    if ours is None or theirs is None:
+        return None
+    between = relative_l2(ours, theirs)
+    entry.cases["heldout"]["rel_l2_vs_source"] = between
+    # an .ort is its graph optimized, read by the same runtime: the same but for reassociation
+    allowed = budget.get("derived_ort_max" if artifact["format"] == "ort" else "derived_max",
+                         float("inf"))
+    if between <= allowed:
+        return None
+    return (f"differs from {artifact['source']}, the graph it was converted from, by rel L2 "
+            f"{between:.4g} under {reader} on the held-out images (derived budget "
+            f"{allowed:.4g}): the conversion changed what the graph computes")
+
+
 def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
-               only: set[str] | None = None, cases: set[str] | None = None) -> ParityReport:
+               only: set[str] | None = None, cases: set[str] | None = None,
+               eval_dir: str | Path | None = None) -> ParityReport:
     """The gate. ``only``: check just these artifact paths (the self-test's planted bugs);
     ``cases``: just these shape cases (the emulated run of `make test-isa`, where every kernel
-    runs ~30 times slower). The verdict then covers only them."""
+    runs ~30 times slower). The verdict then covers only them. ``eval_dir``: EVAL_DIR, labelled
+    images on which every artifact's accuracy drop is judged with its interval
+    (exporter.verify.evaluate)."""
     manifest_path = Path(manifest_path)
     root = manifest_path.parent
     verify_artifacts(manifest_path)  # missing or edited artifacts are refused before anything runs
     manifest = read_manifest(manifest_path)
     budgets = load_tolerances(manifest["variant"], tolerances)
+    changed = changed_budgets(manifest["variant"], tolerances)
     missing = sorted({a["precision"] for a in manifest["artifacts"]} - set(budgets))
     if missing:
         raise ConfigError(f"no parity budget for precision {', '.join(missing)}: add a "
@@ -181,9 +229,12 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
         manifest["golden"] = write_golden(root, cases, references) | {
             "trained_weights": trained,
             "budgets": {p: budgets[p] for p in sorted({a["precision"] for a in manifest["artifacts"]})}}
+    if changed:
+        log(f"budgets from {tolerances} that differ from the defaults: {'; '.join(changed)}")
     if emulated_cpu():
         log(f"readers run as an emulated {emulated_cpu()} CPU (qemu-x86_64; exporter.runtime.emulated)")
-    log(f"parity against eager PyTorch fp32 on {len(heldout)} held-out images ({heldout.source}; "
+    log(f"parity against eager PyTorch fp32 on {len(heldout)} held-out images from "
+        f"{heldout.distinct_sources()} distinct sources ({heldout.source}; "
         f"never used for calibration or tuning) and at {len(cases) - 1} corner shapes "
         f"({', '.join(f'{n} on {len(c.images)} images' for n, c in list(cases.items())[1:])}; "
         f"int8 gated where every side is at least {INT8_MIN_SIDE} px); "
@@ -191,7 +242,23 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
            "random-init weights: top-1/top-5 reported, not gated"))
     missed = {target: report for target, report in
               manifest.get("calibration", {}).get("fallback", {}).items() if not report["met"]}
-    results, heldout_outputs = [], {}
+    results, heldout_outputs, sources = [], {}, {}
+
+    def source_outputs(path: str, reader: str) -> np.ndarray | None:
+        """A source graph's held-out outputs under ``reader``: measured already, or now (the
+        self-test gates only the planted artifact)."""
+        label = f"{path} [{reader}]"
+        if label in heldout_outputs:
+            return heldout_outputs[label]
+        if label not in sources:
+            source = next(a for a in manifest["artifacts"] if a["path"] == path)
+            try:
+                runner = runner_for(source, root, manifest, reader)
+                sources[label] = run_batches(runner, cases["heldout"].images, cases["heldout"].batch)
+            except Exception:  # a source that fails has its own verdict; no comparison here
+                sources[label] = None
+        return sources[label]
+
     for artifact in manifest["artifacts"]:
         if only is not None and artifact["path"] not in only:
             continue
@@ -204,11 +271,16 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
             entries[-1].failures.append(disagreement)
         entries[0].failures += static_violations(root / artifact["path"], artifact)
         for entry in entries:
+            derived = derived_difference(entry, artifact, heldout_outputs, source_outputs, budget)
+            if derived:
+                entry.failures.append(derived)
             for target, report in missed.items():
                 if artifact["path"] in FALLBACK_ARTIFACTS[target]:
                     entry.failures.append(f"the layer fallback missed its target: {report['metric']} "
                                           f"{report['final']:.4f} < {report['goal']} on the tuning set")
             results.append(entry)
+    evaluation = (evaluate_on_labels(eval_dir, manifest, root, model, results, budgets, log)
+                  if eval_dir else None)
     exact = {a["path"] for a in manifest["artifacts"] if "exact_int8_session_options" in a}
     explain_graphs(results, root, model, cases, budgets, log, exact)
     for entry in results:
@@ -216,13 +288,15 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
     errors = {label: (outputs - references["heldout"]).ravel()
               for label, outputs in heldout_outputs.items()}
     report = ParityReport(manifest["variant"], trained, results,
-                          {"images": len(heldout), "source": heldout.source,
-                           "ids_sha256": heldout.ids_sha256()}, list(cases),
-                          {p: budgets[p] for p in sorted({a.precision for a in results})})
+                          {"images": len(heldout), "distinct_sources": heldout.distinct_sources(),
+                           "source": heldout.source, "ids_sha256": heldout.ids_sha256()}, list(cases),
+                          {p: budgets[p] for p in sorted({a.precision for a in results})},
+                          budgets_changed=changed, evaluation=evaluation)
     write_parity_files(root, report, error_histograms(errors))
     manifest["parity"]["gate"] = {"passed": report.passed, "failures": report.failures(),
                                   "skipped": report.skipped(), "verdicts": report.verdicts(),
-                                  "cpu": report.cpu, "file": "parity.json",
+                                  "cpu": report.cpu, "budgets": report.budgets,
+                                  "budgets_changed": changed, "file": "parity.json",
                                   "junit": "parity.junit.xml"}
     if not recommendation_still_passes(manifest):  # it was chosen by the previous verdicts
         removed = invalidate_recommendation(root, manifest)
@@ -307,10 +381,18 @@ def write_parity_files(root: Path, report: ParityReport, histograms: dict | None
         if artifact.skipped:
             ET.SubElement(whole, "skipped", message=artifact.skipped)
             counts["skipped"] += 1
-        general = [f for f in artifact.failures if f.split(": ")[0] not in artifact.cases]
+        accuracy = [f for f in artifact.failures if f.startswith("accuracy on EVAL_DIR")]
+        general = [f for f in artifact.failures
+                   if f.split(": ")[0] not in artifact.cases and f not in accuracy]
         if general:
             ET.SubElement(whole, "failure", message="; ".join(general))
             counts["failures"] += 1
+        if artifact.accuracy is not None:
+            case = ET.SubElement(suite, "testcase", classname=artifact.label, name="accuracy")
+            counts["tests"] += 1
+            if accuracy:
+                ET.SubElement(case, "failure", message="; ".join(accuracy))
+                counts["failures"] += 1
         for name, result in artifact.cases.items():
             case = ET.SubElement(suite, "testcase", classname=artifact.label, name=name)
             counts["tests"] += 1

@@ -4,6 +4,8 @@ the benchmarks all call these (numpy only: a target box computes them without to
 
 Over a batch of outputs (N, classes) against the reference's:
 - ``rel_l2``: ||outputs - reference|| / ||reference||, over the whole batch (Frobenius);
+- ``rel_l2_image``: the same per image, the worst over the images (one bad image cannot hide
+  in the aggregate, nor a per-image scale error, which cosine does not see);
 - ``cosine``: the cosine similarity of each image's output with the reference's, and in every
   JSON file the toolchain writes, "cosine" is the **lowest over the images** (docs/manifest.md);
 - ``top1`` / ``top5``: the share of images whose top-1 class equals the reference's, and the mean
@@ -44,6 +46,12 @@ def relative_l2(outputs: np.ndarray, reference: np.ndarray) -> float:
     return RelativeL2().add(outputs, reference).value
 
 
+def relative_l2_per_image(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    a = np.asarray(outputs, np.float64).reshape(len(outputs), -1)
+    e = np.asarray(reference, np.float64).reshape(len(reference), -1)
+    return np.linalg.norm(a - e, axis=1) / np.maximum(np.linalg.norm(e, axis=1), TINY)
+
+
 def cosine_per_image(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
     a = np.asarray(outputs, np.float64).reshape(len(outputs), -1)
     e = np.asarray(reference, np.float64).reshape(len(reference), -1)
@@ -78,6 +86,7 @@ def metrics(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | Non
         "finite": finite,
         "max_abs": float(np.abs(a - e).max()) if finite else float("inf"),
         "rel_l2": relative_l2(a, e) if finite else float("inf"),
+        "rel_l2_image": float(relative_l2_per_image(a, e).max()) if finite else float("inf"),
         "cosine": cosine(a, e) if finite else 0.0,
         "top1": top_k_agreement(a, e, 1),
         "top5": top_k_agreement(a, e, 5),

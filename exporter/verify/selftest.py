@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
@@ -38,6 +39,7 @@ class Bug:
     name: str
     artifact: str
     plant: Callable[[onnx.ModelProto], str]  # changes the model in place, says where
+    converted: bool = False  # plant works on a converted file's bytes (.ort, IR .bin) instead
 
 
 def _initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
@@ -118,12 +120,33 @@ def fp16_cast_island_removed(model: onnx.ModelProto) -> str:
     raise SelfTestError("the fp16 graph has no cast island to remove")
 
 
+def converted_weights_x105(data: bytes, source: onnx.ModelProto) -> tuple[bytes, str]:
+    """One conv's weights x1.05 inside a converted file (.ort, an IR's .bin), found there by the
+    bytes they have in the graph it was converted from: a conversion that damaged one layer."""
+    weights = [i for i in source.graph.initializer if len(i.dims) == 4 and i.dims[2] > 1]  # 3x3
+    for tensor in weights[len(weights) // 2:]:  # a layer in the middle of the network
+        value = numpy_helper.to_array(tensor)
+        raw = value.tobytes()
+        if data.count(raw) != 1:
+            continue
+        if value.dtype == np.int8:
+            damaged = np.clip(np.round(value.astype(np.float32) * 1.05), -127, 127).astype(np.int8)
+        else:
+            damaged = (value * 1.05).astype(value.dtype)
+        return data.replace(raw, damaged.tobytes()), f"weights of {tensor.name} x1.05 in the file"
+    raise SelfTestError("no conv weight of the source graph found verbatim in the converted file")
+
+
 BUGS = (
     Bug("fp32 conv weight x1.05", "model.onnx", fp32_conv_weight),
     Bug("int8 weight scales x1.05 on one layer", "model.int8-trt.onnx", int8_weight_scale),
     Bug("int8 per-channel axis wrong", "model.int8-trt.onnx", int8_wrong_axis),
     Bug("int8 activation range clipped", "model.int8-cpu.onnx", int8_clipped_range),
     Bug("fp16 cast island removed", "model.fp16.onnx", fp16_cast_island_removed),
+    Bug("int8 .ort: one conv's weights x1.05", "engines/ort/model.int8-cpu.ort",
+        converted_weights_x105, converted=True),
+    Bug("int8 OpenVINO IR .bin: one conv's weights x1.05", "engines/openvino/model.int8.xml",
+        converted_weights_x105, converted=True),
 )
 
 
@@ -135,48 +158,84 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def planted_copy(root: Path, bug: Bug, folder: Path) -> tuple[Path, str]:
-    """A copy of the build in ``folder`` with ``bug`` planted and the manifest rehashed."""
+def planted_copy(root: Path, bug: Bug | None, folder: Path) -> tuple[Path, str]:
+    """A copy of the build in ``folder`` with ``bug`` planted (None: the unplanted baseline)
+    and the manifest rehashed."""
     manifest = read_manifest(root / "manifest.json")
     # every file the manifest lists once: an IR's weights file, and the fp32 IR listed again to
     # run in bf16
     files = {a["path"] for a in manifest["artifacts"]}
     files |= {a["weights"]["path"] for a in manifest["artifacts"] if "weights" in a}
-    for path in sorted(files - {bug.artifact}):
+    entry = next((a for a in manifest["artifacts"] if bug and a["path"] == bug.artifact), None)
+    record = entry and (entry["weights"] if "weights" in entry else entry)  # the file planted
+    for path in sorted(files - {record and record["path"]}):
         _link_or_copy(root / path, folder / path)
-    model = onnx.load(str(root / bug.artifact))
-    where = bug.plant(model)
-    onnx.save(model, str(folder / bug.artifact))
-    entry = next(a for a in manifest["artifacts"] if a["path"] == bug.artifact)
-    entry["sha256"] = sha256_file(folder / bug.artifact)
-    entry["bytes"] = (folder / bug.artifact).stat().st_size
+    if bug is None:
+        write_manifest(folder / "manifest.json", manifest)
+        return folder / "manifest.json", "nothing"
+    planted = folder / record["path"]
+    if bug.converted and "source" not in entry:
+        raise SelfTestError(f"the manifest records no source graph for {bug.artifact} (a build "
+                            f"before schema 1.4): rebuild with `make engine`")
+    if bug.converted:
+        data, where = bug.plant((root / record["path"]).read_bytes(), onnx.load(str(root / entry["source"])))
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        planted.write_bytes(data)
+    else:
+        model = onnx.load(str(root / bug.artifact))
+        where = bug.plant(model)
+        onnx.save(model, str(planted))
+    record["sha256"] = sha256_file(planted)
+    record["bytes"] = planted.stat().st_size
     write_manifest(folder / "manifest.json", manifest)
     return folder / "manifest.json", where
 
 
+def _gate_copy(root: Path, bug: Bug | None, artifacts: set[str]) -> tuple[dict, str]:
+    """The gate on a copy of the build (hard links) with ``bug`` planted: per artifact path, its
+    failures; the build's own parity.json and verdicts stay as they are."""
+    with tempfile.TemporaryDirectory(prefix=".selftest-", dir=root) as tmp:
+        copy, where = planted_copy(root, bug, Path(tmp))
+        report = run_parity(copy, log=lambda *_: None, only=artifacts)
+    failures = {path: [f"{a.label}: {f}" for a in report.artifacts if a.path == path
+                       for f in a.failures] for path in artifacts}
+    return failures, where
+
+
 def run_selftest(manifest_path: Path, log=print) -> dict:
+    """The gate first on the unplanted build, then on each planted copy. A bug counts as caught
+    only where the unplanted artifact passed and the planted one fails, by failures that name
+    it; where the unplanted artifact fails already, the bug proves nothing ("baseline failed")."""
     manifest_path = Path(manifest_path)
     root = manifest_path.parent
     verify_artifacts(manifest_path)
     present = {a["path"] for a in read_manifest(manifest_path)["artifacts"]}
+    bugs = [b for b in BUGS if b.artifact in present]
+    baseline, _ = _gate_copy(root, None, {b.artifact for b in bugs})
     results = []
-    for bug in (b for b in BUGS if b.artifact in present):
-        with tempfile.TemporaryDirectory(prefix=".selftest-", dir=root) as tmp:  # hard links
-            copy, where = planted_copy(root, bug, Path(tmp))
-            report = run_parity(copy, log=lambda *_: None, only={bug.artifact})
-        caught = not report.passed
+    for bug in bugs:
+        if baseline[bug.artifact]:
+            outcome, by, where = "baseline failed", baseline[bug.artifact][:4], "not planted"
+        else:
+            failures, where = _gate_copy(root, bug, {bug.artifact})
+            outcome, by = ("caught" if failures[bug.artifact] else "MISSED"), failures[bug.artifact][:4]
         results.append({"bug": bug.name, "artifact": bug.artifact, "planted": where,
-                        "caught": caught, "by": report.failures()[:4]})
-        log(f"  {'caught' if caught else 'MISSED'}: {bug.name} ({where})"
-            + (f"\n    {report.failures()[0]}" if caught else ""))
+                        "outcome": outcome, "caught": outcome == "caught", "by": by})
+        log(f"  {outcome}: {bug.name} ({where})" + (f"\n    {by[0]}" if by else ""))
     summary = {"planted": len(results), "caught": sum(r["caught"] for r in results),
+               "baseline_failed": sorted({r["artifact"] for r in results
+                                          if r["outcome"] == "baseline failed"}),
                "bugs": results}
     write_text_atomic(root / SELFTEST_JSON, json.dumps(summary, indent=2) + "\n")
     write_report(root)
-    missed = [r["bug"] for r in results if not r["caught"]]
+    if summary["baseline_failed"]:
+        raise SelfTestError(f"the unplanted build already fails the gate for "
+                            f"{', '.join(summary['baseline_failed'])}: a bug planted there proves "
+                            f"nothing; run `make parity` and mend the build first")
+    missed = [r["bug"] for r in results if r["outcome"] == "MISSED"]
     if missed:
         raise SelfTestError(f"the gate passed {len(missed)} planted bugs: {', '.join(missed)}")
-    log(f"parity-selftest: the gate caught all {len(results)} planted bugs")
+    log(f"parity-selftest: the unplanted build passed; the gate caught all {len(results)} planted bugs")
     return summary
 
 

@@ -121,6 +121,31 @@ def test_an_undecodable_file_is_dropped_from_its_set_with_a_note(tmp_path):
     assert any("heldout: skipped 1 undecodable" in note for note in data.notes)
 
 
+@pytest.mark.parametrize("subset", ["calibration", "tuning", "heldout"])
+def test_an_undecodable_file_never_shifts_the_split_the_gate_rebuilds(tmp_path, subset):
+    # the gate decodes only the held-out set; the build decodes all three. With a bad file in
+    # any of them both see the same held-out identities, and the build's note names the file
+    _write_images(tmp_path, 40)
+    bad = getattr(load_data_split(tmp_path, PRE, SMALL), subset).ids[1].split("@")[0]
+    (tmp_path / bad).write_bytes(b"truncated")
+    build = load_data_split(tmp_path, PRE, SMALL)
+    gate = load_data_split(tmp_path, PRE, SMALL, subsets=("heldout",))
+    assert gate.heldout.ids_sha256() == build.heldout.ids_sha256()
+    assert build.record()["ids_sha256"]["heldout"] == gate.record()["ids_sha256"]["heldout"]
+    assert any(f"{subset}: skipped 1 undecodable" in n and bad in n for n in build.notes)
+
+
+def test_crops_of_one_photograph_count_as_one_source():
+    from calibration.data import ImageSet
+
+    views = ImageSet(np.zeros((6, 3, 8, 8), np.float32), None, "bundled",
+                     tuple(f"skimage-0.25/{name}:view{i}:seed2" for i, name in
+                           enumerate(["astronaut.png", "coffee.png", "astronaut.png"] * 2)))
+    assert views.distinct_sources() == 2 and views.distinct_sources([0, 2, 3]) == 1
+    files = ImageSet(np.zeros((2, 3, 8, 8), np.float32), None, "folder", ("a.png@12", "b.png@34"))
+    assert files.distinct_sources() == 2
+
+
 def test_fewer_images_than_asked_warns_and_continues(tmp_path, caplog):
     _write_images(tmp_path, 40)
     with caplog.at_level(logging.WARNING):

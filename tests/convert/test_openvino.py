@@ -115,7 +115,24 @@ def test_the_recommendation_is_the_fastest_artifact_that_passed_the_gate():
     assert chosen["onnxruntime-cpu"]["artifact"] == "a.ort"
     assert chosen["openvino-cpu"]["artifact"] == "d.xml"  # c.xml is faster but failed the gate
     assert "tensorrt" not in chosen
+    assert chosen["onnxruntime-cpu"]["ties"] == [] and chosen["openvino-cpu"]["ties"] == []
     assert recommend(results, _rows(), None, [1]) == {}  # no gate run: no recommendation
+
+
+def test_rows_within_five_percent_of_the_fastest_are_named_as_a_tie():
+    results = {name: {"1": {"p50_ms": ms, "speedup_vs_eager": 100 / ms}}
+               for name, ms in [("eager fp32", 100), ("onnxruntime a.ort", 20.0),
+                                ("onnxruntime b.onnx", 20.9), ("openvino c.xml", 10),
+                                ("openvino-bf16 d.xml", 10.6)]}
+    passed = {("a.ort", "onnxruntime"), ("b.onnx", "onnxruntime"), ("c.xml", "openvino"),
+              ("d.xml", "openvino-bf16")}
+    chosen = recommend(results, _rows(), passed, [1])["1"]
+    assert chosen["onnxruntime-cpu"]["artifact"] == "a.ort"
+    assert chosen["onnxruntime-cpu"]["ties"] == ["onnxruntime b.onnx"]  # 4.5% slower
+    assert chosen["openvino-cpu"]["ties"] == []  # 6% slower: not a tie
+    # the slower row that failed the gate is never a tie either
+    chosen = recommend(results, _rows(), passed - {("b.onnx", "onnxruntime")}, [1])["1"]
+    assert chosen["onnxruntime-cpu"]["ties"] == []
 
 
 def test_consumer_runs_the_ir_it_picks_and_matches_openvino(engines_build, tmp_path):

@@ -210,6 +210,7 @@ def test_real_engine_builds_runs_and_matches_eager(exported, precision, tmp_path
 def test_engines_stage_adds_plans_to_the_manifest(fake_trt, monkeypatch, precision_build, tmp_path):
     import json
     import shutil
+    import socket
 
     from exporter.convert.engines import build_engines
 
@@ -224,10 +225,17 @@ def test_engines_stage_adds_plans_to_the_manifest(fake_trt, monkeypatch, precisi
     assert plans["engines/trt/int8.plan"]["precision"] == "int8"
     assert all(p["target"] == "tensorrt" for p in plans.values())
     assert manifest["tensorrt"] == {"version": "11.4.0", "gpu": "NVIDIA H100", "compute_capability": "9.0",
-                                    "version_compatible": False}
+                                    "version_compatible": False, "host": socket.gethostname()}
     assert manifest["backend"]["used"] == "tensorrt"
     parsed = [c[1] for c in fake_trt.calls if c[0] == "parse_from_file"]
     assert [p.rsplit("/", 1)[-1] for p in parsed] == ["model.fp16.onnx", "model.int8-trt.onnx"]
+    # each plan's profile is what its verdict covers: fp16 the declared range, int8 from 64 px
+    profiles = [c[2:] for c in fake_trt.calls if c[0] == "set_shape"]
+    assert profiles == [((1, 3, 32, 32), (1, 3, 224, 224), (32, 3, 448, 448)),
+                        ((1, 3, 64, 64), (1, 3, 224, 224), (32, 3, 448, 448))]
+    assert plans["engines/trt/int8.plan"]["min_side"] == 64
+    assert "min_side" not in plans["engines/trt/fp16.plan"]
+    assert plans["engines/trt/int8.plan"]["source"] == "model.int8-trt.onnx"
     assert (root / "engines/trt/timing.cache").is_file()
 
 

@@ -17,14 +17,17 @@ def test_the_gate_catches_every_planted_bug(engines_build, tmp_path):
     root = copy_build(engines_build, tmp_path)
     lines = []
     summary = selftest.run_selftest(root / "manifest.json", log=lines.append)
-    assert summary["planted"] == len(selftest.BUGS) == 5
-    assert summary["caught"] == 5 and all(b["caught"] and b["by"] for b in summary["bugs"])
+    assert summary["planted"] == len(selftest.BUGS) == 7 and summary["baseline_failed"] == []
+    assert summary["caught"] == 7 and all(b["caught"] and b["by"] for b in summary["bugs"])
     by_bug = {b["bug"]: " ".join(b["by"]) for b in summary["bugs"]}
     assert "cast island is missing" in by_bug["fp16 cast island removed"]  # structure check
     assert "per-channel axis 1, TensorRT needs 0" in by_bug["int8 per-channel axis wrong"]
     assert "drift" in by_bug["int8 weight scales x1.05 on one layer"]  # too small for the budget
+    # damage done by a conversion shows against the graph converted from, under the same reader
+    for bug in ("int8 .ort: one conv's weights x1.05", "int8 OpenVINO IR .bin: one conv's weights x1.05"):
+        assert "the graph it was converted from" in by_bug[bug], by_bug[bug]
     assert json.loads((root / "selftest.json").read_text()) == summary
-    assert "caught **5 of 5**" in (root / "report.md").read_text()
+    assert "caught **7 of 7**" in (root / "report.md").read_text()
     verify_artifacts(root / "manifest.json")  # the build itself was not touched
     assert not list(root.glob(".selftest-*"))
 
@@ -38,4 +41,27 @@ def test_a_planted_bug_that_gets_through_fails_the_selftest(precision_build, tmp
         selftest.run_selftest(root / "manifest.json", log=lambda *_: None)
     summary = json.loads((root / "selftest.json").read_text())
     assert summary["bugs"][0]["caught"] is False
-    assert "**NO**" in (root / "report.md").read_text()
+    assert "| **MISSED** |" in (root / "report.md").read_text()
+
+
+def test_a_build_that_fails_unplanted_reports_baseline_failed_not_caught(precision_build, tmp_path,
+                                                                        monkeypatch):
+    # a missed fallback target fails the int8-trt graph before anything is planted: every bug
+    # planted there would "fail" the gate and prove nothing
+    from exporter.manifest.manifest import read_manifest, write_manifest
+
+    root = copy_build(precision_build, tmp_path)
+    manifest = read_manifest(root / "manifest.json")
+    manifest["calibration"]["fallback"]["int8-trt"] |= {"met": False, "final": 0.5, "goal": 1.2}
+    write_manifest(root / "manifest.json", manifest)
+    monkeypatch.setattr(selftest, "BUGS", tuple(b for b in selftest.BUGS
+                                                if b.artifact in ("model.int8-trt.onnx", "model.onnx")))
+    with pytest.raises(selftest.SelfTestError, match="unplanted build already fails the gate for "
+                                                     "model.int8-trt.onnx"):
+        selftest.run_selftest(root / "manifest.json", log=lambda *_: None)
+    summary = json.loads((root / "selftest.json").read_text())
+    outcomes = {b["bug"]: b["outcome"] for b in summary["bugs"]}
+    assert outcomes == {"fp32 conv weight x1.05": "caught",
+                        "int8 weight scales x1.05 on one layer": "baseline failed",
+                        "int8 per-channel axis wrong": "baseline failed"}
+    assert summary["caught"] == 1 and summary["baseline_failed"] == ["model.int8-trt.onnx"]

@@ -1,0 +1,120 @@
+"""Accuracy with intervals: the paired drop's exact interval, the three verdicts, the classes that
+move, and EVAL_DIR's loader (layouts, clear errors, undecodable files skipped and named)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from calibration.errors import CalibrationDataError
+from calibration.evaluation import load_eval_set
+from calibration.preprocessing import Preprocessing
+from exporter.verify.accuracy import class_moves, drop_interval, judge_drop
+
+PRE = Preprocessing.for_size(32, 32)
+
+
+def _paired(images: int, lost: int, gained: int, classes: int = 10, seed: int = 0):
+    """Eager and artifact logits on ``images`` labelled images: eager right on all but the
+    ``gained`` images, the artifact wrong on ``lost`` of eager's right ones."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, images)
+    eager = np.eye(classes)[labels] + 0.01 * rng.standard_normal((images, classes))
+    artifact = eager.copy()
+    wrong = lambda i: (labels[i] + 1) % classes  # noqa: E731
+    for i in range(gained):  # eager wrong, the artifact right
+        eager[i] = np.eye(classes)[wrong(i)]
+    for i in range(gained, gained + lost):  # eager right, the artifact wrong
+        artifact[i] = np.eye(classes)[wrong(i)]
+    return artifact, eager, labels
+
+
+def test_no_discordant_image_is_an_exact_zero_drop():
+    assert drop_interval(0, 0, 600) == (0.0, 0.0)
+    artifact, eager, labels = _paired(600, 0, 0)
+    judged = judge_drop(artifact, eager, labels, 0.01)
+    assert (judged.drop, judged.low, judged.high, judged.verdict) == (0.0, 0.0, 0.0, "within budget")
+
+
+def test_the_interval_is_exact_on_the_discordant_pairs():
+    # 2 lost, 0 gained: p's exact interval is [0.158, 1], the drop's 2/248 * (2p - 1)
+    low, high = drop_interval(2, 0, 248)
+    assert high == pytest.approx(2 / 248) and low == pytest.approx(2 / 248 * (2 * 0.1581 - 1), abs=1e-4)
+    low, high = drop_interval(5, 5, 600)  # as many gained as lost: symmetric about zero
+    assert low == pytest.approx(-high)
+
+
+def test_a_two_point_loss_on_600_images_is_over_budget_with_confidence():
+    artifact, eager, labels = _paired(600, lost=15, gained=1)
+    judged = judge_drop(artifact, eager, labels, 0.01)
+    assert judged.drop == pytest.approx(14 / 600) and judged.low > 0.01
+    assert judged.verdict == "over budget" and "(15 lost, 1 gained)" in judged.describe()
+
+
+def test_one_flip_in_64_images_is_not_resolvable_and_says_how_many_would_be():
+    # the old check called this a 1.56-point drop over a 1-point budget; one image cannot say
+    artifact, eager, labels = _paired(64, lost=1, gained=0)
+    judged = judge_drop(artifact, eager, labels, 0.01)
+    assert judged.verdict == "not resolvable" and judged.low < 0.01 < judged.high
+    assert judged.images_needed and judged.images_needed > 64
+    assert f"about {judged.images_needed} would resolve it" in judged.describe()
+
+
+def test_the_moving_classes_are_named():
+    artifact, eager, labels = _paired(200, lost=6, gained=2)
+    moves = class_moves(artifact, eager, labels)
+    assert sum(m["lost"] for m in moves) == 6 and sum(m["gained"] for m in moves) == 2
+    assert moves == sorted(moves, key=lambda m: (-m["lost"], m["class"]))
+
+
+def _folder(root, classes=("cat", "dog"), per_class=3):
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((40, 40, 3), 40 * i, np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_an_image_folder_streams_in_batches_and_skips_undecodable_files_by_name(tmp_path):
+    root = _folder(tmp_path / "eval")
+    (root / "dog" / "broken.png").write_bytes(b"not a png")
+    eval_set = load_eval_set(root, num_classes=2)
+    batches = list(eval_set.batches(PRE, size=2))
+    assert [len(x) for x, _ in batches] == [2, 2, 2] and batches[0][0].shape[1:] == (3, 32, 32)
+    assert np.concatenate([y for _, y in batches]).tolist() == [0, 0, 0, 1, 1, 1]
+    assert len(eval_set.skipped) == 1 and "broken.png" in eval_set.skipped[0]
+    first = eval_set.ids_sha256()
+    list(eval_set.batches(PRE, size=4))  # another pass, other batches: the same identities
+    assert eval_set.ids_sha256() == first
+
+
+def test_class_folders_map_to_the_checkpoints_labels_by_name(tmp_path):
+    eval_set = load_eval_set(_folder(tmp_path / "eval"), 3, labels=["bird", "cat", "dog"])
+    assert eval_set.labels.tolist() == [1, 1, 1, 2, 2, 2]
+
+
+@pytest.mark.parametrize(("make", "kwargs", "message"), [
+    (lambda root: _folder(root, ("a", "b", "c")), {"num_classes": 2},
+     "3 class folders for a checkpoint of 2 classes"),
+    (lambda root: _folder(root, ("cat", "zebra")), {"num_classes": 3, "labels": ["bird", "cat", "dog"]},
+     "class folders \\['zebra'\\] are not among the checkpoint's labels"),
+    (lambda root: (root.mkdir(), Image.new("RGB", (8, 8)).save(root / "x.png")), {"num_classes": 2},
+     "needs ImageFolder's layout.*1 images lie directly in it"),
+    (lambda root: None, {"num_classes": 2}, "does not exist"),
+])
+def test_an_evaluation_set_that_cannot_be_used_is_refused_with_the_fix(tmp_path, make, kwargs, message):
+    root = tmp_path / "eval"
+    make(root)
+    with pytest.raises(CalibrationDataError, match=message):
+        load_eval_set(root, **kwargs)
+
+
+def test_an_npz_needs_labels_within_the_classes(tmp_path):
+    np.savez(tmp_path / "no-labels.npz", images=np.zeros((4, 32, 32), np.uint8))
+    with pytest.raises(CalibrationDataError, match="needs `images` and `labels`"):
+        load_eval_set(tmp_path / "no-labels.npz", 10)
+    np.savez(tmp_path / "far.npz", images=np.zeros((4, 32, 32), np.uint8), labels=np.array([0, 1, 2, 12]))
+    with pytest.raises(CalibrationDataError, match="outside the checkpoint's 10 classes"):
+        load_eval_set(tmp_path / "far.npz", 10)
+    np.savez(tmp_path / "ok.npz", images=np.zeros((4, 32, 32), np.uint8), labels=np.array([0, 1, 2, 9]))
+    x, y = next(load_eval_set(tmp_path / "ok.npz", 10).batches(PRE, 8))
+    assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 1, 2, 9]
