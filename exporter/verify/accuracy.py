@@ -5,7 +5,8 @@ many images changed verdict each way, and a verdict that says when the images ca
 The interval is McNemar's, exact: of the N images, ``lost`` are right under eager and wrong
 under the artifact, ``gained`` the reverse; the drop is (lost - gained) / N. Given the
 n = lost + gained discordant images, lost is binomial(n, p), and the drop is n/N * (2p - 1);
-a Clopper-Pearson interval for p gives the drop's. It needs no normal approximation, so it holds
+a Clopper-Pearson interval for p gives the drop's (numpy and the standard library: a target box
+computes it too). It needs no normal approximation, so it holds
 for the few discordant images a good int8 build has (with none, the interval is [0, 0]: the
 artifact agreed with eager on every image, and that is exact).
 """
@@ -16,7 +17,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import binomtest
 
 CONFIDENCE = 0.95
 Z = 1.959963984540054  # the normal quantile for a two-sided 95%, for the images-needed estimate
@@ -56,8 +56,42 @@ class AccuracyDrop:
 def top_k_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Per image, whether the label is among the ``k`` highest logits."""
     k = min(k, logits.shape[1])
+    if k == 1:  # argmax, as measures.accuracy counts it (ties go to the first class)
+        return np.asarray(logits).argmax(1) == np.asarray(labels)
     top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
     return (top == np.asarray(labels)[:, None]).any(axis=1)
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ binomial(n, p), summed in log space (n in the thousands is fine)."""
+    if p <= 0:
+        return 1.0
+    if p >= 1:
+        return 1.0 if k >= n else 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p
+             + (n - i) * log_q for i in range(k + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def _solve(f, target: float) -> float:
+    """p in [0, 1] where the decreasing f(p) crosses ``target``, by bisection."""
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if f(middle) > target else (low, middle)
+    return (low + high) / 2
+
+
+def clopper_pearson(successes: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a binomial proportion."""
+    tail = (1 - confidence) / 2
+    low = 0.0 if successes == 0 else _solve(
+        lambda p: -(1 - _binomial_cdf(successes - 1, trials, p)), -tail)
+    high = 1.0 if successes == trials else _solve(
+        lambda p: _binomial_cdf(successes, trials, p), tail)
+    return low, high
 
 
 def drop_interval(lost: int, gained: int, images: int,
@@ -66,9 +100,9 @@ def drop_interval(lost: int, gained: int, images: int,
     discordant = lost + gained
     if discordant == 0:
         return 0.0, 0.0
-    ci = binomtest(lost, discordant).proportion_ci(confidence, method="exact")
+    low, high = clopper_pearson(lost, discordant, confidence)
     scale = discordant / images
-    return scale * (2 * ci.low - 1), scale * (2 * ci.high - 1)
+    return scale * (2 * low - 1), scale * (2 * high - 1)
 
 
 def images_needed(drop: float, discordance: float, budget: float) -> int | None:
@@ -109,7 +143,7 @@ def class_moves(artifact_logits: np.ndarray, eager_logits: np.ndarray,
     """Which classes move: per true class, the images eager got right and the artifact lost, and
     the reverse, where any did; most lost first."""
     labels = np.asarray(labels)
-    ours, theirs = artifact_logits.argmax(1) == labels, eager_logits.argmax(1) == labels
+    ours, theirs = top_k_correct(artifact_logits, labels, 1), top_k_correct(eager_logits, labels, 1)
     moves = []
     for label in np.unique(labels):
         mask = labels == label

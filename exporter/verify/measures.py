@@ -95,6 +95,9 @@ def metrics(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | Non
     if labels is not None:
         result["accuracy"] = accuracy(a, labels)
         result["accuracy_eager"] = accuracy(e, labels)
+        ours, theirs = a.argmax(1) == labels, e.argmax(1) == labels
+        result["lost"] = int((theirs & ~ours).sum())  # right under eager, wrong here
+        result["gained"] = int((ours & ~theirs).sum())
     return result
 
 

@@ -35,6 +35,18 @@ def test_no_discordant_image_is_an_exact_zero_drop():
     assert (judged.drop, judged.low, judged.high, judged.verdict) == (0.0, 0.0, 0.0, "within budget")
 
 
+def test_clopper_pearson_matches_its_closed_forms_and_scipy():
+    from scipy.stats import binomtest
+
+    from exporter.verify.accuracy import clopper_pearson
+
+    assert clopper_pearson(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10), abs=1e-9)
+    assert clopper_pearson(10, 10)[0] == pytest.approx(0.025 ** (1 / 10), abs=1e-9)
+    for x, n in [(1, 7), (12, 40), (300, 1000), (2, 2500)]:
+        ci = binomtest(x, n).proportion_ci(0.95, method="exact")
+        assert clopper_pearson(x, n) == pytest.approx((ci.low, ci.high), abs=1e-7), (x, n)
+
+
 def test_the_interval_is_exact_on_the_discordant_pairs():
     # 2 lost, 0 gained: p's exact interval is [0.158, 1], the drop's 2/248 * (2p - 1)
     low, high = drop_interval(2, 0, 248)
@@ -118,3 +130,83 @@ def test_an_npz_needs_labels_within_the_classes(tmp_path):
     np.savez(tmp_path / "ok.npz", images=np.zeros((4, 32, 32), np.uint8), labels=np.array([0, 1, 2, 9]))
     x, y = next(load_eval_set(tmp_path / "ok.npz", 10).batches(PRE, 8))
     assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 1, 2, 9]
+
+
+def _zero_half_the_channels(root, layer: str) -> None:
+    """int8-cpu graph: half of ``layer``'s per-channel weight scales set to 0 (seeded), manifest
+    rehashed as a careless rebuild would: a bug that moves decisions, where scaling a whole layer
+    would not (a ReLU network's argmax ignores a positive scale)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from exporter.manifest.manifest import read_manifest, sha256_file, write_manifest
+
+    path = root / "model.int8-cpu.onnx"
+    model = onnx.load(str(path))
+    node = next(n for n in model.graph.node
+                if n.op_type == "DequantizeLinear" and n.input[0].startswith(f"{layer}.weight"))
+    tensor = next(i for i in model.graph.initializer if i.name == node.input[1])
+    scales = numpy_helper.to_array(tensor).copy()
+    scales[np.random.default_rng(0).random(scales.shape) < 0.5] = 0
+    tensor.CopyFrom(numpy_helper.from_array(scales, tensor.name))
+    onnx.save(model, str(path))
+    manifest = read_manifest(root / "manifest.json")
+    entry = next(a for a in manifest["artifacts"] if a["path"] == "model.int8-cpu.onnx")
+    entry["sha256"], entry["bytes"] = sha256_file(path), path.stat().st_size
+    write_manifest(root / "manifest.json", manifest)
+
+
+@pytest.mark.numerics
+def test_eval_dir_on_the_trained_fixture_passes_clean_catches_a_bug_and_knows_when_it_cannot_tell(
+        digits_build, tmp_path):
+    # EVAL_DIR: the fixture's 600 digits no training step saw (the build calibrates and tunes
+    # on them too: the fixture has no other unseen digits; the statistics are what is tested)
+    import json
+
+    from benchmarks import digits
+    from exporter.verify.gate import run_parity
+    from tests.conftest import copy_build
+
+    pixels, labels = digits.digit_images()
+    full = tmp_path / "eval-600.npz"
+    np.savez(full, images=pixels[digits.UNSEEN_START:], labels=labels[digits.UNSEEN_START:])
+    tiny = tmp_path / "eval-60.npz"
+    np.savez(tiny, images=pixels[digits.UNSEEN_START:][:60], labels=labels[digits.UNSEEN_START:][:60])
+    int8 = {"model.int8-cpu.onnx"}
+
+    root = copy_build(digits_build.manifest.parent, tmp_path)
+    clean = run_parity(root / "manifest.json", log=lambda *_: None, only=int8, eval_dir=full)
+    for entry in clean.artifacts:  # both readers
+        judged = entry.accuracy
+        assert judged["images"] == 600 and judged["verdict"] == "within budget", judged
+    parity = json.loads((root / "parity.json").read_text())
+    assert parity["evaluation"]["images"] == 600 and parity["artifacts"][0]["accuracy"]["high"] <= 0.01
+    report = (root / "report.md").read_text()
+    assert "## Accuracy on EVAL_DIR" in report and (root / "accuracy-drop.png").is_file()
+
+    _zero_half_the_channels(root, "features.12")
+    bad = run_parity(root / "manifest.json", log=lambda *_: None, only=int8, eval_dir=full)
+    judged = bad.artifacts[0].accuracy
+    assert judged["verdict"] == "over budget" and judged["low"] > 0.01, judged
+    assert any("accuracy on EVAL_DIR" in f and "over budget" in f for f in bad.failures())
+    assert judged["moves"] and sum(m["lost"] for m in judged["moves"]) == judged["lost"]
+
+    few = run_parity(root / "manifest.json", log=lambda *_: None, only=int8, eval_dir=tiny)
+    judged = few.artifacts[0].accuracy
+    assert judged["images"] == 60 and judged["verdict"] == "not resolvable", judged
+    assert judged["images_needed"] > 60
+    assert any("not resolvable with 60 images" in f for f in few.failures())
+
+
+def test_the_held_out_accuracy_fails_the_gate_only_with_confidence():
+    from exporter.verify.budgets import breaches
+    from exporter.verify.measures import metrics
+
+    budget = {"accuracy_drop_max": 0.01}
+    artifact, eager, labels = _paired(64, lost=1, gained=0)  # 1.56 points on one image
+    one = metrics(artifact, eager, labels)
+    assert (one["lost"], one["gained"]) == (1, 0) and breaches(one, budget, trained=True) == []
+    artifact, eager, labels = _paired(248, lost=15, gained=0)
+    many = metrics(artifact, eager, labels)
+    assert breaches(many, budget, trained=True) == [
+        "accuracy drop 6.05 points, 95% interval [3.41, 6.05] (budget 1.00)"]
