@@ -27,7 +27,8 @@ CLI          = $(PY) -m exporter
 D            = $(OUT)/$(VARIANT)
 MODEL_ARGS   = --variant $(VARIANT) --num-classes $(NUM_CLASSES) $(if $(WIDTH_MULT),--width-mult $(WIDTH_MULT))
 CALIB_ARGS   = $(if $(CALIB_DIR),--calib-dir $(CALIB_DIR))
-PARITY_ARGS  = $(if $(TOLERANCES),--tolerances $(TOLERANCES)) $(if $(EVAL_DIR),--eval-dir $(EVAL_DIR))
+PARITY_ARGS  = $(if $(TOLERANCES),--tolerances $(TOLERANCES))
+EVAL_ARGS    = $(if $(EVAL_DIR),--eval-dir $(EVAL_DIR))
 EXPORT_ARGS  = $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
                $(if $(LABELS),--labels $(LABELS)) $(if $(BATCH_RANGE),--batch $(BATCH_RANGE)) \
                $(if $(HEIGHT_RANGE),--height $(HEIGHT_RANGE)) $(if $(WIDTH_RANGE),--width $(WIDTH_RANGE))
@@ -91,8 +92,8 @@ $(D)/.engines.done: $(D)/.precision.done $(D)/.settings-backend $(COMMON_SRC) \
 	touch $@
 
 $(D)/.parity.done: $(D)/.engines.done $(D)/.settings-eval $(COMMON_SRC) $(VERIFY_SRC) \
-		$(wildcard exporter/report/*.py) $(TOLERANCES) $(EVAL_DIR)
-	$(CLI) parity --manifest $(D)/manifest.json $(PARITY_ARGS)
+		$(wildcard exporter/report/*.py) $(TOLERANCES) $(wildcard $(EVAL_DIR))
+	$(CLI) parity --manifest $(D)/manifest.json $(PARITY_ARGS) $(EVAL_ARGS)
 	touch $@
 
 # After the gate: the speed report recommends only artifacts that passed it.
@@ -108,7 +109,7 @@ engine: $(D)/.parity.done $(D)/.bench.done
 
 # The CI gate and the speed report run on what exists, every time.
 parity: $(STAMP)
-	$(CLI) parity --manifest $(D)/manifest.json $(PARITY_ARGS)
+	$(CLI) parity --manifest $(D)/manifest.json $(PARITY_ARGS) $(EVAL_ARGS)
 
 # The gate proves it can fail: known bugs planted into copies of the build, each must be caught.
 parity-selftest: $(STAMP)

@@ -127,3 +127,36 @@ def write_unseen_npz(path: Path, seed: int = 0) -> Path:
     pixels, labels = digit_images(seed)
     np.savez(path, images=pixels[UNSEEN_START:], labels=labels[UNSEEN_START:])
     return path
+
+
+def write_validation_npz(path: Path, seed: int = 0) -> Path:
+    """The 197 validation digits (never trained on; they only decided when training stopped), as
+    uint8 images + labels: a CALIB_DIR disjoint from the unseen 600 (an EVAL_DIR)."""
+    pixels, labels = digit_images(seed)
+    np.savez(path, images=pixels[TRAIN_COUNT:UNSEEN_START], labels=labels[TRAIN_COUNT:UNSEEN_START])
+    return path
+
+
+def main() -> None:
+    """The inputs of a `make engine` run on the trained fixture with calibration and evaluation
+    images apart (README, "Accuracy on your labelled images"):
+
+        .venv/bin/python -m benchmarks.digits --out build/digits-inputs
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--variant", default="se")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    fixture = train(args.variant)
+    checkpoint = models.save_checkpoint(fixture.model, args.out / f"{args.variant}.safetensors",
+                                        args.variant, CLASSES, WIDTH)
+    calib, evaluation = write_validation_npz(args.out / "calib.npz"), write_unseen_npz(args.out / "eval.npz")
+    print(f"{checkpoint} (validation accuracy {fixture.validation_accuracy:.3f} after "
+          f"{fixture.epochs} epochs), CALIB_DIR={calib} (197 digits), EVAL_DIR={evaluation} (600)")
+
+
+if __name__ == "__main__":
+    main()

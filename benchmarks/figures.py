@@ -17,7 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
-from exporter.report.report import describe_limits, format_bench, format_recommendation
+from exporter.report.report import describe_limits, format_accuracy, format_bench, format_recommendation
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "docs" / "runs"
@@ -57,7 +57,9 @@ def render(run: Path) -> str:
         f"held-out images and shapes {', '.join(parity['shapes'][1:])}"
         + (" (int8 gated where every side is at least 64 px; its thin corners are in parity.json)"
            if _has_ungated(parity) else "") + ".", "",
-        _parity_table(parity), "", f"Stage times: {timing}. Peak memory: {memory}.", ""])
+        _parity_table(parity), "",
+        *([*format_accuracy(parity), ""] if parity.get("evaluation") else []),
+        f"Stage times: {timing}. Peak memory: {memory}.", ""])
 
 
 def replace_block(text: str, name: str, block: str) -> str:

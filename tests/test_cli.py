@@ -47,3 +47,18 @@ def test_export_writes_model_and_manifest(tmp_path):
     assert "verified" in result.stdout and "peak memory" in result.stdout
     manifest = json.loads((tmp_path / "vgg16" / "manifest.json").read_text())
     assert manifest["dynamic"]["batch"] == {"min": 1, "opt": 2, "max": 4}
+
+
+def test_eval_dir_goes_to_the_gate_only(tmp_path):
+    # EVAL_DIR is judged by the gate; the precision stage never sees it (calibration apart)
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(["make", "-n", "engine", f"OUT={tmp_path}", "EVAL_DIR=val/"], cwd=repo,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    precision = [line for line in lines if "-m exporter precision" in line]
+    parity = [line for line in lines if "-m exporter parity" in line]
+    assert precision and parity and "--eval-dir" not in precision[0]
+    assert parity[0].rstrip().endswith("--eval-dir val/")

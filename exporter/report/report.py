@@ -147,10 +147,10 @@ def plot_accuracy_drops(path: Path, parity: dict) -> Path:
     return _save_png(plt, fig, path)
 
 
-def _accuracy_section(parity: dict) -> list[str]:
+def format_accuracy(parity: dict) -> list[str]:
+    """The accuracy table (drop, interval, verdict) and the classes that move, from parity.json."""
     evaluation = parity["evaluation"]
-    lines = ["## Accuracy on EVAL_DIR", "",
-             f"{evaluation['images']} labelled images in {evaluation['classes']} classes from "
+    lines = [f"{evaluation['images']} labelled images in {evaluation['classes']} classes from "
              f"`{evaluation['source']}` (kept apart from calibration; sha256 of their identities "
              f"`{evaluation['ids_sha256'][:16]}`), eager fp32 top-1 {100 * evaluation['eager_top1']:.2f}%"
              + (f"; {len(evaluation['skipped'])} undecodable files skipped, first: "
@@ -177,7 +177,7 @@ def _accuracy_section(parity: dict) -> list[str]:
                   "| artifact | reader | class | images | lost | gained |", "|---|---|---|---|---|---|"]
         lines += [f"| {a['path']} | {a['reader']} | {m['class']} | {m['images']} | {m['lost']} | "
                   f"{m['gained']} |" for a, m in moved]
-    return lines + ["", f"![accuracy]({ACCURACY_PNG})", ""]
+    return lines
 
 
 def _parity_section(parity: dict) -> list[str]:
@@ -327,7 +327,8 @@ def write_report(root: Path) -> Path:
         lines += _parity_section(parity)
         if parity.get("evaluation"):
             plot_accuracy_drops(root / ACCURACY_PNG, parity)
-            lines += _accuracy_section(parity)
+            lines += ["## Accuracy on EVAL_DIR", "", *format_accuracy(parity), "",
+                      f"![accuracy]({ACCURACY_PNG})", ""]
     if (root / "explain.json").is_file():
         explain = json.loads((root / "explain.json").read_text())
         if explain["artifacts"]:
