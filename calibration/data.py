@@ -191,15 +191,16 @@ def _build_split(source: str, pre: Preprocessing, seed: int, notes: list[str],
     return DataSplit(**sets, preprocessing=pre, source=source, seed=seed, notes=tuple(notes))
 
 
-def list_images(folder: Path) -> tuple[list[Path], list[int] | None]:
-    """Files under ``folder`` (recursive), sorted; labels when it has ImageFolder's layout."""
+def list_images(folder: Path, variable: str = "CALIB_DIR") -> tuple[list[Path], list[int] | None]:
+    """Files under ``folder`` (recursive), sorted; labels when it has ImageFolder's layout.
+    ``variable``: the setting that named the folder, for the errors."""
     if not folder.is_dir():
-        raise CalibrationDataError(f"calibration folder {folder} does not exist or is not a folder; "
-                                   f"set CALIB_DIR to a folder of images or a .npy/.npz file")
+        raise CalibrationDataError(f"{variable} folder {folder} does not exist or is not a folder; "
+                                   f"set {variable} to a folder of images or a .npy/.npz file")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise CalibrationDataError(f"calibration folder {folder} holds no image files "
-                                   f"({', '.join(IMAGE_SUFFIXES)}); add images or point CALIB_DIR "
+        raise CalibrationDataError(f"{variable} folder {folder} holds no image files "
+                                   f"({', '.join(IMAGE_SUFFIXES)}); add images or point {variable} "
                                    f"elsewhere")
     classes = sorted({p.relative_to(folder).parts[0] for p in files if p.parent != folder})
     if classes and all(p.parent != folder for p in files):

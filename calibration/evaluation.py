@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .data import IMAGE_SUFFIXES, image_transform, load_image, to_rgb
+from .data import image_transform, list_images, load_image, to_rgb
 from .errors import CalibrationDataError
 from .hashing import sha256_file
 from .preprocessing import Preprocessing
@@ -34,13 +34,17 @@ class EvalSet:
     _array: np.ndarray | None = None
     skipped: list[str] = field(default_factory=list)  # undecodable files, by name
     ids: list[str] = field(default_factory=list)  # the identities of the decoded entries
+    identified: bool = False  # a whole pass recorded skipped and ids: later passes only decode
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def batches(self, pre: Preprocessing, size: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(images, labels) a batch at a time; undecodable files are skipped and recorded."""
-        self.skipped, self.ids = [], []
+        """(images, labels) a batch at a time; undecodable files are skipped and recorded, and
+        each file hashed for its identity, on the first whole pass only."""
+        identify = not self.identified
+        if identify:
+            self.skipped, self.ids = [], []
         transform = image_transform(pre) if self._array is not None else None
         for start in range(0, len(self._entries), size):
             images, labels = [], []
@@ -49,23 +53,25 @@ class EvalSet:
                 try:
                     if self._array is None:
                         images.append(load_image(entry, pre))
-                        name = entry.relative_to(self.source).as_posix()
-                        self.ids.append(f"{name}@{sha256_file(entry)[:16]}")
                     elif self._array.dtype == np.uint8:
                         images.append(transform(to_rgb(Image.fromarray(self._array[entry]))).numpy())
-                        self.ids.append(f"{self.source}[{entry}]")
                     else:
                         images.append(self._array[entry])
-                        self.ids.append(f"{self.source}[{entry}]")
                 except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-                    self.skipped.append(f"{entry} ({type(e).__name__})")
+                    if identify:
+                        self.skipped.append(f"{entry} ({type(e).__name__})")
                     continue
+                if identify:
+                    self.ids.append(f"{entry.relative_to(self.source).as_posix()}@"
+                                    f"{sha256_file(entry)[:16]}" if self._array is None
+                                    else f"{self.source}[{entry}]")
                 labels.append(self.labels[i])
             if images:
                 yield np.stack(images).astype(np.float32), np.asarray(labels)
+        self.identified = True
 
     def ids_sha256(self) -> str:
-        """Of the entries decoded in the last pass (call after ``batches``)."""
+        """Of the decoded entries (known after the first whole pass of ``batches``)."""
         return hashlib.sha256("\n".join(self.ids).encode()).hexdigest()
 
 
@@ -106,18 +112,12 @@ def load_eval_set(source: str | Path, num_classes: int, labels: list[str] | None
                                        f"the checkpoint's {num_classes} classes (NUM_CLASSES)")
         return EvalSet(str(path), found, [str(i) for i in range(num_classes)],
                        list(range(len(array))), array)
-    if not path.is_dir():
-        raise CalibrationDataError(f"EVAL_DIR {path} does not exist or is not a folder; give an "
-                                   f"ImageFolder layout (one sub-folder per class) or an .npz "
-                                   f"with `images` and `labels`")
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    loose = [p for p in files if p.parent == path]
-    if not files or loose:
+    files, by_order = list_images(path, "EVAL_DIR")
+    if by_order is None:
+        loose = [p for p in files if p.parent == path]
         raise CalibrationDataError(
-            f"EVAL_DIR {path} needs ImageFolder's layout, one sub-folder of images per class"
-            + (f"; {len(loose)} images lie directly in it (first: {loose[0].name})" if loose
-               else "; it holds no images"))
+            f"EVAL_DIR {path} needs ImageFolder's layout, one sub-folder of images per class; "
+            f"{len(loose)} images lie directly in it (first: {loose[0].name})")
     found = sorted({p.relative_to(path).parts[0] for p in files})
     index = _class_indices(found, num_classes, labels, f"EVAL_DIR {path}")
-    return EvalSet(str(path), np.asarray([index[p.relative_to(path).parts[0]] for p in files]),
-                   found, files)
+    return EvalSet(str(path), np.asarray([index[found[i]] for i in by_order]), found, files)

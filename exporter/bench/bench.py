@@ -20,10 +20,8 @@ from exporter.files import write_text_atomic
 from exporter.manifest.manifest import read_manifest, write_manifest
 from exporter.report.report import (
     LATENCY_PNG,
-    bench_limits,
     format_bench,
     format_recommendation,
-    peak_share,
     plot_latency,
     write_report,
 )
@@ -141,11 +139,6 @@ def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print)
              "rows": {name: {"runtime": r.runtime, "artifact": r.artifact, "precision": r.precision,
                              "target": r.target} for name, r in rows.items()},
              "results": results, "recommended": recommended}
-    bench["limits"] = bench_limits(bench)
-    for name, per_batch in results.items():
-        for r in per_batch.values():
-            if "gmacs_per_s" in r:
-                r["peak_share"] = peak_share(bench, name, r)
     write_text_atomic(root / "bench.json", json.dumps(bench, indent=2) + "\n")
     manifest["bench"] = {
         "cpu": cpu, "recommended": recommended,

@@ -14,7 +14,6 @@ from exporter.manifest.manifest import (
     ManifestError,
     artifact_entry,
     declare_served_ranges,
-    int8_min_side,
     read_manifest,
     served_range,
     write_manifest,
@@ -67,10 +66,9 @@ def build_engines(manifest_path: Path, backend: str = "auto", log=print) -> Path
         config = EngineConfig(timing_cache=trt_dir / "timing.cache")
         for name in ("fp16", "int8"):
             graph = graph_path(manifest, root, name, "tensorrt")
-            # an int8 plan's profile starts where its verdict does (manifest.int8_min_side)
-            served = {"min_side": int8_min_side(manifest["dynamic"])} if name == "int8" else {}
+            # an int8 plan's profile starts where its verdict does (manifest.served_range)
             report = onnx_to_plan(graph, trt_dir / f"{name}.plan",
-                                  served_range(manifest["dynamic"], served), config)
+                                  served_range(manifest["dynamic"], name), config)
             manifest["artifacts"].append(artifact_entry(report.plan, root, "plan", name, "tensorrt",
                                                         source=graph))
             log(f"  built {report.plan} (layer info: {report.layers.name})")

@@ -27,8 +27,8 @@ def model_name(variant: str, artifact: dict) -> str:
 
 
 def config_pbtxt(name: str, platform: str, manifest: dict, options: dict | None = None,
-                 artifact: dict | None = None) -> str:
-    dyn = served_range(manifest["dynamic"], artifact or {})  # int8: from its min_side
+                 precision: str = "fp32") -> str:
+    dyn = served_range(manifest["dynamic"], precision)  # int8: from its min_side
     batch = dyn["batch"]
     preferred = sorted({b for b in (batch["opt"], min(8, batch["max"]), batch["max"]) if b > 1})
     params = "\n".join(
@@ -91,6 +91,6 @@ def manifest_to_triton(manifest_path: Path, repository: Path, log=print) -> list
         for source, target in files:
             _place(manifest_path.parent / source, version / target)
         written.append(write_text_atomic(repository / name / "config.pbtxt", config_pbtxt(
-            name, platform, manifest, artifact.get("runtime_options"), artifact)))
+            name, platform, manifest, artifact.get("runtime_options"), artifact["precision"])))
         log(f"  {name}: {platform}")
     return written

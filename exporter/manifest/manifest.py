@@ -71,22 +71,21 @@ def int8_min_side(dynamic: dict) -> int:
     return -(-side // multiple) * multiple
 
 
-def served_range(dynamic: dict, artifact: dict) -> dict:
-    """The manifest's declared range as ``artifact`` serves it: an int8 artifact's H and W start
-    at its `min_side` (the range its verdict covers; TensorRT's profile and Triton's config say
-    the same)."""
-    side = artifact.get("min_side", 0)
+def served_range(dynamic: dict, precision: str) -> dict:
+    """The manifest's declared range as an artifact of ``precision`` serves it: int8's H and W
+    start at int8_min_side (the range its verdict covers; its `min_side`, TensorRT's profile and
+    Triton's config all come from here)."""
+    side = int8_min_side(dynamic) if precision == "int8" else 0
     return {axis: (r | {"min": max(r["min"], side)} if axis in ("height", "width") else r)
             for axis, r in dynamic.items()}
 
 
 def declare_served_ranges(manifest: dict) -> None:
     """Every int8 artifact gets `min_side` where it is above the declared minimum."""
-    side = int8_min_side(manifest["dynamic"])
     for artifact in manifest["artifacts"]:
-        if artifact["precision"] == "int8" and side > min(manifest["dynamic"]["height"]["min"],
-                                                           manifest["dynamic"]["width"]["min"]):
-            artifact["min_side"] = side
+        served = served_range(manifest["dynamic"], artifact["precision"])
+        if served != manifest["dynamic"]:
+            artifact["min_side"] = min(served["height"]["min"], served["width"]["min"])
 
 
 def read_manifest(path: str | Path) -> dict:

@@ -250,14 +250,14 @@ def bench_limits(bench: dict) -> dict:
 def peak_share(bench: dict, name: str, result: dict) -> float | None:
     if "gmacs_per_s" not in result:
         return None
-    limits = bench.get("limits") or bench_limits(bench)
+    limits = bench_limits(bench)  # derived from the probes and the rows, never stored
     key = _limit_key(bench["rows"][name]["precision"], _probes(bench))
     return result["gmacs_per_s"] / limits[key]["gmacs"]
 
 
 def describe_limits(bench: dict) -> str:
     """What "x eager" divides by and what "% of peak" is a share of, from bench.json."""
-    limits = bench.get("limits") or bench_limits(bench)
+    limits = bench_limits(bench)
     named = "; ".join(f"{p} {v['gmacs']:.0f} GMAC/s ({v['by']})" for p, v in limits.items())
     return ("\"x eager\": eager fp32's p50 (PyTorch in inference mode, channels-last) over the "
             "row's, measured in the same run. \"% of peak\": a share of the most MAC/s this run "

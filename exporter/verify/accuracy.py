@@ -115,27 +115,41 @@ def images_needed(drop: float, discordance: float, budget: float) -> int | None:
     return math.ceil(Z**2 * variance / gap**2)
 
 
-def judge_drop(artifact_logits: np.ndarray, eager_logits: np.ndarray, labels: np.ndarray,
-               budget: float) -> AccuracyDrop:
-    """The paired drop of one artifact against eager on the same labelled images, judged against
-    ``budget`` (accuracy_drop_max): within it with confidence, over it with confidence, or not
-    resolvable with these images."""
-    labels = np.asarray(labels)
-    ours, theirs = top_k_correct(artifact_logits, labels, 1), top_k_correct(eager_logits, labels, 1)
-    images = len(labels)
-    lost, gained = int((theirs & ~ours).sum()), int((ours & ~theirs).sum())
+def drop_verdict(lost: int, gained: int, images: int, budget: float) -> dict:
+    """The one judgement of a paired drop against ``budget`` (accuracy_drop_max), for EVAL_DIR and
+    the held-out images alike: within it with confidence, over it with confidence, or not
+    resolvable with these images (with about how many would resolve it)."""
     low, high = drop_interval(lost, gained, images)
     drop = (lost - gained) / images
+    needed = None
     if high <= budget + 1e-12:
-        verdict, needed = "within budget", None
+        verdict = "within budget"
     elif low > budget + 1e-12:
-        verdict, needed = "over budget", None
+        verdict = "over budget"
     else:
         verdict = "not resolvable"
         needed = images_needed(drop, (lost + gained) / images, budget)
-    return AccuracyDrop(images, float(ours.mean()), float(top_k_correct(artifact_logits, labels, 5).mean()),
-                        float(theirs.mean()), float(top_k_correct(eager_logits, labels, 5).mean()),
-                        lost, gained, drop, low, high, budget, verdict, needed)
+    return {"drop": drop, "low": low, "high": high, "verdict": verdict, "images_needed": needed}
+
+
+def verdict_changes(artifact_logits: np.ndarray, eager_logits: np.ndarray,
+                    labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: lost (eager right, the artifact wrong) and gained (the reverse)."""
+    ours, theirs = top_k_correct(artifact_logits, labels, 1), top_k_correct(eager_logits, labels, 1)
+    return theirs & ~ours, ours & ~theirs
+
+
+def judge_drop(artifact_logits: np.ndarray, eager_logits: np.ndarray, labels: np.ndarray,
+               budget: float) -> AccuracyDrop:
+    """The paired drop of one artifact against eager on the same labelled images, judged by
+    ``drop_verdict``."""
+    labels = np.asarray(labels)
+    lost, gained = (int(m.sum()) for m in verdict_changes(artifact_logits, eager_logits, labels))
+    top1 = {name: float(top_k_correct(logits, labels, k).mean())
+            for name, logits, k in (("top1", artifact_logits, 1), ("top5", artifact_logits, 5),
+                                    ("top1_eager", eager_logits, 1), ("top5_eager", eager_logits, 5))}
+    return AccuracyDrop(len(labels), **top1, lost=lost, gained=gained, budget=budget,
+                        **drop_verdict(lost, gained, len(labels), budget))
 
 
 def class_moves(artifact_logits: np.ndarray, eager_logits: np.ndarray,
@@ -143,11 +157,11 @@ def class_moves(artifact_logits: np.ndarray, eager_logits: np.ndarray,
     """Which classes move: per true class, the images eager got right and the artifact lost, and
     the reverse, where any did; most lost first."""
     labels = np.asarray(labels)
-    ours, theirs = top_k_correct(artifact_logits, labels, 1), top_k_correct(eager_logits, labels, 1)
+    lost_images, gained_images = verdict_changes(artifact_logits, eager_logits, labels)
     moves = []
     for label in np.unique(labels):
         mask = labels == label
-        lost, gained = int((theirs & ~ours & mask).sum()), int((ours & ~theirs & mask).sum())
+        lost, gained = int((lost_images & mask).sum()), int((gained_images & mask).sum())
         if lost or gained:
             moves.append({"class": int(label), "images": int(mask.sum()), "lost": lost,
                           "gained": gained})

@@ -9,7 +9,7 @@ import importlib.resources
 import tomllib
 from pathlib import Path
 
-from exporter.verify.accuracy import drop_interval
+from exporter.verify.accuracy import drop_verdict
 from models import ConfigError
 from models.names import VARIANT_NAMES
 
@@ -122,10 +122,11 @@ def breaches(result: dict, budget: dict, trained: bool, built: float | None = No
         # over budget only with 95% confidence (exporter.verify.accuracy): on the held-out
         # images one flipped image is 1/N of a point, which cannot decide a verdict; EVAL_DIR
         # is where accuracy is established
-        low, high = drop_interval(result["lost"], result["gained"], result["images"])
-        if low > budget["accuracy_drop_max"] + 1e-12:
-            found.append(f"accuracy drop {100 * (result['accuracy_eager'] - result['accuracy']):.2f} "
-                          f"points, 95% interval [{100 * low:.2f}, {100 * high:.2f}] (budget "
+        judged = drop_verdict(result["lost"], result["gained"], result["images"],
+                              budget["accuracy_drop_max"])
+        if judged["verdict"] == "over budget":
+            found.append(f"accuracy drop {100 * judged['drop']:.2f} points, 95% interval "
+                          f"[{100 * judged['low']:.2f}, {100 * judged['high']:.2f}] (budget "
                           f"{100 * budget['accuracy_drop_max']:.2f})")
     for key, (value, ok) in checks.items():
         gated = key in budget and (trained or key not in AGREEMENT_METRICS)

@@ -26,7 +26,7 @@ from exporter.runtime.eager import model_from_manifest, run_torch
 from exporter.runtime.emulated import emulated_cpu
 from exporter.verify.budgets import breaches, changed_budgets, load_tolerances
 from exporter.verify.cases import ShapeCase, heldout_images, shape_cases
-from exporter.verify.evaluate import evaluate_on_labels
+from exporter.verify.evaluate import LabelledReference, eager_on_labels, judge_on_labels
 from exporter.verify.explain import EXPLAIN_IMAGES, first_past, module_errors, write_explain_json
 from exporter.verify.golden import write_golden
 from exporter.verify.measures import metrics, relative_l2
@@ -102,7 +102,8 @@ FALLBACK_ARTIFACTS = {"int8-trt": ("model.int8-trt.onnx",),
 
 def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cases: dict,
                     references: dict, budget: dict, trained: bool,
-                    heldout_outputs: dict) -> ArtifactParity:
+                    heldout_outputs: dict, labelled: LabelledReference | None = None,
+                    log=print) -> ArtifactParity:
     # the precision stage measured each graph with ONNX Runtime; drift is judged against that
     built_rel_l2 = {r["path"]: r["rel_l2"] for r in
                     manifest["parity"].get("heldout-vs-eager", {}).values() if "rel_l2" in r}
@@ -139,6 +140,8 @@ def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cas
             result["gated"] = False  # measured and reported; see ShapeCase.gates
             continue
         entry.failures += [f"{name}: {b}" for b in breaches(result, budget, trained, built)]
+    if labelled is not None:  # EVAL_DIR, with the runner loaded for the cases
+        judge_on_labels(entry, runner, labelled, budget, log)
     return entry
 
 
@@ -242,6 +245,7 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
            "random-init weights: top-1/top-5 reported, not gated"))
     missed = {target: report for target, report in
               manifest.get("calibration", {}).get("fallback", {}).items() if not report["met"]}
+    labelled = eager_on_labels(eval_dir, manifest, model, log) if eval_dir else None
     results, heldout_outputs, sources = [], {}, {}
 
     def source_outputs(path: str, reader: str) -> np.ndarray | None:
@@ -264,7 +268,7 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
             continue
         budget = budgets[artifact["precision"]]
         entries = [_check_artifact(artifact, reader, root, manifest, cases, references, budget,
-                                   trained, heldout_outputs)
+                                   trained, heldout_outputs, labelled, log)
                    for reader in readers_of(artifact)]
         disagreement = reader_disagreement(entries, heldout_outputs, budget)
         if disagreement:
@@ -279,8 +283,6 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
                     entry.failures.append(f"the layer fallback missed its target: {report['metric']} "
                                           f"{report['final']:.4f} < {report['goal']} on the tuning set")
             results.append(entry)
-    evaluation = (evaluate_on_labels(eval_dir, manifest, root, model, results, budgets, log)
-                  if eval_dir else None)
     exact = {a["path"] for a in manifest["artifacts"] if "exact_int8_session_options" in a}
     explain_graphs(results, root, model, cases, budgets, log, exact)
     for entry in results:
@@ -291,7 +293,8 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
                           {"images": len(heldout), "distinct_sources": heldout.distinct_sources(),
                            "source": heldout.source, "ids_sha256": heldout.ids_sha256()}, list(cases),
                           {p: budgets[p] for p in sorted({a.precision for a in results})},
-                          budgets_changed=changed, evaluation=evaluation)
+                          budgets_changed=changed,
+                          evaluation=labelled.record if labelled else None)
     write_parity_files(root, report, error_histograms(errors))
     manifest["parity"]["gate"] = {"passed": report.passed, "failures": report.failures(),
                                   "skipped": report.skipped(), "verdicts": report.verdicts(),

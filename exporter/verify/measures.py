@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from exporter.verify.accuracy import verdict_changes
+
 TINY = 1e-30  # guards a division by a zero norm
 
 
@@ -95,9 +97,9 @@ def metrics(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | Non
     if labels is not None:
         result["accuracy"] = accuracy(a, labels)
         result["accuracy_eager"] = accuracy(e, labels)
-        ours, theirs = a.argmax(1) == labels, e.argmax(1) == labels
-        result["lost"] = int((theirs & ~ours).sum())  # right under eager, wrong here
-        result["gained"] = int((ours & ~theirs).sum())
+        # right under eager and wrong here, and the reverse: what the drop's interval counts
+        lost, gained = verdict_changes(a, e, labels)
+        result["lost"], result["gained"] = int(lost.sum()), int(gained.sum())
     return result
 
 

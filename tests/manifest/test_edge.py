@@ -238,3 +238,23 @@ def test_consumer_refuses_bytes_other_than_those_the_gate_judged(digits_manifest
     write_manifest(root / "manifest.json", manifest)
     refused = _consume(root / "manifest.json", digit_files[0], "--precision", "fp32")
     assert refused.returncode == 2 and "the gate judged other bytes" in refused.stderr
+
+
+def test_int8_min_side_profile_and_triton_range_come_from_one_rule():
+    from exporter.manifest.manifest import declare_served_ranges, served_range
+
+    def side(lo, opt, hi):
+        return {"min": lo, "opt": opt, "max": hi, "multiple_of": 32}
+
+    dynamic = {"batch": {"min": 1, "opt": 1, "max": 32}, "height": side(32, 224, 448),
+               "width": side(32, 224, 448)}
+    assert served_range(dynamic, "int8")["height"]["min"] == 64
+    assert served_range(dynamic, "fp16") == dynamic
+    manifest = {"dynamic": dynamic, "artifacts": [{"precision": "int8"}, {"precision": "fp16"}]}
+    declare_served_ranges(manifest)
+    assert manifest["artifacts"] == [{"precision": "int8", "min_side": 64}, {"precision": "fp16"}]
+    # an opt size under 64 px is gated for int8 at its own size: nothing to declare
+    small = {**dynamic, "height": side(32, 32, 64), "width": side(32, 32, 64)}
+    manifest = {"dynamic": small, "artifacts": [{"precision": "int8"}]}
+    declare_served_ranges(manifest)
+    assert manifest["artifacts"] == [{"precision": "int8"}] and served_range(small, "int8") == small

@@ -86,7 +86,13 @@ def _folder(root, classes=("cat", "dog"), per_class=3):
     return root
 
 
-def test_an_image_folder_streams_in_batches_and_skips_undecodable_files_by_name(tmp_path):
+def test_an_image_folder_streams_in_batches_and_skips_undecodable_files_by_name(tmp_path,
+                                                                             monkeypatch):
+    from calibration import evaluation
+
+    hashed = []
+    monkeypatch.setattr(evaluation, "sha256_file",
+                        lambda path: hashed.append(path) or "0" * 64)
     root = _folder(tmp_path / "eval")
     (root / "dog" / "broken.png").write_bytes(b"not a png")
     eval_set = load_eval_set(root, num_classes=2)
@@ -95,8 +101,9 @@ def test_an_image_folder_streams_in_batches_and_skips_undecodable_files_by_name(
     assert np.concatenate([y for _, y in batches]).tolist() == [0, 0, 0, 1, 1, 1]
     assert len(eval_set.skipped) == 1 and "broken.png" in eval_set.skipped[0]
     first = eval_set.ids_sha256()
-    list(eval_set.batches(PRE, size=4))  # another pass, other batches: the same identities
-    assert eval_set.ids_sha256() == first
+    assert len(hashed) == 6  # each decoded file once
+    list(eval_set.batches(PRE, size=4))  # another pass (one per artifact): no file hashed again
+    assert eval_set.ids_sha256() == first and len(hashed) == 6 and len(eval_set.skipped) == 1
 
 
 def test_class_folders_map_to_the_checkpoints_labels_by_name(tmp_path):
