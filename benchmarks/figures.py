@@ -66,7 +66,7 @@ def replace_block(text: str, name: str, block: str) -> str:
     pattern = re.compile(rf"(<!-- figures:{re.escape(name)}:begin -->\n).*?(<!-- figures:"
                          rf"{re.escape(name)}:end -->)", re.S)
     if not pattern.search(text):
-        raise SystemExit(f"README.md has no <!-- figures:{name}:begin/end --> block")
+        raise SystemExit(f"no <!-- figures:{name}:begin/end --> block to render {name} into")
     return pattern.sub(lambda m: m.group(1) + block + m.group(2), text)
 
 

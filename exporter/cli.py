@@ -75,7 +75,7 @@ def _cmd_precision(args: argparse.Namespace) -> int:
         heldout_count=args.heldout_count, method=args.method,
         metric=args.metric, margin_target=args.margin_target,
         agreement_target=args.agreement_target, max_fallback=args.max_fallback,
-        largest_share=args.calib_largest_share,
+        largest_share=args.calib_largest_share, accuracy_aim=not args.no_accuracy_aim,
         tolerances=Path(args.tolerances) if args.tolerances else None)
     # unset options keep the stage's own defaults (the parser imports nothing heavy to know them)
     config = PrecisionConfig(**{k: v for k, v in settings.items() if v is not None})
@@ -198,7 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "often (default 0.99)")
     precision.add_argument("--tolerances", help="the gate's tolerances.toml, if not the default "
                            "(the fallback aims at its int8 budget)")
-    precision.add_argument("--max-fallback", type=int, default=6)
+    precision.add_argument("--max-fallback", type=int, default=6,
+                           help="most layers kept in float, of both aims together")
+    precision.add_argument("--no-accuracy-aim", action="store_true",
+                           help="where the tuning images have labels (CALIB_DIR with class "
+                           "folders) and the weights are trained, the fallback first keeps in "
+                           "float the layers with the largest share of the top-1 drop until it "
+                           "is within the int8 accuracy_drop_max; this turns that off")
     precision.add_argument("--calib-largest-share", type=float, default=0.0,
                            help="share of calibration images taken at the largest declared size "
                            "(for graphs served far above their opt size)")

@@ -308,6 +308,44 @@ def format_recommendation(bench: dict) -> str:
     return "\n".join(lines)
 
 
+def format_fallback(calibration: dict) -> list[str]:
+    """The layer fallback's decision per int8 graph: which layers stay float and why (the aim,
+    each layer's share of the top-1 drop on the labelled tuning images), and what the held-out
+    images confirmed."""
+    lines = ["## Layer fallback", "",
+             f"Calibration: {calibration['method']} on {calibration['images']} images from "
+             f"{calibration['source']}.", "",
+             "| int8 graph | layers in float (aim) | tuning top-1 drop before / after | "
+             "held-out drop, 95% interval | held-out verdict |", "|---|---|---|---|---|"]
+    for target, r in calibration.get("fallback", {}).items():
+        kept = ", ".join(f"{f['module']} ({f.get('aim', r['metric'])}"
+                         + (f", share {f['share']:.2f}" if "share" in f else "") + ")"
+                         for f in r["fallen_back"]) or "none"
+        aimed = r.get("accuracy")
+        if not aimed:
+            lines.append(f"| {target} | {kept} | no labelled tuning images | | |")
+            continue
+        tuning = (f"{100 * aimed['initial']['drop']:+.2f} / {100 * aimed['final']['drop']:+.2f} "
+                  f"points on {aimed['images']}")
+        c = aimed.get("confirmed")
+        held = (f"{100 * c['drop']:+.2f} [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}] on "
+                f"{c['images']}" if c else "")
+        lines.append(f"| {target} | {kept} | {tuning} | {held} | {c['verdict'] if c else ''} |")
+    lines += ["", f"Budget for the drop: {100 * _accuracy_budget(calibration):.2f} points "
+              "(int8 accuracy_drop_max). Where the tuning images have labels, layers are kept in "
+              "float by their share of the top-1 drop first, then by the error each adds until the "
+              "gate's rel-L2 budgets hold with margin (docs/precision.md)." if
+              _accuracy_budget(calibration) is not None else
+              "Layers kept in float by the error each adds, until the gate's budgets hold with "
+              "margin; the tuning images have no labels, so accuracy did not aim the fallback.", ""]
+    return lines
+
+
+def _accuracy_budget(calibration: dict) -> float | None:
+    return next((r["accuracy"]["budget"] for r in calibration.get("fallback", {}).values()
+                 if r.get("accuracy")), None)
+
+
 def write_report(root: Path) -> Path:
     manifest_path = root / "manifest.json"
     manifest = read_manifest(manifest_path)
@@ -320,6 +358,8 @@ def write_report(root: Path) -> Path:
     lines += [f"| {a['path']} | {a['format']} | {a['precision']} | {a['target']} | "
               f"{a['bytes'] / 1e6:.1f} |" for a in manifest["artifacts"]]
     lines.append("")
+    if manifest.get("calibration", {}).get("fallback"):
+        lines += format_fallback(manifest["calibration"])
     if (root / "parity.json").is_file():
         parity = json.loads((root / "parity.json").read_text())
         if parity.get("error_histograms"):

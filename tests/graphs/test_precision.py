@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import digits
 from exporter.graphs.precision import FP16_TOLERANCE, build_precision_graphs
+from exporter.graphs.quantize import quantizable_nodes
 from exporter.manifest.manifest import FORMATS, PRECISIONS, TARGETS, sha256_file
 from exporter.runtime.onnxruntime import OnnxRuntimeRunner
 from exporter.verify.budgets import load_tolerances
@@ -117,11 +118,94 @@ def test_a_missed_fallback_target_fails_the_build_and_keeps_the_record(precision
     root = copy_build(precision_build, tmp_path)
     config = PrecisionConfig(calib_source="noise", calib_count=16, tuning_count=8, heldout_count=8,
                              margin_target=1000.0, max_fallback=1)  # int8 1000x inside: unreachable
-    with pytest.raises(FallbackTargetError, match="int8-trt: margin .* on the tuning images is "
-                                                  "below the target 1000.0 with 1 layers in float"):
+    with pytest.raises(FallbackTargetError, match=r"int8-trt: margin .* on the tuning images "
+                                                  r"\(target: margin >= 1000.0\) with 1 layers in float"):
         build_precision_graphs(root / "manifest.json", config, log=lambda *_: None)
     fallback = json.loads((root / "manifest.json").read_text())["calibration"]["fallback"]
     assert not fallback["int8-trt"]["met"] and not fallback["int8-cpu"]["met"]
+    # noise has no labels: accuracy cannot aim the fallback, and the report says so
+    assert fallback["int8-trt"]["accuracy"] is None
+    from exporter.report.report import format_fallback
+    assert "no labelled tuning images" in "\n".join(
+        format_fallback(json.loads((root / "manifest.json").read_text())["calibration"]))
+
+
+def _plant_range(root, tensor: str, factor: float) -> None:
+    """Scale one tensor's cached calibration range: its int8 graph clips there."""
+    (cache,) = (root / "calib").glob("*.json")
+    ranges = json.loads(cache.read_text())
+    for key in ("lowest", "highest"):
+        value = ranges["data"][tensor][key]
+        if isinstance(value, dict):
+            value["data"] *= factor
+        else:
+            ranges["data"][tensor][key] = value * factor
+    cache.write_text(json.dumps(ranges))
+
+
+def test_the_fallback_aims_at_accuracy_where_the_tuning_images_have_labels(digits_build, tmp_path):
+    """A range clipped 10x at the input of the last conv block (a calibration bug) costs several
+    points of top-1. With a loose rel-L2 aim (margin target 0.1, as a user with loose rel-L2
+    budgets has) nothing stays float and the held-out drop is over budget with confidence; the
+    accuracy aim ranks the layers by their share of the drop on the labelled tuning digits, keeps
+    the clipped conv in float, and the disjoint held-out digits confirm the drop within budget."""
+    from dataclasses import replace
+
+    from exporter.report.report import format_fallback
+    from exporter.verify.accuracy import drop_verdict
+
+    root = copy_build(digits_build.manifest.parent, tmp_path)
+    _plant_range(root, "max_pool2d_3", 0.1)  # the input of features.28
+    budget = load_tolerances("se")["int8"]["accuracy_drop_max"]
+    loose = replace(digits_build.config, margin_target=0.1)
+    build_precision_graphs(root / "manifest.json", replace(loose, accuracy_aim=False),
+                           log=lambda *_: None)
+    manifest = json.loads((root / "manifest.json").read_text())
+    for target in ("int8-trt", "int8-cpu"):
+        assert manifest["calibration"]["fallback"][target]["fallen_back"] == []
+        held = manifest["parity"]["heldout-vs-eager"][f"{target}-onnx"]
+        assert drop_verdict(held["lost"], held["gained"], held["images"], budget)["verdict"] == \
+            "over budget", held
+
+    lines: list[str] = []
+    build_precision_graphs(root / "manifest.json", loose, log=lines.append)
+    manifest = json.loads((root / "manifest.json").read_text())
+    for target in ("int8-trt", "int8-cpu"):
+        aimed = manifest["calibration"]["fallback"][target]
+        accuracy = aimed["accuracy"]
+        assert accuracy["images"] == 96 and accuracy["initial"]["drop"] > budget
+        assert accuracy["shares"][0]["module"] == "features.28" and accuracy["shares"][0]["share"] >= 0.5
+        assert len(accuracy["shares"]) == len(quantizable_nodes(root / "model.onnx"))
+        assert [f["module"] for f in aimed["fallen_back"]][:1] == ["features.28"]
+        assert aimed["fallen_back"][0]["aim"] == "accuracy"
+        assert accuracy["met"] and accuracy["final"]["drop"] <= budget and aimed["met"]
+        assert accuracy["confirmed"]["images"] == 248
+        assert accuracy["confirmed"]["verdict"] == "within budget", accuracy["confirmed"]
+    assert any("ranking" in line and "by their share" in line for line in lines)
+    report = "\n".join(format_fallback(manifest["calibration"]))
+    assert "features.28 (accuracy, share" in report and "within budget" in report
+
+
+def test_the_accuracy_aim_keeps_layers_by_share_each_only_if_it_lowers_the_drop():
+    from exporter.graphs.fallback import AccuracyAim, _aim_at_accuracy
+
+    # 100 images; the all-int8 drop is 5 points: layer b costs 3, a costs 2, c nothing alone
+    # (and in float with others it costs a point: it must not stay float)
+    cost = {"a": 2, "b": 3, "c": 0}
+
+    def measure(in_float: list[str]) -> dict:
+        lost = 5 - sum(cost[n] for n in in_float) + (1 if "c" in in_float and len(in_float) > 1 else 0)
+        return {"drop": lost / 100, "lost": lost, "gained": 0}
+
+    aim = AccuracyAim(np.zeros((100, 3, 8, 8), np.float32), np.zeros(100, int), np.zeros((100, 2)), 0.01)
+    ranking = [{"node": n, "module": f"m.{n}", "added": 0.1} for n in "abc"]
+    excluded, record = _aim_at_accuracy(aim, measure, list("abc"), lambda: ranking, 6, "t", lambda *_: None)
+    assert excluded == ["b", "a"] and record["met"] and record["final"]["drop"] == 0.0
+    assert [s["node"] for s in record["shares"]] == ["b", "a", "c"]
+    assert record["shares"][0]["share"] == pytest.approx(0.6)
+    excluded, record = _aim_at_accuracy(aim, measure, list("abc"), lambda: ranking, 1, "t", lambda *_: None)
+    assert excluded == ["b"] and not record["met"] and record["final"]["drop"] == pytest.approx(0.02)
+    assert record["verdict"] == "not resolvable"  # 2 images of 100 past a 1-point budget
 
 
 def test_the_gate_holds_a_trained_build_to_top1_where_images_are_enough_to_measure_it(
