@@ -35,3 +35,17 @@ def test_no_share_of_peak_passes_100_percent():
         shares = [peak_share(stored, name, r) for name, per_batch in stored["results"].items()
                   for r in per_batch.values() if "gmacs_per_s" in r]
         assert shares and max(shares) <= 1.0 + 1e-12, path
+
+
+def test_the_precision_table_is_rendered_from_its_stored_run():
+    import json
+
+    from benchmarks import precision_table
+
+    text = precision_table.DOC.read_text()
+    blocks = re.findall(r"<!-- figures:(\S+):begin -->\n(.*?)<!-- figures:\1:end -->", text, re.S)
+    assert blocks, "docs/precision.md carries no generated accuracy table"
+    for name, block in blocks:
+        run = json.loads((RUNS / name / precision_table.STORED).read_text())
+        assert block == precision_table.render(run), f"docs/precision.md block {name} is stale"
+        assert all(row["images"] == run["rows"][0]["images"] for row in run["rows"])
