@@ -174,11 +174,12 @@ def quantize_with_fallback(model_path: Path, out_path: Path, ranges, target: Int
     Every int8 product is read exactly (the TensorRT graph with exact_int8; the CPU graph's 7-bit
     weights cannot saturate), so the decision is the same on every CPU, VNNI or not."""
     exact = bool(target.exact_int8_options)
-    on_disk: list[list[str]] = [[]]  # the layers in float of the graph last written
+    on_disk: list[list[str] | None] = [None]  # the layers in float of the graph last written
 
     def write(excluded: list[str]) -> None:
-        onnx_to_int8(model_path, out_path, ranges, target, excluded)
-        on_disk[0] = list(excluded)
+        if on_disk[0] != excluded:  # quantizing full-size VGG16 takes seconds: once per choice
+            onnx_to_int8(model_path, out_path, ranges, target, excluded)
+            on_disk[0] = list(excluded)
 
     def runner(excluded: list[str]) -> OnnxRuntimeRunner:
         write(excluded)
@@ -224,8 +225,7 @@ def quantize_with_fallback(model_path: Path, out_path: Path, ranges, target: Int
             log(f"  {target.value}: {layer['module']} kept in float ({goal.metric} {current:.4f})")
             if current >= goal.target or len(excluded) == max_fallback:
                 break
-    if on_disk[0] != excluded:
-        write(excluded)  # the graph on disk: the best
+    write(excluded)  # the graph on disk: the best
     report.final, report.worst_case = current, worst
     # a drop past the budget on the tuning images fails the build only where it is past it with
     # confidence (one image of 96 is 1.04 points): held-out images and EVAL_DIR judge the rest
