@@ -15,6 +15,7 @@ definition (calibration.preprocessing), the one the manifest records for runtime
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import logging
@@ -127,6 +128,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+@functools.lru_cache(maxsize=8)  # load_image asks per image: one transform per preprocessing
 def image_transform(pre: Preprocessing) -> T.Compose:
     """PIL image -> normalized CHW float32. Resize and crop act on the PIL image (PIL's bilinear
     resize), so that a runtime with only PIL and numpy reproduces it exactly

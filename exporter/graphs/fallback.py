@@ -70,22 +70,6 @@ def layer_ranking(int8_path: Path, model_path: Path, eager_model, images: np.nda
 
 
 @dataclass(frozen=True)
-class AccuracyAim:
-    """The top-1 drop against eager on the labelled tuning images, and its budget: the point
-    estimate is the aim (NNCF's max_drop is one too); the held-out images and EVAL_DIR judge it
-    with its interval."""
-    images: np.ndarray
-    labels: np.ndarray
-    reference: np.ndarray  # eager logits of ``images``
-    budget: float  # the gate's int8 accuracy_drop_max
-
-    def measure(self, runner) -> dict:
-        lost, gained = (int(m.sum()) for m in
-                        verdict_changes(run_batches(runner, self.images), self.reference, self.labels))
-        return {"drop": (lost - gained) / len(self.labels), "lost": lost, "gained": gained}
-
-
-@dataclass(frozen=True)
 class FallbackGoal:
     """What the layer fallback aims at. "margin": the parity gate's budget for int8, met this many
     times over (``target``) on the tuning images at the opt size and at every corner shape the gate
@@ -98,7 +82,17 @@ class FallbackGoal:
     references: dict[str, np.ndarray]  # eager outputs for each case
     budget: dict[str, float]
     trained: bool
-    accuracy: AccuracyAim | None = None  # labelled tuning images and trained weights only
+    # the gate's int8 accuracy_drop_max where the tuning images have labels and the weights are
+    # trained: the fallback then aims first at the top-1 drop on them (its point estimate, as
+    # NNCF's max_drop; the held-out images and EVAL_DIR judge it with its interval)
+    accuracy_budget: float | None = None
+
+    def top1_drop(self, runner) -> dict:
+        """The paired top-1 drop against eager on the labelled tuning images."""
+        case = self.cases["tuning"]
+        lost, gained = (int(m.sum()) for m in verdict_changes(
+            run_batches(runner, case.images), self.references["tuning"], case.labels))
+        return {"drop": (lost - gained) / len(case.labels), "lost": lost, "gained": gained}
 
     def score(self, runner) -> tuple[float, str]:
         """(score, the case where it is lowest); higher is better."""
@@ -129,44 +123,42 @@ def _accuracy_shares(score_accuracy, initial: dict, nodes: list[str], ranking: l
     return sorted(shares, key=lambda s: (-s["share"], -s["added"]))
 
 
-def _aim_at_accuracy(aim: AccuracyAim, score_accuracy, nodes: list[str], rank, max_fallback: int,
-                     label: str, log) -> tuple[list[str], dict]:
+def _aim_at_accuracy(budget: float, images: int, score_accuracy, nodes: list[str], rank,
+                     max_fallback: int, label: str, log) -> tuple[list[dict], dict]:
     """Layers in float, by share of the drop (most first; then by the error each adds), until
-    the tuning drop is within budget; a layer stays float only if it lowers the drop, and at
+    the tuning drop is within ``budget``; a layer stays float only if it lowers the drop, and at
     most 3 * ``max_fallback`` are tried (a layer's share is measured alone: two layers may each
-    flip no image alone and several together)."""
+    flip no image alone and several together). Returns the layers kept and the record."""
     initial = score_accuracy([])
-    record = {"budget": aim.budget, "images": len(aim.labels), "initial": initial, "final": initial,
-              "shares": [], "kept_float": [], "met": initial["drop"] <= aim.budget,
-              "verdict": drop_verdict(initial["lost"], initial["gained"], len(aim.labels),
-                                      aim.budget)["verdict"]}
-    if record["met"] or max_fallback == 0:
-        return [], record
-    log(f"  {label}: top-1 drop {100 * initial['drop']:.2f} points on {len(aim.labels)} labelled "
-        f"tuning images > budget {100 * aim.budget:.2f}; ranking {len(nodes)} layers by their share")
-    record["shares"] = _accuracy_shares(score_accuracy, initial, nodes, rank())
-    excluded, current = [], initial
-    for layer in record["shares"][:3 * max_fallback]:
-        if current["drop"] <= aim.budget or len(excluded) == max_fallback:
-            break
-        trial = score_accuracy([*excluded, layer["node"]])
-        if trial["drop"] >= current["drop"]:
-            continue
-        excluded.append(layer["node"])
-        current = trial
-        record["kept_float"].append({**layer, "drop_after": round(trial["drop"], 5)})
-        log(f"  {label}: {layer['module']} kept in float (share {layer['share']:.2f}; top-1 drop "
-            f"{100 * trial['drop']:.2f} points)")
-    record["final"], record["met"] = current, current["drop"] <= aim.budget
-    record["verdict"] = drop_verdict(current["lost"], current["gained"], len(aim.labels),
-                                     aim.budget)["verdict"]
-    return excluded, record
+    record = {"budget": budget, "images": images, "initial": initial, "final": initial,
+              "shares": []}
+    kept: list[dict] = []
+    if initial["drop"] > budget and max_fallback > 0:
+        log(f"  {label}: top-1 drop {100 * initial['drop']:.2f} points on {images} labelled tuning "
+            f"images > budget {100 * budget:.2f}; ranking {len(nodes)} layers by their share")
+        record["shares"] = _accuracy_shares(score_accuracy, initial, nodes, rank())
+        current = initial
+        for layer in record["shares"][:3 * max_fallback]:
+            if current["drop"] <= budget or len(kept) == max_fallback:
+                break
+            trial = score_accuracy([*(k["node"] for k in kept), layer["node"]])
+            if trial["drop"] >= current["drop"]:
+                continue
+            current = trial
+            kept.append({**layer, "drop_after": round(trial["drop"], 5), "aim": "accuracy"})
+            log(f"  {label}: {layer['module']} kept in float (share {layer['share']:.2f}; top-1 "
+                f"drop {100 * trial['drop']:.2f} points)")
+        record["final"] = current
+    final = record["final"]
+    record["met"] = final["drop"] <= budget
+    record["verdict"] = drop_verdict(final["lost"], final["gained"], images, budget)["verdict"]
+    return kept, record
 
 
 def quantize_with_fallback(model_path: Path, out_path: Path, ranges, target: Int8Target,
                            goal: FallbackGoal, eager_model, max_fallback: int = 6,
                            log=print) -> FallbackReport:
-    """Quantize; where ``goal.accuracy`` exists, keep in float the layers with the largest share
+    """Quantize; where ``goal.accuracy_budget`` exists, keep in float the layers with the largest share
     of the top-1 drop until it is within budget; then, if the score on the tuning images is
     below the goal, rank the layers by the error each adds (one module-by-module measurement
     against ``eager_model``, on the images of the case that scored lowest) and keep them in
@@ -174,12 +166,13 @@ def quantize_with_fallback(model_path: Path, out_path: Path, ranges, target: Int
     Every int8 product is read exactly (the TensorRT graph with exact_int8; the CPU graph's 7-bit
     weights cannot saturate), so the decision is the same on every CPU, VNNI or not."""
     exact = bool(target.exact_int8_options)
-    on_disk: list[list[str] | None] = [None]  # the layers in float of the graph last written
+    on_disk: list[str] | None = None  # the layers in float of the graph last written
 
     def write(excluded: list[str]) -> None:
-        if on_disk[0] != excluded:  # quantizing full-size VGG16 takes seconds: once per choice
+        nonlocal on_disk
+        if on_disk != excluded:  # quantizing full-size VGG16 takes seconds: once per choice
             onnx_to_int8(model_path, out_path, ranges, target, excluded)
-            on_disk[0] = list(excluded)
+            on_disk = list(excluded)
 
     def runner(excluded: list[str]) -> OnnxRuntimeRunner:
         write(excluded)
@@ -191,15 +184,17 @@ def quantize_with_fallback(model_path: Path, out_path: Path, ranges, target: Int
     excluded: list[str] = []
     initial, worst = score(excluded)
     report = FallbackReport(target.value, goal.metric, goal.target, initial, initial, worst_case=worst)
-    if goal.accuracy is not None:
+    if goal.accuracy_budget is not None:
         def rank() -> list[dict]:
             write([])
-            return layer_ranking(out_path, model_path, eager_model, goal.accuracy.images, exact)
+            return layer_ranking(out_path, model_path, eager_model, goal.cases["tuning"].images,
+                                 exact)
 
-        excluded, report.accuracy = _aim_at_accuracy(
-            goal.accuracy, lambda nodes: goal.accuracy.measure(runner(nodes)),
-            quantizable_nodes(model_path), rank, max_fallback, target.value, log)
-        report.fallen_back = [{**layer, "aim": "accuracy"} for layer in report.accuracy["kept_float"]]
+        report.fallen_back, report.accuracy = _aim_at_accuracy(
+            goal.accuracy_budget, len(goal.cases["tuning"].labels),
+            lambda nodes: goal.top1_drop(runner(nodes)), quantizable_nodes(model_path), rank,
+            max_fallback, target.value, log)
+        excluded = [layer["node"] for layer in report.fallen_back]
         if excluded:
             initial, worst = score(excluded)
     current = initial

@@ -24,12 +24,7 @@ from calibration.data import (
 from calibration.preprocessing import Preprocessing
 from exporter.convert.ort_format import onnx_to_ort
 from exporter.graphs.export import peak_rss_mib
-from exporter.graphs.fallback import (
-    FALLBACK_METRICS,
-    AccuracyAim,
-    FallbackGoal,
-    quantize_with_fallback,
-)
+from exporter.graphs.fallback import FALLBACK_METRICS, FallbackGoal, quantize_with_fallback
 from exporter.graphs.fp16 import onnx_to_fp16
 from exporter.graphs.quantize import Int8Target, QuantizationError
 from exporter.manifest.lifecycle import forget_verdicts
@@ -118,12 +113,9 @@ def _fallback_goal(manifest: dict, tuning: ImageSet, eager_model,
     budget = load_tolerances(manifest["variant"], config.tolerances)["int8"]
     target = config.margin_target if config.metric == "margin" else config.agreement_target
     trained = bool(manifest["model"]["checkpoint"])
-    aim = None
-    if config.accuracy_aim and trained and tuning.labels is not None and "accuracy_drop_max" in budget:
-        eager = (references["tuning"] if "tuning" in references else
-                 run_batches(lambda x: run_torch(eager_model, x), tuning.images))
-        aim = AccuracyAim(tuning.images, tuning.labels, eager, budget["accuracy_drop_max"])
-    return FallbackGoal(config.metric, target, cases, references, budget, trained, aim)
+    aimed = config.accuracy_aim and trained and tuning.labels is not None
+    return FallbackGoal(config.metric, target, cases, references, budget, trained,
+                        budget.get("accuracy_drop_max") if aimed else None)
 
 
 def _load_data(manifest: dict, config: PrecisionConfig) -> tuple[DataSplit, list[ImageSet]]:

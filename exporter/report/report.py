@@ -317,7 +317,7 @@ def format_fallback(calibration: dict) -> list[str]:
              f"{calibration['source']}.", "",
              "| int8 graph | layers in float (aim) | tuning top-1 drop before / after | "
              "held-out drop, 95% interval | held-out verdict |", "|---|---|---|---|---|"]
-    for target, r in calibration.get("fallback", {}).items():
+    for target, r in calibration["fallback"].items():
         kept = ", ".join(f"{f['module']} ({f.get('aim', r['metric'])}"
                          + (f", share {f['share']:.2f}" if "share" in f else "") + ")"
                          for f in r["fallen_back"]) or "none"
@@ -331,19 +331,15 @@ def format_fallback(calibration: dict) -> list[str]:
         held = (f"{100 * c['drop']:+.2f} [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}] on "
                 f"{c['images']}" if c else "")
         lines.append(f"| {target} | {kept} | {tuning} | {held} | {c['verdict'] if c else ''} |")
-    lines += ["", f"Budget for the drop: {100 * _accuracy_budget(calibration):.2f} points "
-              "(int8 accuracy_drop_max). Where the tuning images have labels, layers are kept in "
-              "float by their share of the top-1 drop first, then by the error each adds until the "
-              "gate's rel-L2 budgets hold with margin (docs/precision.md)." if
-              _accuracy_budget(calibration) is not None else
+    budget = next((r["accuracy"]["budget"] for r in calibration["fallback"].values()
+                   if r.get("accuracy")), None)
+    lines += ["", f"Budget for the drop: {100 * budget:.2f} points (int8 accuracy_drop_max). Where "
+              "the tuning images have labels, layers are kept in float by their share of the top-1 "
+              "drop first, then by the error each adds until the gate's rel-L2 budgets hold with "
+              "margin (docs/precision.md)." if budget is not None else
               "Layers kept in float by the error each adds, until the gate's budgets hold with "
               "margin; the tuning images have no labels, so accuracy did not aim the fallback.", ""]
     return lines
-
-
-def _accuracy_budget(calibration: dict) -> float | None:
-    return next((r["accuracy"]["budget"] for r in calibration.get("fallback", {}).values()
-                 if r.get("accuracy")), None)
 
 
 def write_report(root: Path) -> Path:

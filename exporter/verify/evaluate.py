@@ -31,21 +31,26 @@ class LabelledReference:
     record: dict  # what the set was, for parity.json
 
     def logits(self, run, desc: str) -> np.ndarray:
-        return np.concatenate([run(x) for x, _ in tqdm(
-            self.images.batches(self.preprocessing, self.batch), desc=desc, unit="batch",
-            leave=False, total=-(-len(self.images) // self.batch))])
+        return _run_over(self.images, self.preprocessing, self.batch, run, desc)[0]
+
+
+def _run_over(eval_set: EvalSet, pre: Preprocessing, batch: int, run,
+              desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """``run``'s outputs over the set, streamed a batch at a time, and the labels decoded."""
+    outputs, labels = [], []
+    for x, y in tqdm(eval_set.batches(pre, batch), desc=desc, unit="batch", leave=False,
+                     total=-(-len(eval_set) // batch)):
+        outputs.append(run(x))
+        labels.append(y)
+    return np.concatenate(outputs), np.concatenate(labels)
 
 
 def eager_on_labels(eval_dir: str | Path, manifest: dict, model, log=print) -> LabelledReference:
     eval_set = load_eval_set(eval_dir, manifest["num_classes"], manifest.get("labels"))
     pre = Preprocessing.from_json(manifest["preprocessing"])
     batch = min(EVAL_BATCH, manifest["dynamic"]["batch"]["max"])
-    outputs, labels = [], []
-    for x, y in tqdm(eval_set.batches(pre, batch), desc="eager on EVAL_DIR", unit="batch",
-                     leave=False, total=-(-len(eval_set) // batch)):
-        outputs.append(run_torch(model, x))
-        labels.append(y)
-    eager, labels = np.concatenate(outputs), np.concatenate(labels)
+    eager, labels = _run_over(eval_set, pre, batch, lambda x: run_torch(model, x),
+                              "eager on EVAL_DIR")
     record = {"source": str(eval_dir), "images": len(labels), "classes": len(eval_set.class_names),
               "ids_sha256": eval_set.ids_sha256(), "skipped": list(eval_set.skipped),
               "eager_top1": float((eager.argmax(1) == labels).mean())}

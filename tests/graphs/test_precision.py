@@ -187,7 +187,7 @@ def test_the_fallback_aims_at_accuracy_where_the_tuning_images_have_labels(digit
 
 
 def test_the_accuracy_aim_keeps_layers_by_share_each_only_if_it_lowers_the_drop():
-    from exporter.graphs.fallback import AccuracyAim, _aim_at_accuracy
+    from exporter.graphs.fallback import _aim_at_accuracy
 
     # 100 images; the all-int8 drop is 5 points: layer b costs 3, a costs 2, c nothing alone
     # (and in float with others it costs a point: it must not stay float)
@@ -197,13 +197,16 @@ def test_the_accuracy_aim_keeps_layers_by_share_each_only_if_it_lowers_the_drop(
         lost = 5 - sum(cost[n] for n in in_float) + (1 if "c" in in_float and len(in_float) > 1 else 0)
         return {"drop": lost / 100, "lost": lost, "gained": 0}
 
-    aim = AccuracyAim(np.zeros((100, 3, 8, 8), np.float32), np.zeros(100, int), np.zeros((100, 2)), 0.01)
     ranking = [{"node": n, "module": f"m.{n}", "added": 0.1} for n in "abc"]
-    excluded, record = _aim_at_accuracy(aim, measure, list("abc"), lambda: ranking, 6, "t", lambda *_: None)
+    kept, record = _aim_at_accuracy(0.01, 100, measure, list("abc"), lambda: ranking, 6, "t",
+                                    lambda *_: None)
+    excluded = [k["node"] for k in kept]
     assert excluded == ["b", "a"] and record["met"] and record["final"]["drop"] == 0.0
     assert [s["node"] for s in record["shares"]] == ["b", "a", "c"]
     assert record["shares"][0]["share"] == pytest.approx(0.6)
-    excluded, record = _aim_at_accuracy(aim, measure, list("abc"), lambda: ranking, 1, "t", lambda *_: None)
+    kept, record = _aim_at_accuracy(0.01, 100, measure, list("abc"), lambda: ranking, 1, "t",
+                                    lambda *_: None)
+    excluded = [k["node"] for k in kept]
     assert excluded == ["b"] and not record["met"] and record["final"]["drop"] == pytest.approx(0.02)
     assert record["verdict"] == "not resolvable"  # 2 images of 100 past a 1-point budget
 
