@@ -16,8 +16,10 @@ BACKEND     ?= auto
 LABELS      ?=
 BENCH_ARGS  ?=
 PRECISION_ARGS ?=
+SELFTEST_ARGS ?=
 TOLERANCES  ?=
 EVAL_DIR    ?=
+STRICT_ACCURACY ?=
 BATCH_RANGE ?=
 HEIGHT_RANGE ?=
 WIDTH_RANGE ?=
@@ -28,12 +30,12 @@ D            = $(OUT)/$(VARIANT)
 MODEL_ARGS   = --variant $(VARIANT) --num-classes $(NUM_CLASSES) $(if $(WIDTH_MULT),--width-mult $(WIDTH_MULT))
 CALIB_ARGS   = $(if $(CALIB_DIR),--calib-dir $(CALIB_DIR))
 PARITY_ARGS  = $(if $(TOLERANCES),--tolerances $(TOLERANCES))
-EVAL_ARGS    = $(if $(EVAL_DIR),--eval-dir $(EVAL_DIR))
+EVAL_ARGS    = $(if $(EVAL_DIR),--eval-dir $(EVAL_DIR)) $(if $(STRICT_ACCURACY),--strict-accuracy)
 EXPORT_ARGS  = $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
                $(if $(LABELS),--labels $(LABELS)) $(if $(BATCH_RANGE),--batch $(BATCH_RANGE)) \
                $(if $(HEIGHT_RANGE),--height $(HEIGHT_RANGE)) $(if $(WIDTH_RANGE),--width $(WIDTH_RANGE))
 
-.PHONY: setup card onnx precision engine parity parity-selftest bench triton test test-isa lint clean FORCE
+.PHONY: setup card onnx precision engine parity parity-selftest bench triton test test-slow test-isa lint clean FORCE
 .DELETE_ON_ERROR:
 
 setup: $(STAMP)
@@ -59,7 +61,7 @@ $(D)/.settings-calib: FORCE
 	@+echo "$(CALIB_DIR) $(PRECISION_ARGS)" | cmp -s - $@ || echo "$(CALIB_DIR) $(PRECISION_ARGS)" > $@
 $(D)/.settings-eval: FORCE
 	@+mkdir -p $(D)
-	@+echo "$(EVAL_DIR)" | cmp -s - $@ || echo "$(EVAL_DIR)" > $@
+	@+echo "$(EVAL_ARGS)" | cmp -s - $@ || echo "$(EVAL_ARGS)" > $@
 # The backend as resolved on this machine ("auto -> ort"), not as asked: installing tensorrt
 # on a GPU machine changes it, and the engines stage runs again.
 $(D)/.settings-backend: $(STAMP) FORCE
@@ -113,7 +115,7 @@ parity: $(STAMP)
 
 # The gate proves it can fail: known bugs planted into copies of the build, each must be caught.
 parity-selftest: $(STAMP)
-	$(CLI) selftest --manifest $(D)/manifest.json
+	$(CLI) selftest --manifest $(D)/manifest.json $(SELFTEST_ARGS)
 
 bench: $(STAMP)
 	$(CLI) bench --manifest $(D)/manifest.json $(BENCH_ARGS)
@@ -125,8 +127,14 @@ triton: $(D)/.engines.done
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# The suite, without the tests marked slow (full-size VGG16, training the digits fixture afresh,
+# whole builds driven through make: kills, rebuilds, two at once): `make test-slow` runs those,
+# and CI runs both.
 test: lint
-	$(PY) -m pytest --durations=10
+	$(PY) -m pytest -m "not slow" --durations=10
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow --durations=10 -p no:cacheprovider
 
 # The tests whose verdict depends on the CPU's kernels, again with torch (oneDNN and ATen) held
 # to other instruction sets than this machine's best: a test that passes only on one CPU fails
@@ -135,10 +143,12 @@ test: lint
 # Haswell, on any x86 host: the `kernels` tests, and the parity gate on a copy of the reduced CI
 # build (made natively first) with its readers emulated (exporter/runtime/emulated.py); the verdict there
 # is the emulated CPU's, so the build's own parity.json is left alone.
-# ONEDNN_MAX_CPU_ISA:ATEN_CPU_CAPABILITY:the /proc/cpuinfo flag the level needs. ATen's setting
-# forces its kernels (an illegal instruction on a CPU without them), so a level above this CPU
-# is skipped, and said so; qemu below runs the AVX2 level of the other runtimes everywhere.
-ISAS ?= AVX2:avx2:avx2 AVX512_CORE_VNNI:avx512:avx512_vnni
+# ONEDNN_MAX_CPU_ISA:ATEN_CPU_CAPABILITY:the /proc/cpuinfo flag the level needs:the flags of
+# anything above it. ATen's setting forces its kernels (an illegal instruction on a CPU without
+# them), so a level above this CPU is skipped, and said so; a CPU with none of the flags above a
+# level runs that level natively (`make test` did), so it is not run again; qemu below runs the
+# AVX2 level of the other runtimes everywhere.
+ISAS ?= AVX2:avx2:avx2:avx512f AVX512_CORE_VNNI:avx512:avx512_vnni:avx512_bf16,amx_int8
 QEMU_CPU ?= Haswell
 QEMU      = qemu-x86_64 -cpu $(QEMU_CPU),-pcid,-x2apic,-tsc-deadline,-hle,-rtm,-invpcid
 CI_BUILD  = VARIANT=se WIDTH_MULT=0.125 NUM_CLASSES=10 OUT=build/ci
@@ -149,9 +159,12 @@ INT8_ARTIFACTS = model.int8-trt.onnx model.int8-cpu.onnx engines/ort/model.int8-
                  engines/openvino/model.int8.xml
 test-isa: $(STAMP)
 	@for isa in $(ISAS); do \
-		onednn=$${isa%%:*}; rest=$${isa#*:}; aten=$${rest%%:*}; flag=$${rest#*:}; \
+		onednn=$${isa%%:*}; rest=$${isa#*:}; aten=$${rest%%:*}; rest=$${rest#*:}; \
+		flag=$${rest%%:*}; above=$${rest#*:}; \
 		if ! grep -qw "$$flag" /proc/cpuinfo; then \
 			echo "== NOT run: pytest -m numerics at $$onednn (this CPU has no $$flag)"; continue; fi; \
+		if ! grep -m1 '^flags' /proc/cpuinfo | grep -qwE "$$(echo $$above | tr , '|')"; then \
+			echo "== NOT run again: pytest -m numerics at $$onednn (this CPU's own level: make test runs it)"; continue; fi; \
 		echo "== pytest -m numerics with ONEDNN_MAX_CPU_ISA=$$onednn ATEN_CPU_CAPABILITY=$$aten"; \
 		ONEDNN_MAX_CPU_ISA=$$onednn ATEN_CPU_CAPABILITY=$$aten MKL_ENABLE_INSTRUCTIONS=$${onednn%%_*} $(PY) -m pytest -m numerics -q -p no:cacheprovider || exit 1; \
 	done

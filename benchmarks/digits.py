@@ -45,6 +45,14 @@ MAX_CYCLES = 3
 LEARNING_RATE = 3e-3
 
 
+# The se fixture as trained once and shipped: the tests read these weights, so that their verdicts
+# do not depend on the CPU that would otherwise train them afresh (each ISA's kernels train a
+# different model, and a planted bug sized on one is not the same bug on another). Regenerated
+# by `.venv/bin/python -m benchmarks.digits --write-fixture`; tests/graphs/test_precision.py
+# trains the recipe afresh too and holds it to the same target.
+SHIPPED = Path(__file__).resolve().parents[1] / "tests" / "assets" / "digits-se.safetensors"
+
+
 class FixtureError(RuntimeError):
     """The fixture did not reach the accuracy the tests rely on: its numbers would mean nothing."""
 
@@ -121,6 +129,42 @@ def train(variant: str, seed: int = 0, target: float = TARGET_ACCURACY) -> Train
         f"accuracy against it would measure noise. Change the recipe in benchmarks/digits.py")
 
 
+def write_shipped_fixture(path: Path = SHIPPED, variant: str = "se") -> Path:
+    """Train the fixture and write it with a record beside it (.json: sha256, validation accuracy,
+    epochs, the CPU and torch that trained it)."""
+    import hashlib
+    import json
+    import platform
+
+    from exporter.runtime.cpu import cpu_identity
+
+    fixture = train(variant)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    models.save_checkpoint(fixture.model, path, variant, CLASSES, WIDTH)
+    record = {"variant": variant, "width": WIDTH, "classes": CLASSES,
+              "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+              "validation_accuracy": fixture.validation_accuracy, "epochs": fixture.epochs,
+              "trained_on": cpu_identity(), "torch": torch.__version__, "python": platform.python_version(),
+              "command": ".venv/bin/python -m benchmarks.digits --write-fixture"}
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def shipped_fixture(path: Path = SHIPPED) -> TrainedFixture:
+    """The shipped fixture, its sha256 checked against its record."""
+    import hashlib
+    import json
+
+    record = json.loads(path.with_suffix(".json").read_text())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != record["sha256"]:
+        raise FixtureError(f"{path}: sha256 {digest} differs from {path.with_suffix('.json')} "
+                           f"({record['sha256']}); regenerate both with `{record['command']}`")
+    model = models.create_model(record["variant"], num_classes=record["classes"], width=record["width"])
+    models.load_weights(model, path)
+    return TrainedFixture(model.eval(), record["variant"], record["validation_accuracy"], record["epochs"])
+
+
 def write_unseen_npz(path: Path, seed: int = 0) -> Path:
     """The 600 images never trained or validated on, as uint8 images + labels (a CALIB_DIR
     .npz source)."""
@@ -138,19 +182,30 @@ def write_validation_npz(path: Path, seed: int = 0) -> Path:
 
 
 def main() -> None:
-    """The inputs of a `make engine` run on the trained fixture with calibration and evaluation
-    images apart (README, "Accuracy on your labelled images"):
+    """The inputs of a `make engine` run on the trained fixture (the shipped one for se, unless
+    --train) with calibration and evaluation images apart (README, "Accuracy on your labelled
+    images"):
 
         .venv/bin/python -m benchmarks.digits --out build/digits-inputs
     """
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--variant", default="se")
+    parser.add_argument("--train", action="store_true",
+                        help="train the checkpoint afresh on this CPU (default for se: the shipped fixture)")
+    parser.add_argument("--write-fixture", action="store_true",
+                        help="train the se fixture and write it to tests/assets/")
     args = parser.parse_args()
+    if args.write_fixture:
+        print(write_shipped_fixture())
+        return
+    if args.out is None:
+        parser.error("--out is required")
     args.out.mkdir(parents=True, exist_ok=True)
-    fixture = train(args.variant)
+    shipped = args.variant == "se" and not args.train
+    fixture = shipped_fixture() if shipped else train(args.variant)
     checkpoint = models.save_checkpoint(fixture.model, args.out / f"{args.variant}.safetensors",
                                         args.variant, CLASSES, WIDTH)
     calib, evaluation = write_validation_npz(args.out / "calib.npz"), write_unseen_npz(args.out / "eval.npz")

@@ -37,9 +37,11 @@ DOC = REPO / "docs" / "precision.md"
 STORED = "precision-table.json"
 
 
-def fixture_manifest(variant: str, root: Path) -> tuple[Path, digits.TrainedFixture]:
-    """The trained fixture of ``variant``, exported into ``root/variant``: (manifest, fixture)."""
-    fixture = digits.train(variant)
+def fixture_manifest(variant: str, root: Path, fixture: digits.TrainedFixture | None = None
+                     ) -> tuple[Path, digits.TrainedFixture]:
+    """The trained fixture of ``variant`` (trained now unless given), exported into
+    ``root/variant``: (manifest, fixture)."""
+    fixture = fixture or digits.train(variant)
     checkpoint = models.save_checkpoint(fixture.model, root / f"{variant}.pt", variant,
                                         digits.CLASSES, digits.WIDTH)
     config = ExportConfig(variant, num_classes=digits.CLASSES, model_width=digits.WIDTH,

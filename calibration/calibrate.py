@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -162,7 +163,9 @@ class UniformHistogramCollector(HistogramCollector):
                 edges = edges.astype(np.float32)
                 old_hist, old_min, old_max = None, low, high
                 if self.growth_bound is not None:
-                    self.element_bound[tensor] = values.numel() * self.growth_bound
+                    # ceil, with room for float rounding: a ratio of pixels such as 256**2 /
+                    # 224**2 is not exact in binary, and an exact count must not overrun it
+                    self.element_bound[tensor] = math.ceil(values.numel() * self.growth_bound * (1 + 1e-9))
             else:
                 old_hist, edges, old_min, old_max = self.histogram_dict[tensor]
                 if top > edges[-1]:  # grow by whole bins of the same width, as ORT does

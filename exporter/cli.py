@@ -100,7 +100,7 @@ def _cmd_parity(args: argparse.Namespace) -> int:
                         tolerances=Path(args.tolerances) if args.tolerances else None,
                         only=set(args.artifacts) if args.artifacts else None,
                         cases=set(args.cases) if args.cases is not None else None,
-                        eval_dir=args.eval_dir)
+                        eval_dir=args.eval_dir, strict_accuracy=args.strict_accuracy)
     if report.passed:
         skipped = report.skipped()
         print(f"parity: passed ({len(report.artifacts) - len(skipped)} artifacts verified)"
@@ -122,7 +122,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_selftest(args: argparse.Namespace) -> int:
     from exporter.verify.selftest import run_selftest
 
-    run_selftest(Path(args.manifest))
+    run_selftest(Path(args.manifest), converted_only=args.converted_only)
     return 0
 
 
@@ -218,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="labelled images (ImageFolder layout, or .npz with images and labels), "
                              "kept apart from calibration: every artifact's top-1 drop against "
                              "eager, with a 95%% interval, against accuracy_drop_max")
+    parity.add_argument("--strict-accuracy", action="store_true",
+                        help="fail an EVAL_DIR drop that its images cannot resolve (by default it "
+                        "fails only where it is over budget, with confidence or by its point "
+                        "estimate, and an unresolved one is reported with the images it would take)")
     parity.add_argument("--artifacts", nargs="+", metavar="PATH",
                         help="gate only these artifacts (paths as in the manifest); the verdict "
                         "then covers only them")
@@ -238,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     selftest = sub.add_parser("selftest", help="plant known bugs into copies of the build's "
                               "artifacts and show the gate fails each one")
     selftest.add_argument("--manifest", required=True)
+    selftest.add_argument("--converted-only", action="store_true",
+                          help="only the bugs planted into converted files (.ort, IR .bin), gated "
+                          "on the held-out images at the opt size: what CI runs on the full-size "
+                          "build, where the whole self-test would take most of an hour")
     selftest.set_defaults(run=_cmd_selftest)
 
     engines = sub.add_parser("engines", help="TensorRT plans where a GPU and tensorrt exist")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import models
-from exporter.graphs.export import ExportConfig, export_to_folder, image_range
+from exporter.graphs.export import ExportConfig, batch_range, export_to_folder, image_range
 
 TINY_WIDTH = 0.125  # channels 8..64, hidden 512: fast on 2 cores, same graph structure
 
@@ -36,15 +36,26 @@ def tiny_config(variant: str, **kw) -> ExportConfig:
     return ExportConfig(variant, **{**TINY, **kw})
 
 
+def gate_range() -> dict:
+    """The declared range of the builds the gate's tests share: the opt size of the default range
+    and smaller corners (batch up to 8, sides up to 256), since the corners' pixels are most of a
+    gate run's time and these tests are about what the gate does; the default range is exported
+    in test_export and built at full size by CI's `make engine VARIANT=se`."""
+    return {"batch": batch_range(1, 1, 8), "height": image_range("height", 32, 224, 256),
+            "width": image_range("width", 32, 224, 256)}
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-    """exported(variant) -> manifest path of a tiny export (each variant exported once)."""
+    """exported(variant) -> manifest path of a tiny export (each variant exported once), over
+    gate_range()."""
     cache = {}
 
     def get(variant: str):
         if variant not in cache:
             out = tmp_path_factory.mktemp(f"export-{variant}") / variant
-            cache[variant] = export_to_folder(tiny_config(variant), out, log=lambda *_: None)
+            config = tiny_config(variant, **({} if variant == "sa" else gate_range()))
+            cache[variant] = export_to_folder(config, out, log=lambda *_: None)
         return cache[variant]
 
     return get
@@ -72,14 +83,15 @@ class DigitsBuild:
 
 @pytest.fixture(scope="session")
 def digits_build(tmp_path_factory) -> DigitsBuild:
-    """The trained se digits fixture with every precision graph, built once per session.
-    Tests that change the build work on a copy (copy_build)."""
+    """The trained se digits fixture (shipped: tests/assets/digits-se.safetensors, the same model on
+    every CPU) with every precision graph, built once per session. Tests that change the build
+    work on a copy (copy_build)."""
     from benchmarks import digits
     from benchmarks.precision_table import fixture_manifest
     from exporter.graphs.precision import PrecisionConfig, build_precision_graphs
 
     root = tmp_path_factory.mktemp("digits")
-    manifest, fixture = fixture_manifest("se", root)
+    manifest, fixture = fixture_manifest("se", root, digits.shipped_fixture())
     npz = digits.write_unseen_npz(root / "digits-unseen.npz")
     config = PrecisionConfig(calib_source=str(npz), **digits.UNSEEN_SPLIT)
     lines: list[str] = []

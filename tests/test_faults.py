@@ -21,9 +21,11 @@ from exporter.manifest.manifest import read_manifest, sha256_file, verify_artifa
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-# Reduced width, few calibration images and a short bench: these tests are about what make does
-# with files, not about numerics, and each runs several builds.
-TINY = ["WIDTH_MULT=0.125", "NUM_CLASSES=10",
+# Reduced width, a small declared range, few calibration images and a short bench: these tests
+# are about what make does with files, not about numerics, and each runs several builds (the
+# README's full-size build runs in CI).
+TINY = ["WIDTH_MULT=0.125", "NUM_CLASSES=10", "IMG_SIZE=64", "BATCH_RANGE=1,1,4",
+        "HEIGHT_RANGE=32,64,128", "WIDTH_RANGE=32,64,128",
         "PRECISION_ARGS=--calib-count 24 --tuning-count 8 --heldout-count 8",
         "BENCH_ARGS=--seconds 0.2 --no-compile --batches 1"]
 
@@ -74,6 +76,7 @@ def kill_when(out: Path, args: list[str], ready, timeout: float = 300) -> None:
         process.wait()
 
 
+@pytest.mark.slow  # whole builds through make: `make test-slow`, in CI
 def test_killed_during_export_leaves_nothing_finished_and_the_next_run_completes(tmp_path):
     folder = tmp_path / "se"
     kill_when(tmp_path, ["engine", "VARIANT=se"],
@@ -86,6 +89,7 @@ def test_killed_during_export_leaves_nothing_finished_and_the_next_run_completes
     assert not list(folder.glob(".*.partial"))
 
 
+@pytest.mark.slow  # whole builds through make: `make test-slow`, in CI
 def test_killed_during_calibration_then_completes(tmp_path):
     folder = tmp_path / "se"
     assert make(tmp_path, "onnx", "VARIANT=se").returncode == 0
@@ -103,6 +107,7 @@ def test_killed_during_calibration_then_completes(tmp_path):
         "model.int8-trt.onnx", "model.int8-cpu.onnx"}
 
 
+@pytest.mark.slow  # whole builds through make: `make test-slow`, in CI
 def test_rebuilds_only_what_changed(tmp_path):
     # This test is about what make rebuilds, not about accuracy. The checkpoints here hold random
     # weights: top-1 agreement on their flat logits is noise, so this build's budgets (merged
@@ -117,8 +122,9 @@ def test_rebuilds_only_what_changed(tmp_path):
     checkpoint = tmp_path / "se.pt"
 
     def build(*settings, target="engine"):  # random weights: the fallback compares by cosine
+        precision_args = next(a for a in TINY if a.startswith("PRECISION_ARGS="))
         return make(tmp_path, target, "VARIANT=se", f"TOLERANCES={budgets}",
-                    f"{TINY[2]} --metric cosine", *settings)
+                    f"{precision_args} --metric cosine", *settings)
 
     torch.manual_seed(3)
     models.save_checkpoint(models.create_model("se", num_classes=10, width=0.125), checkpoint,
@@ -154,6 +160,7 @@ def test_rebuilds_only_what_changed(tmp_path):
     assert manifest["data_split"]["source"] == str(calib)
 
 
+@pytest.mark.slow  # whole builds through make: `make test-slow`, in CI
 def test_two_variants_built_at_once_do_not_clash(tmp_path):
     """Export and precision, the stages that write the big files, of two variants at once."""
     processes = [subprocess.Popen(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from exporter.files import ensure_writable_dir
 from exporter.runtime import runtime_module
+from exporter.runtime.openvino import converted_model
 from models import ToolchainError
 
 BF16_OPTIONS = {"INFERENCE_PRECISION_HINT": "bf16"}
@@ -38,7 +39,7 @@ def onnx_to_openvino_ir(source: Path, xml: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix=f".{xml.stem}.", dir=folder) as tmp:
         staged = Path(tmp) / xml.name
         try:
-            ov.save_model(ov.convert_model(str(source)), str(staged), compress_to_fp16=False)
+            ov.save_model(converted_model(source), str(staged), compress_to_fp16=False)
         except Exception as e:  # OpenVINO raises its own types; the message is what helps
             raise OpenVinoError(f"OpenVINO could not convert {source}: "
                                 f"{str(e).strip().splitlines()[-1][:300]}") from e

@@ -13,8 +13,9 @@ from pathlib import Path
 import onnxruntime as ort
 
 from exporter.files import atomic_path
+from exporter.runtime.onnxruntime import ORT_SAVED_LEVEL
 
-ORT_OPTIMIZATION = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+ORT_OPTIMIZATION = getattr(ort.GraphOptimizationLevel, ORT_SAVED_LEVEL)
 
 
 def onnx_to_ort(source: Path, target: Path) -> Path:

@@ -3,9 +3,10 @@ keep layers in float, one at a time, each only if it helps.
 
 Two aims, in this order:
 1. Where the tuning images have labels and the weights are trained: the top-1 drop against eager
-   on them, held to the gate's ``accuracy_drop_max``. Layers are ranked by their share of the
-   drop (the drop with that layer alone in float, as NNCF's ``quantize_with_accuracy_control``
-   ranks them), and the fewest kept in float that bring it within budget.
+   on them, held to the gate's ``accuracy_drop_max``, acted on only where its exact interval
+   puts it over budget (a drop of an image or two is what other kernels flip). Layers are ranked
+   by their share of the drop (the drop with that layer alone in float, as NNCF's
+   ``quantize_with_accuracy_control`` ranks them), and the fewest kept in float that bring it within budget.
 2. The goal of ``FallbackGoal`` (default: the gate's rel-L2 budgets, with margin), layers ranked
    by the error each adds at its output (module by module, exporter.verify.explain).
 The drop on the tuning images decides; the held-out images (and EVAL_DIR, in the gate) confirm.
@@ -130,10 +131,18 @@ def _aim_at_accuracy(budget: float, images: int, score_accuracy, nodes: list[str
     most 3 * ``max_fallback`` are tried (a layer's share is measured alone: two layers may each
     flip no image alone and several together). Returns the layers kept and the record."""
     initial = score_accuracy([])
+    verdict_initial = drop_verdict(initial["lost"], initial["gained"], images, budget)["verdict"]
+    # acted on only where the tuning images resolve it: a drop of one or two images is what
+    # another CPU's kernels flip, and the layers kept in float must not depend on the CPU
+    acted = verdict_initial == "over budget" and max_fallback > 0
     record = {"budget": budget, "images": images, "initial": initial, "final": initial,
-              "shares": []}
+              "verdict_initial": verdict_initial, "acted": acted, "shares": []}
     kept: list[dict] = []
-    if initial["drop"] > budget and max_fallback > 0:
+    if initial["drop"] > budget and not acted:
+        log(f"  {label}: top-1 drop {100 * initial['drop']:.2f} points on {images} labelled tuning "
+            f"images, past the budget {100 * budget:.2f} but {verdict_initial} with them: no layer "
+            f"kept in float for it (the held-out images and EVAL_DIR judge it)")
+    if acted:
         log(f"  {label}: top-1 drop {100 * initial['drop']:.2f} points on {images} labelled tuning "
             f"images > budget {100 * budget:.2f}; ranking {len(nodes)} layers by their share")
         record["shares"] = _accuracy_shares(score_accuracy, initial, nodes, rank())

@@ -86,7 +86,8 @@ def _selftest_section(selftest: dict) -> list[str]:
              f"**{selftest['caught']} of {selftest['planted']}**; a bug counts as caught only "
              f"where the same artifact unplanted passed the gate"
              + (f" (it did not for {', '.join(selftest['baseline_failed'])}: **baseline failed**)"
-                if selftest.get("baseline_failed") else "") + ".", "",
+                if selftest.get("baseline_failed") else "")
+             + (f"; scope: {selftest['scope']}" if "scope" in selftest else "") + ".", "",
              "| bug | artifact | planted | outcome | first failure |", "|---|---|---|---|---|"]
     for bug in selftest["bugs"]:
         first = bug["by"][0].replace("|", "/") if bug["by"] else ""
@@ -157,7 +158,9 @@ def format_accuracy(parity: dict) -> list[str]:
                 f"{evaluation['skipped'][0]}" if evaluation["skipped"] else "") + ". The drop is "
              "paired (the same images under eager and the artifact), its interval exact (McNemar's, "
              "on the images whose verdict changed): within budget means the whole interval is; "
-             "not resolvable means these images cannot tell, and the gate fails until more are given.",
+             "over budget (with confidence or by its point estimate) fails the gate; not resolvable "
+             "means these images cannot tell: reported with the images that would, and failed only "
+             f"under STRICT_ACCURACY=1{' (set for this run)' if parity.get('strict_accuracy') else ''}.",
              "", "| artifact | reader | top-1 | top-5 | drop (points) | 95% interval | lost / gained "
              "| budget | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for artifact in parity["artifacts"]:
@@ -192,29 +195,35 @@ def _parity_section(parity: dict) -> list[str]:
              f"({heldout.get('source', '?')}), never used for calibration or tuning; shapes: "
              f"{', '.join(parity.get('shapes', []))}. "
              "Every portable graph is read by ONNX Runtime and by OpenVINO, held to each other "
-             "(agreement_max); every converted artifact to the graph it was made from "
-             "(derived_max, \"vs source\"). Verdicts are bound to the artifacts' sha256 and to the "
+             "(agreement_max; int8: agreement_factor x their own error); every converted file "
+             "to its conversion done again from its source on this box (derived_max, "
+             "\"vs redone\") and to its source's error against eager (derived_excess_max). "
+             "Margin: the tightest of an artifact's checks, budget / measured (below 1 fails). "
+             "Verdicts are bound to the artifacts' sha256 and to the "
              f"kernels that computed them: {_kernels(parity)}.", _budgets_line(parity),
              "", "| artifact | reader | case | rel L2 | worst image | min cosine | max abs | top-1 | "
-             "top-5 | accuracy | vs source | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "top-5 | accuracy | vs redone | margin | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for artifact in parity["artifacts"]:
         reader = artifact.get("reader", "onnxruntime")
         if artifact["skipped"]:
-            lines.append(f"| {artifact['path']} | {reader} | - | | | | | | | | | "
+            lines.append(f"| {artifact['path']} | {reader} | - | | | | | | | | | | "
                          f"SKIPPED, not verified: {artifact['skipped']} |")
         general = [f for f in artifact["failures"] if f.split(": ")[0] not in artifact["cases"]]
         if general:
-            lines.append(f"| {artifact['path']} | {reader} | all | | | | | | | | | "
+            lines.append(f"| {artifact['path']} | {reader} | all | | | | | | | | | | "
                          f"FAIL: {'; '.join(general)} |")
         for case, r in artifact["cases"].items():
             failed = any(f.startswith(f"{case}: ") for f in artifact["failures"])
             accuracy = f"{100 * r['accuracy']:.2f}%" if "accuracy" in r else ""
             verdict = "FAIL" if failed else "ok" if r.get("gated", True) else "not gated"
             image = f"{r['rel_l2_image']:.2e}" if "rel_l2_image" in r else ""
-            source = f"{r['rel_l2_vs_source']:.2e}" if "rel_l2_vs_source" in r else ""
+            source = f"{r['rel_l2_vs_reconverted']:.2e}" if "rel_l2_vs_reconverted" in r else ""
+            margin = artifact.get("margin") if case == "heldout" else None
+            margin = f"{margin:.3g}" if margin is not None else ""
             lines.append(f"| {artifact['path']} | {reader} | {case} | {r['rel_l2']:.2e} | {image} | "
                          f"{r['cosine']:.5f} | {r['max_abs']:.2e} | {r['top1']:.3f} | {r['top5']:.3f} "
-                         f"| {accuracy} | {source} | {verdict} |")
+                         f"| {accuracy} | {source} | {margin} | {verdict} |")
     return lines + ["", f"![errors]({ERRORS_PNG})", ""]
 
 
@@ -330,6 +339,8 @@ def format_fallback(calibration: dict) -> list[str]:
         c = aimed.get("confirmed")
         held = (f"{100 * c['drop']:+.2f} [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}] on "
                 f"{c['images']}" if c else "")
+        if aimed.get("acted") is False and aimed["initial"]["drop"] > aimed["budget"]:
+            tuning += f" ({aimed['verdict_initial']}: nothing kept in float for it)"
         lines.append(f"| {target} | {kept} | {tuning} | {held} | {c['verdict'] if c else ''} |")
     budget = next((r["accuracy"]["budget"] for r in calibration["fallback"].values()
                    if r.get("accuracy")), None)

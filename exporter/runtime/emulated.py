@@ -71,8 +71,9 @@ class EmulatedRunner:
     """A reader in a qemu child: batch in, outputs out, as OnnxRuntimeRunner / OpenVinoRunner."""
 
     def __init__(self, cpu: str, reader: str, path: str | Path, exact_int8: bool = False,
-                 hint: str = "f32") -> None:
-        args = [reader, str(path), "--hint", hint] + (["--exact-int8"] if exact_int8 else [])
+                 hint: str = "f32", optimization: str | None = None, convert: bool = False) -> None:
+        args = [reader, str(path), "--hint", hint] + (["--exact-int8"] if exact_int8 else []) + (
+            ["--optimization", optimization] if optimization else []) + (["--convert"] if convert else [])
         self.process = subprocess.Popen(_command(cpu, *args), stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         env=_child_environment())

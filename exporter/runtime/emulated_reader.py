@@ -2,6 +2,7 @@
 batches in and outputs out as .npy arrays on stdin and stdout.
 
     python -m exporter.runtime.emulated_reader onnxruntime|openvino PATH [--exact-int8] [--hint f32]
+        [--optimization ORT_ENABLE_EXTENDED] [--convert]
     python -m exporter.runtime.emulated_reader probe   # prints 1 where int8 pair sums saturate
 """
 
@@ -21,8 +22,9 @@ def main(argv: list[str]) -> None:
         return
     reader, path = argv[0], argv[1]
     hint = argv[argv.index("--hint") + 1] if "--hint" in argv else "f32"
-    run = (OnnxRuntimeRunner(path, exact_int8="--exact-int8" in argv) if reader == "onnxruntime"
-           else OpenVinoRunner(path, hint))
+    level = argv[argv.index("--optimization") + 1] if "--optimization" in argv else None
+    run = (OnnxRuntimeRunner(path, exact_int8="--exact-int8" in argv, optimization=level)
+           if reader == "onnxruntime" else OpenVinoRunner(path, hint, convert="--convert" in argv))
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while source.peek(1):
         write_array(sink, run(read_array(source)))

@@ -11,19 +11,28 @@ from exporter.runtime import runtime_module
 from exporter.runtime.cpu import exact_int8_options
 
 INSTALL_HINT = "pip install onnxruntime-gpu (Linux x86_64) or onnxruntime (elsewhere)"
+# The level an .ort model's graph is optimized at when it is saved (exporter.convert.ort_format):
+# QDQ groups fused into QLinearConv/QGemm, Conv+activation fusion, constant folding. "all" would
+# add an NCHWc layout specific to the saving machine's CPU.
+ORT_SAVED_LEVEL = "ORT_ENABLE_EXTENDED"
+
 
 class OnnxRuntimeRunner:
     """An ONNX Runtime CPU session over one model file. ``exact_int8``: int8 products summed
     exactly on every CPU (exporter.runtime.cpu.exact_int8_options, set only where this CPU's int8 pair
     sums saturate), as TensorRT sums them: how the TensorRT graph, with its 8-bit weights, is
-    read. The CPU graph's 7-bit weights cannot saturate and need no option."""
+    read. The CPU graph's 7-bit weights cannot saturate and need no option. ``optimization``: a
+    graph optimization level by name (ORT_SAVED_LEVEL: a graph read as its .ort was saved);
+    ONNX Runtime's default (all) where None."""
 
     def __init__(self, path: str | Path | bytes, threads: int | None = None,
-                 exact_int8: bool = False) -> None:
+                 exact_int8: bool = False, optimization: str | None = None) -> None:
         ort = runtime_module("onnxruntime", INSTALL_HINT)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.log_severity_level = 3
+        if optimization:
+            options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, optimization)
         for key, value in (exact_int8_options() if exact_int8 else {}).items():
             options.add_session_config_entry(key, value)
         source = path if isinstance(path, bytes) else str(path)  # bytes: a graph made in memory

@@ -24,18 +24,29 @@ def reader_name(artifact: dict) -> str:
     return "openvino-bf16" if precision_hint(artifact) == "bf16" else "openvino"
 
 
+def converted_model(source: str | Path):
+    """``source`` ONNX as OpenVINO's converter makes it into an IR (exporter.convert.openvino_ir
+    saves exactly this): not what ``Core.read_model`` makes of the same file, whose numerics differ
+    (the converter folds and fuses the int8 graph otherwise)."""
+    ov = runtime_module("openvino", INSTALL_HINT)
+    return ov.convert_model(str(source))
+
+
 class OpenVinoRunner:
     """OpenVINO on the CPU over an ONNX graph or an IR (.xml): a second, independent reader.
 
     ``precision`` is OpenVINO's inference precision hint: "f32" computes what the graph says (an
     fp16 graph's casts included); "bf16" lets OpenVINO run the float layers in bf16, which it
-    does by default on CPUs with AMX or AVX512-BF16, so it is always set explicitly here."""
+    does by default on CPUs with AMX or AVX512-BF16, so it is always set explicitly here.
+    ``convert``: an ONNX ``path`` converted as its IR would be (``converted_model``), in memory."""
 
-    def __init__(self, path: str | Path, precision: str = "f32", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, precision: str = "f32", threads: int | None = None,
+                 convert: bool = False) -> None:
         ov = runtime_module("openvino", INSTALL_HINT)
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1}
-        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        model = converted_model(path) if convert else str(path)
+        self.compiled = ov.Core().compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

@@ -20,42 +20,18 @@ from exporter.files import atomic_path, write_text_atomic
 from exporter.manifest.lifecycle import invalidate_recommendation, recommendation_still_passes
 from exporter.manifest.manifest import INT8_MIN_SIDE, read_manifest, verify_artifacts, write_manifest
 from exporter.report.report import write_report
-from exporter.runtime import reader_version, run_batches
+from exporter.runtime import run_batches
 from exporter.runtime.cpu import cpu_identity
 from exporter.runtime.eager import model_from_manifest, run_torch
 from exporter.runtime.emulated import emulated_cpu
-from exporter.verify.budgets import breaches, changed_budgets, load_tolerances
+from exporter.verify.budgets import changed_budgets, load_tolerances
 from exporter.verify.cases import ShapeCase, heldout_images, shape_cases
-from exporter.verify.evaluate import LabelledReference, eager_on_labels, judge_on_labels
+from exporter.verify.check import ArtifactParity, Case, check_artifact
+from exporter.verify.evaluate import eager_on_labels, judge_on_labels
 from exporter.verify.explain import EXPLAIN_IMAGES, first_past, module_errors, write_explain_json
 from exporter.verify.golden import write_golden
-from exporter.verify.measures import metrics, relative_l2
-from exporter.verify.readers import readers_of, runner_for
 from exporter.verify.structure import static_violations
-from models import ConfigError, ReaderUnavailable
-
-
-@dataclass
-class ArtifactParity:
-    path: str
-    precision: str
-    reader: str = "onnxruntime"  # the runtime that ran it: onnxruntime, openvino, tensorrt
-    cases: dict[str, dict] = field(default_factory=dict)  # case name -> metrics
-    failures: list[str] = field(default_factory=list)
-    skipped: str | None = None  # only a TensorRT plan on a machine that cannot run one
-    where: str | None = None  # for a failing graph: the module where its error passes the budget
-    sha256: str = ""  # the bytes the verdict is about (the manifest's record, checked before)
-    reader_version: str = ""  # the library that computed it, e.g. "onnxruntime-gpu 1.31.1"
-    budget: dict = field(default_factory=dict)  # the effective budget it was held to
-    accuracy: dict | None = None  # on EVAL_DIR: the paired drop against eager, its interval
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    @property
-    def label(self) -> str:
-        return f"{self.path} [{self.reader}]"
+from models import ConfigError
 
 
 @dataclass
@@ -69,6 +45,7 @@ class ParityReport:
     cpu: dict = field(default_factory=cpu_identity)  # the kernels' CPU: model, ISA, emulated
     budgets_changed: list[str] = field(default_factory=list)  # keys a user's file changed
     evaluation: dict | None = None  # EVAL_DIR: what the labelled set was
+    strict_accuracy: bool = False  # "not resolvable" on EVAL_DIR fails too
 
     @property
     def passed(self) -> bool:
@@ -93,56 +70,12 @@ class ParityReport:
                 "heldout": self.heldout, "shapes": self.shapes, "emulated_cpu": emulated_cpu(),
                 "cpu": self.cpu, "budgets": self.budgets, "budgets_changed": self.budgets_changed,
                 "not_verified": self.skipped(), "evaluation": self.evaluation,
-                "artifacts": [a.__dict__ | {"passed": a.passed} for a in self.artifacts]}
+                "strict_accuracy": self.strict_accuracy,
+                "artifacts": [a.to_json() for a in self.artifacts]}
 
 
 FALLBACK_ARTIFACTS = {"int8-trt": ("model.int8-trt.onnx",),
                       "int8-cpu": ("model.int8-cpu.onnx", "engines/ort/model.int8-cpu.ort")}
-
-
-def _check_artifact(artifact: dict, reader: str, root: Path, manifest: dict, cases: dict,
-                    references: dict, budget: dict, trained: bool,
-                    heldout_outputs: dict, labelled: LabelledReference | None = None,
-                    log=print) -> ArtifactParity:
-    # the precision stage measured each graph with ONNX Runtime; drift is judged against that
-    built_rel_l2 = {r["path"]: r["rel_l2"] for r in
-                    manifest["parity"].get("heldout-vs-eager", {}).values() if "rel_l2" in r}
-    version = reader_version(reader) + (f" (emulated {emulated_cpu()})" if emulated_cpu() else "")
-    entry = ArtifactParity(artifact["path"], artifact["precision"], reader, sha256=artifact["sha256"],
-                           reader_version=version, budget=budget)
-    try:
-        runner = runner_for(artifact, root, manifest, reader)
-    except ReaderUnavailable as e:  # this machine cannot compute it: reported, not passed
-        if reader == "tensorrt" and built_here(manifest):
-            entry.failures.append(f"cannot be verified: {str(e).splitlines()[0]}; but this machine "
-                                  f"built the plans (backend.used tensorrt): its GPU must be "
-                                  f"visible to the gate (CUDA_VISIBLE_DEVICES, the driver)")
-        else:
-            entry.skipped = str(e).splitlines()[0]
-        return entry
-    except Exception as e:  # any other artifact that does not load fails the gate
-        entry.failures.append(f"cannot be loaded: {type(e).__name__}: {str(e).strip()[:300]}")
-        return entry
-    for name, case in cases.items():
-        try:
-            outputs = run_batches(runner, case.images, case.batch)
-        except Exception as e:  # a runtime error at a declared shape is a breach, not a crash
-            entry.failures.append(f"{name}: fails to run: {str(e).strip().splitlines()[-1][:240]}")
-            continue
-        built = None
-        if name == "heldout":
-            heldout_outputs[entry.label] = outputs
-            built = built_rel_l2.get(artifact["path"]) if reader == "onnxruntime" else None
-        result = metrics(outputs, references[name], case.labels) | (
-            {"sources": case.sources} if case.sources else {})
-        entry.cases[name] = result
-        if not case.gates(artifact["precision"]):
-            result["gated"] = False  # measured and reported; see ShapeCase.gates
-            continue
-        entry.failures += [f"{name}: {b}" for b in breaches(result, budget, trained, built)]
-    if labelled is not None:  # EVAL_DIR, with the runner loaded for the cases
-        judge_on_labels(entry, runner, labelled, budget, log)
-    return entry
 
 
 def built_here(manifest: dict) -> bool:
@@ -152,54 +85,15 @@ def built_here(manifest: dict) -> bool:
             and manifest.get("tensorrt", {}).get("host", socket.gethostname()) == socket.gethostname())
 
 
-def reader_disagreement(entries: list[ArtifactParity], heldout_outputs: dict,
-                        budget: dict) -> str | None:
-    """Two readers of one graph that compute different things, past the agreement budget (far
-    tighter than the budget against eager: both compute the same file)."""
-    outputs = [heldout_outputs[e.label] for e in entries if e.label in heldout_outputs]
-    if len(outputs) < 2:
-        return None
-    between = relative_l2(outputs[0], outputs[1])
-    for entry in entries:  # recorded beside each reader's held-out figures
-        entry.cases.get("heldout", {})["rel_l2_between_readers"] = between
-    allowed = budget.get("agreement_max", budget.get("rel_l2_max", float("inf")))
-    if between <= allowed:
-        return None
-    return (f"readers disagree: {entries[0].reader} and {entries[1].reader} differ by rel L2 "
-            f"{between:.4g} on the held-out images (agreement budget {allowed:.4g}); one of "
-            f"them does not compute what the graph says (see docs/precision.md)")
-
-
-def derived_difference(entry: ArtifactParity, artifact: dict, heldout_outputs: dict,
-                       source_outputs, budget: dict) -> str | None:
-    """A converted artifact (.ort, IR, plan) against the graph it was made from, under the same
-    reader (a plan: against ONNX Runtime's reading of its graph), on the held-out images."""
-    if "source" not in artifact or entry.skipped or "heldout" not in entry.cases:
-        return None
-    reader = "onnxruntime" if entry.reader == "tensorrt" else entry.reader
-    ours, theirs = heldout_outputs.get(entry.label), source_outputs(artifact["source"], reader)
-    if ours is None or theirs is None:
-        return None
-    between = relative_l2(ours, theirs)
-    entry.cases["heldout"]["rel_l2_vs_source"] = between
-    # an .ort is its graph optimized, read by the same runtime: the same but for reassociation
-    allowed = budget.get("derived_ort_max" if artifact["format"] == "ort" else "derived_max",
-                         float("inf"))
-    if between <= allowed:
-        return None
-    return (f"differs from {artifact['source']}, the graph it was converted from, by rel L2 "
-            f"{between:.4g} under {reader} on the held-out images (derived budget "
-            f"{allowed:.4g}): the conversion changed what the graph computes")
-
-
 def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
                only: set[str] | None = None, cases: set[str] | None = None,
-               eval_dir: str | Path | None = None) -> ParityReport:
+               eval_dir: str | Path | None = None, strict_accuracy: bool = False) -> ParityReport:
     """The gate. ``only``: check just these artifact paths (the self-test's planted bugs);
     ``cases``: just these shape cases (the emulated run of `make test-isa`, where every kernel
     runs ~30 times slower). The verdict then covers only them. ``eval_dir``: EVAL_DIR, labelled
     images on which every artifact's accuracy drop is judged with its interval
-    (exporter.verify.evaluate)."""
+    (exporter.verify.evaluate); ``strict_accuracy``: a drop that those images cannot resolve
+    fails too (by default it is reported, and fails only where its point estimate is over)."""
     manifest_path = Path(manifest_path)
     root = manifest_path.parent
     verify_artifacts(manifest_path)  # missing or edited artifacts are refused before anything runs
@@ -246,38 +140,27 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
     missed = {target: report for target, report in
               manifest.get("calibration", {}).get("fallback", {}).items() if not report["met"]}
     labelled = eager_on_labels(eval_dir, manifest, model, log) if eval_dir else None
-    results, heldout_outputs, sources = [], {}, {}
-
-    def source_outputs(path: str, reader: str) -> np.ndarray | None:
-        """A source graph's held-out outputs under ``reader``: measured already, or now (the
-        self-test gates only the planted artifact)."""
-        label = f"{path} [{reader}]"
-        if label in heldout_outputs:
-            return heldout_outputs[label]
-        if label not in sources:
-            source = next(a for a in manifest["artifacts"] if a["path"] == path)
-            try:
-                runner = runner_for(source, root, manifest, reader)
-                sources[label] = run_batches(runner, cases["heldout"].images, cases["heldout"].batch)
-            except Exception:  # a source that fails has its own verdict; no comparison here
-                sources[label] = None
-        return sources[label]
-
+    # the precision stage measured each graph with ONNX Runtime; drift is judged against that
+    built_rel_l2 = {r["path"]: r["rel_l2"] for r in
+                    manifest["parity"].get("heldout-vs-eager", {}).values() if "rel_l2" in r}
+    checked = {name: Case(case.images, case.batch, references[name], case.labels, case.sources,
+                          case.int8_gated) for name, case in cases.items()}
+    with_labels = (lambda entry, runner: judge_on_labels(entry, runner, labelled, entry.budget, log,
+                                                          strict_accuracy)) if labelled else None
+    results, heldout_outputs = [], {}
     for artifact in manifest["artifacts"]:
         if only is not None and artifact["path"] not in only:
             continue
-        budget = budgets[artifact["precision"]]
-        entries = [_check_artifact(artifact, reader, root, manifest, cases, references, budget,
-                                   trained, heldout_outputs, labelled, log)
-                   for reader in readers_of(artifact)]
-        disagreement = reader_disagreement(entries, heldout_outputs, budget)
-        if disagreement:
-            entries[-1].failures.append(disagreement)
+        entries = check_artifact(artifact, root, manifest, checked, budgets[artifact["precision"]],
+                                 trained, heldout_outputs, built_rel_l2.get(artifact["path"]),
+                                 with_labels)
         entries[0].failures += static_violations(root / artifact["path"], artifact)
         for entry in entries:
-            derived = derived_difference(entry, artifact, heldout_outputs, source_outputs, budget)
-            if derived:
-                entry.failures.append(derived)
+            if entry.skipped and entry.reader == "tensorrt" and built_here(manifest):
+                entry.failures.append(f"cannot be verified: {entry.skipped}; but this machine "
+                                      f"built the plans (backend.used tensorrt): its GPU must be "
+                                      f"visible to the gate (CUDA_VISIBLE_DEVICES, the driver)")
+                entry.skipped = None
             for target, report in missed.items():
                 if artifact["path"] in FALLBACK_ARTIFACTS[target]:
                     entry.failures.append(f"the layer fallback missed its target: {report['metric']} "
@@ -288,13 +171,14 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
     for entry in results:
         _log_entry(entry, log)
     errors = {label: (outputs - references["heldout"]).ravel()
-              for label, outputs in heldout_outputs.items()}
+              for label, outputs in heldout_outputs.items() if outputs is not None}
     report = ParityReport(manifest["variant"], trained, results,
                           {"images": len(heldout), "distinct_sources": heldout.distinct_sources(),
                            "source": heldout.source, "ids_sha256": heldout.ids_sha256()}, list(cases),
                           {p: budgets[p] for p in sorted({a.precision for a in results})},
                           budgets_changed=changed,
-                          evaluation=labelled.record if labelled else None)
+                          evaluation=labelled.record if labelled else None,
+                          strict_accuracy=strict_accuracy)
     write_parity_files(root, report, error_histograms(errors))
     manifest["parity"]["gate"] = {"passed": report.passed, "failures": report.failures(),
                                   "skipped": report.skipped(), "verdicts": report.verdicts(),

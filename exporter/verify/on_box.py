@@ -1,4 +1,5 @@
-"""The gate's measures, re-run on the box an artifact ships to, without torch: every artifact the
+"""The gate's per-artifact check (exporter.verify.check), re-run on the box an artifact ships to,
+without torch: every artifact the
 runtimes installed here can read, on the build's golden I/O (exporter.verify.golden), judged by
 the budgets the build's gate applied (recorded in the manifest) with the gate's own code
 (exporter.verify.measures, exporter.verify.budgets). What the build machine's kernels computed
@@ -16,63 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from exporter.files import write_text_atomic
 from exporter.manifest.manifest import ManifestError, read_manifest, verify_artifacts
-from exporter.runtime import reader_version, run_batches
 from exporter.runtime.cpu import cpu_identity, int8_products_saturate
-from exporter.verify.budgets import breaches
+from exporter.verify.check import ArtifactParity, Case, check_artifact
 from exporter.verify.golden import read_golden
-from exporter.verify.measures import metrics
-from exporter.verify.readers import readers_of, runner_for
-from models import ReaderUnavailable, ToolchainError
+from models import ToolchainError
 
 VERIFY_JSON = "verify.json"
-
-
-@dataclass
-class BoxResult:
-    path: str
-    reader: str
-    sha256: str
-    reader_version: str = ""
-    cases: dict[str, dict] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-    unread: str | None = None  # why this box could not read it
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures and self.unread is None
-
-
-def _check(artifact: dict, reader: str, root: Path, manifest: dict, golden: dict,
-           budget: dict, trained: bool, gated: dict[str, bool]) -> BoxResult:
-    result = BoxResult(artifact["path"], reader, artifact["sha256"], reader_version(reader))
-    try:
-        runner = runner_for(artifact, root, manifest, reader)
-    except ReaderUnavailable as e:
-        result.unread = str(e).splitlines()[0]
-        return result
-    except Exception as e:  # an artifact that does not load here is a breach here
-        result.failures.append(f"cannot be loaded: {type(e).__name__}: {str(e).strip()[:300]}")
-        return result
-    for name, (batches, reference) in golden.items():
-        try:
-            outputs = run_batches(runner, np.concatenate(batches), len(batches[0]))
-        except Exception as e:
-            result.failures.append(f"{name}: fails to run: {str(e).strip().splitlines()[-1][:240]}")
-            continue
-        measured = metrics(outputs, reference)
-        result.cases[name] = measured
-        if artifact["precision"] == "int8" and not gated[name]:
-            measured["gated"] = False  # as in the gate: int8 below its minimum side is reported
-            continue
-        result.failures += [f"{name}: {b}" for b in breaches(measured, budget, trained)]
-    return result
 
 
 def verify_build(manifest_path: Path, log=print) -> dict:
@@ -88,6 +44,8 @@ def verify_build(manifest_path: Path, log=print) -> dict:
                             f"(`make parity`, or `make engine`) before shipping it")
     golden = read_golden(root, record)
     gated = {c["name"]: c["int8_gated"] for c in record["cases"]}
+    cases = {name: Case(np.concatenate(batches), len(batches[0]), reference, int8_gated=gated[name])
+             for name, (batches, reference) in golden.items()}
     cpu = cpu_identity()
     saturate = int8_products_saturate()
     log(f"verifying {len(manifest['artifacts'])} artifacts of {manifest_path} on this box: "
@@ -95,30 +53,32 @@ def verify_build(manifest_path: Path, log=print) -> dict:
         f"{'saturate: no VNNI' if saturate else 'exact'}), golden I/O "
         + ", ".join(f"{name} ({len(b)} x {'x'.join(map(str, b[0].shape))})"
                     for name, (b, _) in golden.items()))
-    results = [_check(a, reader, root, manifest, golden, record["budgets"][a["precision"]],
-                      record["trained_weights"], gated)
-               for a in manifest["artifacts"] for reader in readers_of(a)]
+    outputs: dict = {}
+    results = [entry for a in manifest["artifacts"]
+               for entry in check_artifact(a, root, manifest, cases, record["budgets"][a["precision"]],
+                                           record["trained_weights"], outputs)]
     for r in results:
         _log_result(r, log)
-    read = [r for r in results if r.unread is None]
-    unread = [r for r in results if r.unread is not None]
+    read = [r for r in results if r.skipped is None]
+    unread = [r for r in results if r.skipped is not None]
     report = {"manifest": str(manifest_path), "cpu": cpu, "int8_products_saturate": saturate,
               "passed": all(r.passed for r in read), "read": len(read), "unread": len(unread),
-              "results": [r.__dict__ | {"passed": r.passed} for r in results]}
+              "results": [r.to_json() | {"passed": r.passed and r.skipped is None,
+                                         "unread": r.skipped} for r in results]}
     write_text_atomic(root / VERIFY_JSON, json.dumps(report, indent=2) + "\n")
     failed = [r for r in read if not r.passed]
     log(f"\n{len(read) - len(failed)} of {len(read)} artifact readings passed on this box"
         + (f"; {len(failed)} FAILED" if failed else "")
-        + (f"; {len(unread)} not read here: " + "; ".join(f"{r.path} [{r.reader}]: {r.unread}"
+        + (f"; {len(unread)} not read here: " + "; ".join(f"{r.label}: {r.skipped}"
                                                           for r in unread) if unread else "")
         + f" (written to {root / VERIFY_JSON})")
     return report
 
 
-def _log_result(r: BoxResult, log) -> None:
+def _log_result(r: ArtifactParity, log) -> None:
     label = f"{r.path} [{r.reader}, {r.reader_version}]"
-    if r.unread is not None:
-        log(f"  {label}: not read here ({r.unread})")
+    if r.skipped is not None:
+        log(f"  {label}: not read here ({r.skipped})")
         return
     gated = {name: c for name, c in r.cases.items() if c.get("gated", True)}
     worst = max(gated.items(), key=lambda kv: kv[1]["rel_l2"], default=None)
@@ -126,6 +86,7 @@ def _log_result(r: BoxResult, log) -> None:
                f"{min(c['cosine'] for c in gated.values()):.5f}" if worst else "")
     summary += "".join(f"; {name} reported, not gated: rel L2 {c['rel_l2']:.3g}"
                        for name, c in r.cases.items() if name not in gated)
+    summary += f"; margin {r.margin:.3g}" if r.margin is not None else ""
     log(f"  {label}: {'ok' if r.passed else 'FAIL'}{summary}" + "".join(f"\n    {f}" for f in r.failures))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from exporter.runtime.cpu import openvino_has_bf16, openvino_int8_has_vnni
 from exporter.runtime.emulated import EmulatedRunner, emulated_cpu
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
+from exporter.runtime.onnxruntime import ORT_SAVED_LEVEL, OnnxRuntimeRunner
 from exporter.runtime.openvino import OpenVinoRunner, precision_hint, reader_name
 from exporter.runtime.tensorrt import TensorRTRunner
 from exporter.verify.structure import signed_int8_activations
@@ -41,12 +41,33 @@ def runner_for(artifact: dict, root: Path, manifest: dict, reader: str):
         raise ReaderUnavailable("OpenVINO on a CPU without VNNI saturates signed int8 activations "
                                 "(int16 pair sums, docs/precision.md); ONNX Runtime reads this "
                                 "graph here, and its target is TensorRT")
-    exact = "exact_int8_session_options" in artifact
-    hint = precision_hint(artifact)
+    return _cpu_runner(path, reader, "exact_int8_session_options" in artifact, precision_hint(artifact))
+
+
+def _cpu_runner(path: Path, reader: str, exact: bool, hint: str, optimization: str | None = None,
+                convert: bool = False):
     cpu = emulated_cpu()
     if cpu:  # the reader runs as that CPU would run it (exporter.runtime.emulated)
         return EmulatedRunner(cpu, "openvino" if reader.startswith("openvino") else "onnxruntime",
-                              path, exact, hint)
+                              path, exact, hint, optimization, convert)
     if reader.startswith("openvino"):
-        return OpenVinoRunner(path, hint)
-    return OnnxRuntimeRunner(path, exact_int8=exact)
+        return OpenVinoRunner(path, hint, convert=convert)
+    return OnnxRuntimeRunner(path, exact_int8=exact, optimization=optimization)
+
+
+RECONVERTED = {"ort": "its source read by ONNX Runtime at the level the .ort was saved at",
+               "openvino-ir": "its source converted again by OpenVINO's convert_model, in memory"}
+
+
+def reconversion_runner(artifact: dict, root: Path, manifest: dict, reader: str):
+    """A converted artifact's conversion done again on this box from its source graph, without
+    writing a file: what the artifact must compute exactly, on this box's kernels (an .ort is its
+    graph optimized at ORT_SAVED_LEVEL; an IR is convert_model of its graph). None for a plan,
+    whose build is not repeated (its source's ONNX Runtime reading is the second reader)."""
+    if artifact["format"] not in RECONVERTED:
+        return None
+    source = next(a for a in manifest["artifacts"] if a["path"] == artifact["source"])
+    return _cpu_runner(root / source["path"], reader, "exact_int8_session_options" in source,
+                       precision_hint(artifact),
+                       ORT_SAVED_LEVEL if artifact["format"] == "ort" else None,
+                       convert=artifact["format"] == "openvino-ir")

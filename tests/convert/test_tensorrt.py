@@ -231,8 +231,9 @@ def test_engines_stage_adds_plans_to_the_manifest(fake_trt, monkeypatch, precisi
     assert [p.rsplit("/", 1)[-1] for p in parsed] == ["model.fp16.onnx", "model.int8-trt.onnx"]
     # each plan's profile is what its verdict covers: fp16 the declared range, int8 from 64 px
     profiles = [c[2:] for c in fake_trt.calls if c[0] == "set_shape"]
-    assert profiles == [((1, 3, 32, 32), (1, 3, 224, 224), (32, 3, 448, 448)),
-                        ((1, 3, 64, 64), (1, 3, 224, 224), (32, 3, 448, 448))]
+    d = manifest["dynamic"]
+    top = (d["batch"]["max"], 3, d["height"]["max"], d["width"]["max"])
+    assert profiles == [((1, 3, 32, 32), (1, 3, 224, 224), top), ((1, 3, 64, 64), (1, 3, 224, 224), top)]
     assert plans["engines/trt/int8.plan"]["min_side"] == 64
     assert "min_side" not in plans["engines/trt/fp16.plan"]
     assert plans["engines/trt/int8.plan"]["source"] == "model.int8-trt.onnx"

@@ -112,8 +112,12 @@ def test_manifest_records_the_contract(exported):
     assert manifest["variant"] == "se" and manifest["num_classes"] == 10
     assert manifest["input"] == {"name": "input", "dtype": "float32",
                                  "shape": ["batch", 3, "height", "width"]}
-    assert manifest["dynamic"]["batch"] == {"min": 1, "opt": 1, "max": 32}
-    assert manifest["dynamic"]["height"] == {"min": 32, "opt": 224, "max": 448, "multiple_of": 32}
+    assert manifest["dynamic"]["batch"] == {"min": 1, "opt": 1, "max": 8}  # as declared (gate_range)
+    assert manifest["dynamic"]["height"] == {"min": 32, "opt": 224, "max": 256, "multiple_of": 32}
+    default = ExportConfig("se")  # what is declared when nothing is
+    assert (default.batch.min, default.batch.opt, default.batch.max) == (1, 1, 32)
+    assert (default.height.min, default.height.opt, default.height.max) == (32, 224, 448)
+    assert (default.width.min, default.width.opt, default.width.max) == (32, 224, 448)
     assert "seeded default initialization" in manifest["weights"]
     [artifact] = manifest["artifacts"]
     assert artifact["path"] == "model.onnx" and artifact["format"] == "onnx"

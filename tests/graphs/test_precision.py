@@ -8,8 +8,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import digits
+from benchmarks.planted_bugs import scale_range
 from exporter.graphs.precision import FP16_TOLERANCE, build_precision_graphs
 from exporter.graphs.quantize import quantizable_nodes
 from exporter.manifest.manifest import FORMATS, PRECISIONS, TARGETS, sha256_file
@@ -34,6 +36,23 @@ def test_fixture_is_trained_as_its_validation_says(digits_build):
     assert digits_build.fixture.validation_accuracy >= digits.TARGET_ACCURACY
     assert eager >= digits_build.fixture.validation_accuracy - 0.08
     assert eager > 5 * digits.CHANCE
+
+
+@pytest.mark.slow
+def test_the_fixture_recipe_trains_to_its_target_on_this_cpu():
+    """The shipped fixture's recipe, trained afresh under this CPU's kernels (each ISA trains a
+    different model: the reason it is shipped), still reaches the target the tests rely on, and
+    the shipped weights still load and score what their record says."""
+    shipped = digits.shipped_fixture()
+    assert shipped.validation_accuracy >= digits.TARGET_ACCURACY
+    pixels, labels = digits.digit_images()
+    validation = slice(digits.TRAIN_COUNT, digits.UNSEEN_START)
+    with torch.inference_mode():
+        reached = digits.accuracy(shipped.model(torch.from_numpy(digits.preprocess(pixels[validation]))),
+                                  labels[validation])
+    assert reached == pytest.approx(shipped.validation_accuracy, abs=1 / 197 + 1e-9)
+    fresh = digits.train("se")
+    assert fresh.validation_accuracy >= digits.TARGET_ACCURACY and fresh.epochs <= 3 * 24
 
 
 def test_int8_graphs_meet_the_fallback_target_and_the_gate_budget(digits_build):
@@ -130,42 +149,35 @@ def test_a_missed_fallback_target_fails_the_build_and_keeps_the_record(precision
         format_fallback(json.loads((root / "manifest.json").read_text())["calibration"]))
 
 
-def _plant_range(root, tensor: str, factor: float) -> None:
-    """Scale one tensor's cached calibration range: its int8 graph clips there."""
-    (cache,) = (root / "calib").glob("*.json")
-    ranges = json.loads(cache.read_text())
-    for key in ("lowest", "highest"):
-        value = ranges["data"][tensor][key]
-        if isinstance(value, dict):
-            value["data"] *= factor
-        else:
-            ranges["data"][tensor][key] = value * factor
-    cache.write_text(json.dumps(ranges))
-
-
 def test_the_fallback_aims_at_accuracy_where_the_tuning_images_have_labels(digits_build, tmp_path):
-    """A range clipped 10x at the input of the last conv block (a calibration bug) costs several
-    points of top-1. With a loose rel-L2 aim (margin target 0.1, as a user with loose rel-L2
-    budgets has) nothing stays float and the held-out drop is over budget with confidence; the
-    accuracy aim ranks the layers by their share of the drop on the labelled tuning digits, keeps
-    the clipped conv in float, and the disjoint held-out digits confirm the drop within budget."""
+    """A range clipped to 3% at the input of the last conv block (a calibration bug) costs about
+    half of top-1 on the shipped fixture. With a loose rel-L2 aim (margin target 0.01, as a user
+    with loose rel-L2 budgets has) nothing stays float and the held-out drop is over budget with
+    confidence; the accuracy aim, acting since the tuning drop is over budget with confidence,
+    ranks the layers by their share of the drop on the labelled tuning digits, keeps the clipped
+    conv in float, and the disjoint held-out digits confirm the drop within budget.
+    Margins (`python -m benchmarks.planted_bugs`, stored in docs/runs/planted-bugs/: natively on
+    Zen 4 and with torch and oneDNN held to AVX2): the held-out drop's lower bound 57x the budget,
+    the tuning drop's 45x, features.28's share 1.0 (asserted >= 0.5: 2x), the confirmed drop
+    within budget. A clip to 0.1, this test's bug before, is "not resolvable" on the shipped
+    fixture: no margin at all."""
     from dataclasses import replace
 
     from exporter.report.report import format_fallback
     from exporter.verify.accuracy import drop_verdict
 
     root = copy_build(digits_build.manifest.parent, tmp_path)
-    _plant_range(root, "max_pool2d_3", 0.1)  # the input of features.28
+    scale_range(root, "max_pool2d_3", 0.03)  # the input of features.28
     budget = load_tolerances("se")["int8"]["accuracy_drop_max"]
-    loose = replace(digits_build.config, margin_target=0.1)
+    loose = replace(digits_build.config, margin_target=0.01)
     build_precision_graphs(root / "manifest.json", replace(loose, accuracy_aim=False),
                            log=lambda *_: None)
     manifest = json.loads((root / "manifest.json").read_text())
     for target in ("int8-trt", "int8-cpu"):
         assert manifest["calibration"]["fallback"][target]["fallen_back"] == []
         held = manifest["parity"]["heldout-vs-eager"][f"{target}-onnx"]
-        assert drop_verdict(held["lost"], held["gained"], held["images"], budget)["verdict"] == \
-            "over budget", held
+        judged = drop_verdict(held["lost"], held["gained"], held["images"], budget)
+        assert judged["verdict"] == "over budget" and judged["low"] >= 2 * budget, held
 
     lines: list[str] = []
     build_precision_graphs(root / "manifest.json", loose, log=lines.append)
@@ -173,7 +185,7 @@ def test_the_fallback_aims_at_accuracy_where_the_tuning_images_have_labels(digit
     for target in ("int8-trt", "int8-cpu"):
         aimed = manifest["calibration"]["fallback"][target]
         accuracy = aimed["accuracy"]
-        assert accuracy["images"] == 96 and accuracy["initial"]["drop"] > budget
+        assert accuracy["images"] == 96 and accuracy["verdict_initial"] == "over budget" and accuracy["acted"]
         assert accuracy["shares"][0]["module"] == "features.28" and accuracy["shares"][0]["share"] >= 0.5
         assert len(accuracy["shares"]) == len(quantizable_nodes(root / "model.onnx"))
         assert [f["module"] for f in aimed["fallen_back"]][:1] == ["features.28"]
@@ -189,26 +201,34 @@ def test_the_fallback_aims_at_accuracy_where_the_tuning_images_have_labels(digit
 def test_the_accuracy_aim_keeps_layers_by_share_each_only_if_it_lowers_the_drop():
     from exporter.graphs.fallback import _aim_at_accuracy
 
-    # 100 images; the all-int8 drop is 5 points: layer b costs 3, a costs 2, c nothing alone
-    # (and in float with others it costs a point: it must not stay float)
-    cost = {"a": 2, "b": 3, "c": 0}
+    # 100 images; the all-int8 drop is 15 points (over budget with confidence): layer b costs
+    # 9, a costs 6, c nothing alone (and in float with others it costs a point: it must not stay)
+    cost = {"a": 6, "b": 9, "c": 0}
 
-    def measure(in_float: list[str]) -> dict:
-        lost = 5 - sum(cost[n] for n in in_float) + (1 if "c" in in_float and len(in_float) > 1 else 0)
+    def measure(in_float: list[str], total: int = 15) -> dict:
+        lost = total - sum(cost[n] for n in in_float) + (1 if "c" in in_float and len(in_float) > 1 else 0)
         return {"drop": lost / 100, "lost": lost, "gained": 0}
 
     ranking = [{"node": n, "module": f"m.{n}", "added": 0.1} for n in "abc"]
     kept, record = _aim_at_accuracy(0.01, 100, measure, list("abc"), lambda: ranking, 6, "t",
                                     lambda *_: None)
     excluded = [k["node"] for k in kept]
+    assert record["verdict_initial"] == "over budget" and record["acted"]
     assert excluded == ["b", "a"] and record["met"] and record["final"]["drop"] == 0.0
     assert [s["node"] for s in record["shares"]] == ["b", "a", "c"]
     assert record["shares"][0]["share"] == pytest.approx(0.6)
     kept, record = _aim_at_accuracy(0.01, 100, measure, list("abc"), lambda: ranking, 1, "t",
                                     lambda *_: None)
     excluded = [k["node"] for k in kept]
-    assert excluded == ["b"] and not record["met"] and record["final"]["drop"] == pytest.approx(0.02)
-    assert record["verdict"] == "not resolvable"  # 2 images of 100 past a 1-point budget
+    assert excluded == ["b"] and not record["met"] and record["final"]["drop"] == pytest.approx(0.06)
+    assert record["verdict"] == "not resolvable"  # 6 images of 100 past a 1-point budget
+    # a drop of 5 images in 100 is past the budget by its point estimate, but its interval
+    # reaches below it: another CPU's kernels could flip it, so no layer is kept for it
+    lines: list[str] = []
+    kept, record = _aim_at_accuracy(0.01, 100, lambda nodes: measure(nodes, total=5), list("abc"),
+                                    lambda: ranking, 6, "t", lines.append)
+    assert kept == [] and not record["acted"] and record["verdict_initial"] == "not resolvable"
+    assert record["shares"] == [] and "no layer kept in float for it" in lines[0]
 
 
 def test_the_gate_holds_a_trained_build_to_top1_where_images_are_enough_to_measure_it(

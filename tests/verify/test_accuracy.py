@@ -139,32 +139,8 @@ def test_an_npz_needs_labels_within_the_classes(tmp_path):
     assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 1, 2, 9]
 
 
-def _zero_half_the_channels(root, layer: str) -> None:
-    """int8-cpu graph: half of ``layer``'s per-channel weight scales set to 0 (seeded), manifest
-    rehashed as a careless rebuild would: a bug that moves decisions, where scaling a whole layer
-    would not (a ReLU network's argmax ignores a positive scale)."""
-    import onnx
-    from onnx import numpy_helper
-
-    from exporter.manifest.manifest import read_manifest, sha256_file, write_manifest
-
-    path = root / "model.int8-cpu.onnx"
-    model = onnx.load(str(path))
-    node = next(n for n in model.graph.node
-                if n.op_type == "DequantizeLinear" and n.input[0].startswith(f"{layer}.weight"))
-    tensor = next(i for i in model.graph.initializer if i.name == node.input[1])
-    scales = numpy_helper.to_array(tensor).copy()
-    scales[np.random.default_rng(0).random(scales.shape) < 0.5] = 0
-    tensor.CopyFrom(numpy_helper.from_array(scales, tensor.name))
-    onnx.save(model, str(path))
-    manifest = read_manifest(root / "manifest.json")
-    entry = next(a for a in manifest["artifacts"] if a["path"] == "model.int8-cpu.onnx")
-    entry["sha256"], entry["bytes"] = sha256_file(path), path.stat().st_size
-    write_manifest(root / "manifest.json", manifest)
-
-
 @pytest.mark.numerics
-def test_eval_dir_on_the_trained_fixture_passes_clean_catches_a_bug_and_knows_when_it_cannot_tell(
+def test_eval_dir_on_the_trained_fixture_passes_clean_and_catches_a_bug(
         digits_build, tmp_path):
     # EVAL_DIR: the fixture's 600 digits no training step saw (the build calibrates and tunes
     # on them too: the fixture has no other unseen digits; the statistics are what is tested)
@@ -177,8 +153,6 @@ def test_eval_dir_on_the_trained_fixture_passes_clean_catches_a_bug_and_knows_wh
     pixels, labels = digits.digit_images()
     full = tmp_path / "eval-600.npz"
     np.savez(full, images=pixels[digits.UNSEEN_START:], labels=labels[digits.UNSEEN_START:])
-    tiny = tmp_path / "eval-60.npz"
-    np.savez(tiny, images=pixels[digits.UNSEEN_START:][:60], labels=labels[digits.UNSEEN_START:][:60])
     int8 = {"model.int8-cpu.onnx"}
 
     root = copy_build(digits_build.manifest.parent, tmp_path)
@@ -191,18 +165,41 @@ def test_eval_dir_on_the_trained_fixture_passes_clean_catches_a_bug_and_knows_wh
     report = (root / "report.md").read_text()
     assert "## Accuracy on EVAL_DIR" in report and (root / "accuracy-drop.png").is_file()
 
-    _zero_half_the_channels(root, "features.12")
+    from benchmarks.planted_bugs import zero_channels
+
+    # 7 in 8 scales zeroed: the drop's lower bound 63x the budget (benchmarks.planted_bugs,
+    # docs/runs/planted-bugs/); half of them, the bug before, is resolvable on one CPU, not another
+    zero_channels(root, "features.12", 0.875)
     bad = run_parity(root / "manifest.json", log=lambda *_: None, only=int8, eval_dir=full)
     judged = bad.artifacts[0].accuracy
-    assert judged["verdict"] == "over budget" and judged["low"] > 0.01, judged
+    assert judged["verdict"] == "over budget" and judged["low"] > 2 * judged["budget"], judged
     assert any("accuracy on EVAL_DIR" in f and "over budget" in f for f in bad.failures())
     assert judged["moves"] and sum(m["lost"] for m in judged["moves"]) == judged["lost"]
 
-    few = run_parity(root / "manifest.json", log=lambda *_: None, only=int8, eval_dir=tiny)
-    judged = few.artifacts[0].accuracy
-    assert judged["images"] == 60 and judged["verdict"] == "not resolvable", judged
-    assert judged["images_needed"] > 60
-    assert any("not resolvable with 60 images" in f for f in few.failures())
+
+def test_a_drop_the_images_cannot_resolve_is_reported_and_fails_only_when_strict():
+    """More evidence must not turn a passing build into a failing one unless it points to a
+    breach: a drop within budget by its point estimate whose interval the images cannot resolve
+    is reported (with the images that would resolve it), and fails under STRICT_ACCURACY only; a
+    point estimate over budget fails either way."""
+    from exporter.verify.check import ArtifactParity
+    from exporter.verify.evaluate import LabelledReference, judge_on_labels
+
+    def judged(lost: int, gained: int, strict: bool) -> ArtifactParity:
+        artifact, eager, labels = _paired(600, lost=lost, gained=gained)
+        reference = LabelledReference(None, None, 32, eager, labels, {})
+        reference.logits = lambda run, desc: artifact  # the artifact's logits, as if run
+        entry = ArtifactParity("model.int8-cpu.onnx", "int8")
+        judge_on_labels(entry, None, reference, {"accuracy_drop_max": 0.01}, lambda *_: None, strict)
+        return entry
+
+    unresolved = judged(lost=6, gained=2, strict=False)  # +0.67 points, interval across 1.00
+    assert unresolved.accuracy["verdict"] == "not resolvable" and unresolved.passed
+    assert unresolved.accuracy["images_needed"] > 600 and "warning" in unresolved.accuracy
+    strict = judged(lost=6, gained=2, strict=True)
+    assert not strict.passed and "STRICT_ACCURACY" in strict.failures[0]
+    over = judged(lost=9, gained=1, strict=False)  # +1.33 points, not resolved either
+    assert over.accuracy["verdict"] == "not resolvable" and not over.passed
 
 
 def test_the_held_out_accuracy_fails_the_gate_only_with_confidence():

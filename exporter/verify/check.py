@@ -1,0 +1,247 @@
+"""One artifact under every reader that judges it, against eager's outputs and against each other:
+the per-artifact check that the gate (exporter.verify.gate, on the build machine) and the target
+box's verifier (exporter.verify.on_box, from the golden I/O, without torch) both run.
+
+- each reader, each case: the measures against eager (exporter.verify.measures) judged by the
+  budget (exporter.verify.budgets);
+- the readers of one graph against each other (``agreement_max``, or for int8
+  ``agreement_factor`` times the readers' own error against eager);
+- a converted file (.ort, IR) against the same conversion done again from its source on this box
+  (``derived_max``: the same bytes of weights and the same kernels compute the same numbers, so a
+  damaged file cannot hide in rounding noise), and no farther from eager than its source
+  (``derived_excess_max``); a TensorRT plan against ONNX Runtime's reading of its source, as a
+  second reader of that graph.
+Every verdict records its margin (allowed / measured; below 1 is a breach) in ``checks``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from exporter.runtime import reader_version, run_batches
+from exporter.runtime.emulated import emulated_cpu
+from exporter.verify.budgets import DRIFT_FLOOR, breaches, budget_margin
+from exporter.verify.measures import metrics, relative_l2
+from exporter.verify.readers import RECONVERTED, readers_of, reconversion_runner, runner_for
+from models import ReaderUnavailable
+
+
+@dataclass(frozen=True)
+class Case:
+    """Inputs at one shape, eager's outputs for them, and whether int8 is gated there."""
+    images: np.ndarray
+    batch: int
+    reference: np.ndarray
+    labels: np.ndarray | None = None
+    sources: int = 0  # independent images behind it, where counted
+    int8_gated: bool = True
+
+    def gates(self, precision: str) -> bool:
+        return precision != "int8" or self.int8_gated
+
+
+@dataclass
+class ArtifactParity:
+    path: str
+    precision: str
+    reader: str = "onnxruntime"  # the runtime that ran it: onnxruntime, openvino, tensorrt
+    cases: dict[str, dict] = field(default_factory=dict)  # case name -> metrics
+    failures: list[str] = field(default_factory=list)
+    skipped: str | None = None  # what this machine cannot compute: reported, not passed
+    where: str | None = None  # for a failing graph: the module where its error passes the budget
+    sha256: str = ""  # the bytes the verdict is about (the manifest's record, checked before)
+    reader_version: str = ""  # the library that computed it, e.g. "onnxruntime-gpu 1.31.1"
+    budget: dict = field(default_factory=dict)  # the effective budget it was held to
+    accuracy: dict | None = None  # on EVAL_DIR: the paired drop against eager, its interval
+    checks: dict[str, dict] = field(default_factory=dict)  # check -> measured, allowed, margin
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def label(self) -> str:
+        return f"{self.path} [{self.reader}]"
+
+    @property
+    def margin(self) -> float | None:
+        """The smallest margin of its checks (allowed / measured; below 1 is a breach), None
+        where every check measured exactly nothing."""
+        return min((c["margin"] for c in self.checks.values() if c["margin"] is not None),
+                   default=None)
+
+    def record(self, name: str, measured: float, allowed: float) -> bool:
+        """One check's figure, budget and margin (None where it measured exactly 0); whether it
+        passed."""
+        self.checks[name] = {"measured": measured, "allowed": allowed,
+                             "margin": allowed / measured if measured > 0 else None}
+        return measured <= allowed
+
+    def to_json(self) -> dict:
+        return self.__dict__ | {"passed": self.passed, "margin": self.margin}
+
+
+def check_reading(artifact: dict, reader: str, root: Path, manifest: dict, cases: dict[str, Case],
+                  budget: dict, trained: bool, built: float | None = None,
+                  outputs: dict | None = None) -> tuple[ArtifactParity, Callable | None]:
+    """``artifact`` under ``reader`` on every case: (its verdict, the runner for more). Held-out
+    outputs go into ``outputs`` under the entry's label. ``built``: the rel L2 the build measured
+    on the held-out case (drift)."""
+    version = reader_version(reader) + (f" (emulated {emulated_cpu()})" if emulated_cpu() else "")
+    entry = ArtifactParity(artifact["path"], artifact["precision"], reader, sha256=artifact["sha256"],
+                           reader_version=version, budget=budget)
+    try:
+        runner = runner_for(artifact, root, manifest, reader)
+    except ReaderUnavailable as e:  # this machine cannot compute it: reported, not passed
+        entry.skipped = str(e).splitlines()[0]
+        return entry, None
+    except Exception as e:  # any other artifact that does not load fails
+        entry.failures.append(f"cannot be loaded: {type(e).__name__}: {str(e).strip()[:300]}")
+        return entry, None
+    for name, case in cases.items():
+        try:
+            result_outputs = run_batches(runner, case.images, case.batch)
+        except Exception as e:  # a runtime error at a declared shape is a breach, not a crash
+            entry.failures.append(f"{name}: fails to run: {str(e).strip().splitlines()[-1][:240]}")
+            continue
+        if name == "heldout" and outputs is not None:
+            outputs[entry.label] = result_outputs
+        result = metrics(result_outputs, case.reference, case.labels) | (
+            {"sources": case.sources} if case.sources else {})
+        entry.cases[name] = result
+        if not case.gates(artifact["precision"]):
+            result["gated"] = False  # measured and reported; see ShapeCase.gates
+            continue
+        margin = budget_margin(result, budget, trained)  # the tightest of the case's budgets
+        entry.checks[f"{name} against eager"] = {"margin": margin if margin != float("inf") else None}
+        entry.failures += [f"{name}: {b}" for b in breaches(
+            result, budget, trained, built if name == "heldout" else None)]
+    return entry, runner
+
+
+def reader_disagreement(entries: list[ArtifactParity], outputs: dict, budget: dict) -> str | None:
+    """Two readers of one graph that compute different things: past ``agreement_max`` (fp32,
+    fp16: far tighter than the budget against eager), or for int8 past ``agreement_factor`` times
+    the smaller of the two readers' own rel L2 against eager (two correct readers of one int8
+    graph round differently at every requantization, and differ by up to 0.75 of their own int8
+    error: docs/precision.md). Recorded on the last reader."""
+    read = [e for e in entries if e.label in outputs and "heldout" in e.cases]
+    if len(read) < 2:
+        return None
+    first, second = read[0], read[1]
+    between = relative_l2(outputs[first.label], outputs[second.label])
+    for entry in read:  # recorded beside each reader's held-out figures
+        entry.cases["heldout"]["rel_l2_between_readers"] = between
+    if "agreement_factor" in budget:
+        own = min(e.cases["heldout"]["rel_l2"] for e in read)
+        allowed, basis = budget["agreement_factor"] * own + DRIFT_FLOOR, (
+            f"{budget['agreement_factor']:g} x the smaller reader's rel L2 against eager {own:.4g}")
+    else:
+        allowed = budget.get("agreement_max", budget.get("rel_l2_max", float("inf")))
+        basis = f"agreement budget {allowed:.4g}"
+    if second.record("readers agree", between, allowed):
+        return None
+    return (f"readers disagree: {first.reader} and {second.reader} differ by rel L2 "
+            f"{between:.4g} on the held-out images (allowed {allowed:.4g}: {basis}); one of "
+            f"them does not compute what the graph says (see docs/precision.md)")
+
+
+def derived_difference(entry: ArtifactParity, artifact: dict, ours: np.ndarray | None,
+                       reconverted: np.ndarray | None, source: dict | None, budget: dict) -> list[str]:
+    """A converted artifact's held-out outputs (``ours``) against the same conversion done again
+    on this box (``reconverted``), and its source's held-out measures against eager (``source``:
+    the metrics of the source graph under the same reader) against its own."""
+    found = []
+    if ours is None:
+        return found
+    if reconverted is not None:
+        between = relative_l2(ours, reconverted)
+        entry.cases["heldout"]["rel_l2_vs_reconverted"] = between
+        allowed = budget.get("derived_max", 1e-5)
+        if not entry.record("the conversion redone", between, allowed):
+            found.append(f"differs from {RECONVERTED[artifact['format']]} ({artifact['source']}) "
+                         f"by rel L2 {between:.4g} on the held-out images (derived budget "
+                         f"{allowed:.4g}): the file is not what its conversion makes")
+    if source is not None and "derived_excess_max" in budget:
+        excess = budget["derived_excess_max"]
+        mine = entry.cases["heldout"]
+        for key, name in (("rel_l2", "rel L2"), ("rel_l2_image", "worst image's rel L2")):
+            # the check's figure is the excess over the source, so that its margin reads as the
+            # room left for the conversion's own error (None where it added none)
+            allowed = excess * source[key] + DRIFT_FLOOR
+            if not entry.record(f"no farther from eager than its source ({name})",
+                                mine[key] - source[key], allowed):
+                found.append(f"farther from eager than {artifact['source']}, the graph it was "
+                             f"converted from: {name} {mine[key]:.4g} against {source[key]:.4g} "
+                             f"(allowed {source[key] + allowed:.4g}: {100 * excess:g}% more): the "
+                             f"conversion lost accuracy")
+    return found
+
+
+def check_artifact(artifact: dict, root: Path, manifest: dict, cases: dict[str, Case], budget: dict,
+                   trained: bool, outputs: dict, built: float | None = None,
+                   with_runner: Callable | None = None) -> list[ArtifactParity]:
+    """``artifact`` under each of its readers (exporter.verify.readers), the readers against each
+    other, and a converted artifact against its conversion redone here and against its source.
+    ``outputs``: held-out outputs by label, shared across artifacts (a source graph is read
+    before what was converted from it, else read here). ``with_runner(entry, runner)``: more
+    checks on each loaded reader (the gate's EVAL_DIR). ``built`` applies to ONNX Runtime's
+    reading (what the precision stage measured with)."""
+    entries = []
+    for reader in readers_of(artifact):
+        entry, runner = check_reading(artifact, reader, root, manifest, cases, budget, trained,
+                                      built if reader == "onnxruntime" else None, outputs)
+        if runner is not None and with_runner is not None:
+            with_runner(entry, runner)
+        entries.append(entry)
+    disagreement = reader_disagreement(entries, outputs, budget)
+    if disagreement:
+        entries[-1].failures.append(disagreement)
+    if "source" not in artifact or "heldout" not in cases:
+        return entries
+    heldout = cases["heldout"]
+    for entry in entries:
+        if entry.skipped or "heldout" not in entry.cases:
+            continue
+        if artifact["format"] == "plan":  # a second reader of its source graph
+            theirs = _source_outputs(artifact["source"], "onnxruntime", root, manifest, heldout, outputs)
+            if theirs is not None:
+                read = ArtifactParity(artifact["source"], artifact["precision"],
+                                      cases={"heldout": metrics(theirs, heldout.reference)})
+                pair = reader_disagreement([read, entry], outputs, budget)
+                entry.failures += [pair] if pair else []
+            continue
+        try:
+            reconverted = run_batches(reconversion_runner(artifact, root, manifest, entry.reader),
+                                      heldout.images, heldout.batch)
+        except Exception as e:  # the conversion must be repeatable where the artifact runs
+            entry.failures.append(f"its conversion could not be redone here "
+                                  f"({RECONVERTED[artifact['format']]}): {type(e).__name__}: "
+                                  f"{str(e).strip()[:240]}")
+            reconverted = None
+        reader = "openvino" if entry.reader.startswith("openvino") else entry.reader
+        theirs = _source_outputs(artifact["source"], reader, root, manifest, heldout, outputs)
+        same_precision = next(a for a in manifest["artifacts"]
+                              if a["path"] == artifact["source"])["precision"] == artifact["precision"]
+        source = metrics(theirs, heldout.reference) if theirs is not None and same_precision else None
+        entry.failures += derived_difference(entry, artifact, outputs.get(entry.label), reconverted,
+                                             source, budget)
+    return entries
+
+
+def _source_outputs(path: str, reader: str, root: Path, manifest: dict, heldout: Case,
+                    outputs: dict) -> np.ndarray | None:
+    """A source graph's held-out outputs under ``reader``: measured already, or now (a gate of
+    one planted artifact); None, and kept as None in ``outputs``, where the source fails."""
+    label = f"{path} [{reader}]"
+    if label not in outputs:
+        source = next(a for a in manifest["artifacts"] if a["path"] == path)
+        try:
+            runner = runner_for(source, root, manifest, reader)
+            outputs[label] = run_batches(runner, heldout.images, heldout.batch)
+        except Exception:  # a source that fails has its own verdict; no comparison here
+            outputs[label] = None
+    return outputs[label]
