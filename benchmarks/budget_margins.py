@@ -100,10 +100,10 @@ def render(runs: dict[str, dict]) -> str:
 
 def write(text: str) -> None:
     doc = DOC.read_text()
-    pattern = re.compile(r"(<!-- budget-margins:begin -->\n).*?(\n<!-- budget-margins:end -->)", re.S)
+    pattern = re.compile(r"(<!-- budget-margins:begin -->\n)(?:.*?\n)?(<!-- budget-margins:end -->)", re.S)
     if not pattern.search(doc):
         raise SystemExit(f"{DOC} has no <!-- budget-margins:begin/end --> block")
-    DOC.write_text(pattern.sub(lambda m: m.group(1) + text + m.group(2), doc))
+    DOC.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), doc))
 
 
 def stored_runs() -> dict[str, dict]:
