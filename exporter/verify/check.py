@@ -25,7 +25,7 @@ from exporter.runtime import reader_version, run_batches
 from exporter.runtime.emulated import emulated_cpu
 from exporter.verify.budgets import DRIFT_FLOOR, breaches, budget_margin
 from exporter.verify.measures import metrics, relative_l2
-from exporter.verify.readers import RECONVERTED, readers_of, reconversion_runner, runner_for
+from exporter.verify.readers import RECONVERTED, listed, readers_of, reconversion_runner, runner_for
 from models import ReaderUnavailable
 
 
@@ -222,11 +222,10 @@ def check_artifact(artifact: dict, root: Path, manifest: dict, cases: dict[str, 
                                   f"({RECONVERTED[artifact['format']]}): {type(e).__name__}: "
                                   f"{str(e).strip()[:240]}")
             reconverted = None
-        reader = "openvino" if entry.reader.startswith("openvino") else entry.reader
-        theirs = _source_outputs(artifact["source"], reader, root, manifest, heldout, outputs)
-        same_precision = next(a for a in manifest["artifacts"]
-                              if a["path"] == artifact["source"])["precision"] == artifact["precision"]
-        source = metrics(theirs, heldout.reference) if theirs is not None and same_precision else None
+        source = None  # its source's error against eager, under the same reader and precision
+        if listed(manifest, artifact["source"])["precision"] == artifact["precision"]:
+            theirs = _source_outputs(artifact["source"], entry.reader, root, manifest, heldout, outputs)
+            source = None if theirs is None else metrics(theirs, heldout.reference)
         entry.failures += derived_difference(entry, artifact, outputs.get(entry.label), reconverted,
                                              source, budget)
     return entries
@@ -238,9 +237,8 @@ def _source_outputs(path: str, reader: str, root: Path, manifest: dict, heldout:
     one planted artifact); None, and kept as None in ``outputs``, where the source fails."""
     label = f"{path} [{reader}]"
     if label not in outputs:
-        source = next(a for a in manifest["artifacts"] if a["path"] == path)
         try:
-            runner = runner_for(source, root, manifest, reader)
+            runner = runner_for(listed(manifest, path), root, manifest, reader)
             outputs[label] = run_batches(runner, heldout.images, heldout.batch)
         except Exception:  # a source that fails has its own verdict; no comparison here
             outputs[label] = None

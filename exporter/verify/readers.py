@@ -55,6 +55,11 @@ def _cpu_runner(path: Path, reader: str, exact: bool, hint: str, optimization: s
     return OnnxRuntimeRunner(path, exact_int8=exact, optimization=optimization)
 
 
+def listed(manifest: dict, path: str) -> dict:
+    """The manifest's entry for ``path`` (a converted artifact's ``source``, say)."""
+    return next(a for a in manifest["artifacts"] if a["path"] == path)
+
+
 RECONVERTED = {"ort": "its source read by ONNX Runtime at the level the .ort was saved at",
                "openvino-ir": "its source converted again by OpenVINO's convert_model, in memory"}
 
@@ -66,7 +71,7 @@ def reconversion_runner(artifact: dict, root: Path, manifest: dict, reader: str)
     whose build is not repeated (its source's ONNX Runtime reading is the second reader)."""
     if artifact["format"] not in RECONVERTED:
         return None
-    source = next(a for a in manifest["artifacts"] if a["path"] == artifact["source"])
+    source = listed(manifest, artifact["source"])
     return _cpu_runner(root / source["path"], reader, "exact_int8_session_options" in source,
                        precision_hint(artifact),
                        ORT_SAVED_LEVEL if artifact["format"] == "ort" else None,
