@@ -35,16 +35,17 @@ EXPORT_ARGS  = $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOI
                $(if $(LABELS),--labels $(LABELS)) $(if $(BATCH_RANGE),--batch $(BATCH_RANGE)) \
                $(if $(HEIGHT_RANGE),--height $(HEIGHT_RANGE)) $(if $(WIDTH_RANGE),--width $(WIDTH_RANGE))
 
-.PHONY: setup card onnx precision engine parity parity-selftest bench triton test test-slow test-isa lint clean FORCE
+.PHONY: setup card onnx precision engine parity parity-selftest bench triton dist test test-slow test-isa test-arm lint clean FORCE
 .DELETE_ON_ERROR:
 
 setup: $(STAMP)
 
-# Reinstalled when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# Reinstalled when either pyproject.toml changes. The box-side package (box/) is installed
+# editable beside the toolchain, which depends on it and imports it.
+$(STAMP): pyproject.toml box/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e './box[onnxruntime,openvino]' -e '.[dev]'
 	touch $@
 
 card: $(STAMP)
@@ -70,13 +71,14 @@ $(D)/.settings-backend: $(STAMP) FORCE
 
 # Each stage depends on the code it runs (its sub-package, the readers, the manifest, and the
 # parts of verify/ it measures with): a change there runs it again.
-COMMON_SRC   = $(wildcard exporter/*.py exporter/manifest/* exporter/runtime/*.py)
-VERIFY_SRC   = $(wildcard exporter/verify/* calibration/*.py)
+COMMON_SRC   = $(wildcard exporter/*.py exporter/manifest/* exporter/runtime/*.py box/attnvgg_runtime/*.py \
+               box/attnvgg_runtime/*.json box/attnvgg_runtime/readers/*.py)
+VERIFY_SRC   = $(wildcard exporter/verify/* box/attnvgg_runtime/verify/*.py calibration/*.py)
 
 # OUT/VARIANT/model.onnx + manifest.json: fp32, dynamic batch/H/W, verified, simplified.
 $(D)/.export.done: $(STAMP) $(D)/.settings-export $(CHECKPOINT) $(LABELS) $(wildcard models/*.py) \
 		$(COMMON_SRC) exporter/graphs/export.py exporter/graphs/module_map.py \
-		exporter/verify/measures.py exporter/verify/cases.py
+		box/attnvgg_runtime/verify/measures.py exporter/verify/cases.py
 	$(CLI) export $(EXPORT_ARGS)
 	touch $@
 
@@ -124,6 +126,15 @@ bench: $(STAMP)
 triton: $(D)/.engines.done
 	$(CLI) triton --manifest $(D)/manifest.json
 
+# The wheels: attnvgg-runtime (the box side, torch-free: box/) and attnvgg-export (the toolchain).
+# setuptools builds in the source tree: its scratch folders are removed after.
+DIST ?= dist
+dist: $(STAMP)
+	rm -rf $(DIST)
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(DIST) ./box .
+	rm -rf box/build build/lib build/bdist.*
+	@ls $(DIST)
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
@@ -141,7 +152,7 @@ test-slow: $(STAMP)
 # here first. ONNX Runtime's and OpenVINO's kernels have no such switch: they follow `cpuid`, so
 # their AVX2 kernels (int8 without VNNI: saturating pair sums) run under qemu-user's emulated
 # Haswell, on any x86 host: the `kernels` tests, and the parity gate on a copy of the reduced CI
-# build (made natively first) with its readers emulated (exporter/runtime/emulated.py); the verdict there
+# build (made natively first) with its readers emulated (box/attnvgg_runtime/readers/emulated.py); the verdict there
 # is the emulated CPU's, so the build's own parity.json is left alone.
 # ONEDNN_MAX_CPU_ISA:ATEN_CPU_CAPABILITY:the /proc/cpuinfo flag the level needs:the flags of
 # anything above it. ATen's setting forces its kernels (an illegal instruction on a CPU without
@@ -177,6 +188,19 @@ test-isa: $(STAMP)
 		$(QEMU) $(PY) -m pytest -m kernels -q -p no:cacheprovider
 	ATTNVGG_EMULATE_CPU=$(QEMU_CPU) $(PY) -m exporter parity --manifest $(EMULATED)/manifest.json \
 		--artifacts $(INT8_ARTIFACTS) --cases
+
+# The runtime wheel on an emulated aarch64 box (qemu-aarch64 10, Debian's arm64 python3.11, aarch64
+# wheels; all cached under build/arm): installed by the box's own pip, then probe, verify on a copy
+# of the reduced CI build (restricted to fit CI: ARM_VERIFY), classify one photograph,
+# and a planted int8 bug that verify must fail. ARM_CPU=cortex-a72: a core without dotprod or fp16.
+ARM_CPU    ?= neoverse-n1
+ARM_VERIFY ?= --case heldout --images 8 --reader onnxruntime \
+              --artifact model.onnx,model.int8-cpu.onnx,engines/ort/*
+test-arm: $(STAMP)
+	$(MAKE) --no-print-directory engine $(CI_BUILD)
+	$(MAKE) --no-print-directory dist DIST=build/arm/dist
+	ARM_CPU=$(ARM_CPU) ARM_VERIFY="$(ARM_VERIFY)" tests/arm/test_arm.sh build/ci/se build/arm/dist \
+		"$$($(PY) -c 'import skimage, pathlib; print(pathlib.Path(skimage.__file__).parent / "data" / "chelsea.png")')"
 
 clean:
 	rm -rf $(OUT)

@@ -136,7 +136,7 @@ def write_shipped_fixture(path: Path = SHIPPED, variant: str = "se") -> Path:
     import json
     import platform
 
-    from exporter.runtime.cpu import cpu_identity
+    from attnvgg_runtime.readers.cpu import cpu_identity
 
     fixture = train(variant)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,9 @@
 
 copies the run's bench.json, parity.json and the manifest's stage timings into
 docs/runs/<name>/, and rewrites the blocks between `<!-- figures:<name>:begin -->` and
-`<!-- figures:<name>:end -->` in README.md with tables rendered from those files. A test renders
-them again from docs/runs/<name>/ and checks README.md still says exactly that.
+`<!-- figures:<name>:end -->` in README.md or docs/toolchain.md (FIGURE_DOCUMENTS; links
+relative to the document) with tables rendered from those files. A test renders them again from
+docs/runs/<name>/ and checks the documents still say exactly that.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from exporter.report.report import describe_limits, format_accuracy, format_benc
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "docs" / "runs"
+FIGURE_DOCUMENTS = (REPO / "README.md", REPO / "docs" / "toolchain.md")
+
+
+def runs_link(document: Path) -> str:
+    """docs/runs/ as a link from ``document``."""
+    return "runs/" if document.parent == REPO / "docs" else "docs/runs/"
 
 
 def _parity_table(parity: dict) -> str:
@@ -41,8 +48,9 @@ def _has_ungated(parity: dict) -> bool:
     return any(not c.get("gated", True) for a in parity["artifacts"] for c in a["cases"].values())
 
 
-def render(run: Path) -> str:
-    """The Markdown block for one run folder (bench.json, parity.json, stages.json)."""
+def render(run: Path, link: str = "docs/runs/") -> str:
+    """The Markdown block for one run folder (bench.json, parity.json, stages.json); ``link``:
+    docs/runs/ as seen from the document it goes into."""
     bench = json.loads((run / "bench.json").read_text())
     parity = json.loads((run / "parity.json").read_text())
     stages = json.loads((run / "stages.json").read_text())
@@ -51,7 +59,7 @@ def render(run: Path) -> str:
     memory = ", ".join(f"{k} {v} MiB" for k, v in stages["peak_rss_mib"].items())
     return "\n".join([
         f"Run `{run.name}`: {stages['description']}. Files: [docs/runs/{run.name}/]"
-        f"(docs/runs/{run.name}/).", "",
+        f"({link}{run.name}/).", "",
         format_bench(bench), "", describe_limits(bench), "", format_recommendation(bench), "",
         f"Gate: **{'passed' if parity['passed'] else 'FAILED'}** on {parity['heldout']['images']} "
         f"held-out images and shapes {', '.join(parity['shapes'][1:])}"
@@ -62,12 +70,29 @@ def render(run: Path) -> str:
         f"Stage times: {timing}. Peak memory: {memory}.", ""])
 
 
-def replace_block(text: str, name: str, block: str) -> str:
-    pattern = re.compile(rf"(<!-- figures:{re.escape(name)}:begin -->\n).*?(<!-- figures:"
-                         rf"{re.escape(name)}:end -->)", re.S)
-    if not pattern.search(text):
+def _pattern(name: str, kind: str = "figures") -> re.Pattern:
+    return re.compile(rf"(<!-- {kind}:{re.escape(name)}:begin -->\n).*?(<!-- {kind}:"
+                      rf"{re.escape(name)}:end -->)", re.S)
+
+
+def replace_block(text: str, name: str, block: str, kind: str = "figures") -> str:
+    """``text`` with the block between `<!-- KIND:NAME:begin -->` and `...:end -->` replaced."""
+    if not _pattern(name, kind).search(text):
+        raise SystemExit(f"no <!-- {kind}:{name}:begin/end --> block to render {name} into")
+    return _pattern(name, kind).sub(lambda m: m.group(1) + block + m.group(2), text)
+
+
+def render_into_documents(name: str, run: Path) -> list[Path]:
+    """Every document's block for ``name`` rendered again from ``run``; the documents changed."""
+    found = []
+    for document in FIGURE_DOCUMENTS:
+        text = document.read_text()
+        if _pattern(name).search(text):
+            document.write_text(replace_block(text, name, render(run, runs_link(document))))
+            found.append(document)
+    if not found:
         raise SystemExit(f"no <!-- figures:{name}:begin/end --> block to render {name} into")
-    return pattern.sub(lambda m: m.group(1) + block + m.group(2), text)
+    return found
 
 
 def main() -> None:
@@ -78,10 +103,9 @@ def main() -> None:
     parser.add_argument("--description", help="what, where, which command (with a build)")
     args = parser.parse_args()
     run = RUNS / args.name
-    readme = REPO / "README.md"
     if args.build is None:  # the renderer changed, the run did not
-        readme.write_text(replace_block(readme.read_text(), args.name, render(run)))
-        print(f"re-rendered the README block {args.name} from {run}")
+        written = render_into_documents(args.name, run)
+        print(f"re-rendered the block {args.name} in {', '.join(map(str, written))} from {run}")
         return
     if not args.description:
         parser.error("--description is required with a build folder")
@@ -95,8 +119,8 @@ def main() -> None:
               "peak_rss_mib": {"export": manifest["export"]["peak_rss_mib"],
                                "precision": manifest["calibration"]["peak_rss_mib"]}}
     (run / "stages.json").write_text(json.dumps(stages, indent=2) + "\n")
-    readme.write_text(replace_block(readme.read_text(), args.name, render(run)))
-    print(f"wrote {run} and the README block {args.name}")
+    written = render_into_documents(args.name, run)
+    print(f"wrote {run} and the block {args.name} in {', '.join(map(str, written))}")
 
 
 if __name__ == "__main__":

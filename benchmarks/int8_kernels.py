@@ -18,17 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
+from attnvgg_runtime.manifest import read_manifest
+from attnvgg_runtime.readers import run_batches
+from attnvgg_runtime.readers.cpu import cpu_identity
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from attnvgg_runtime.readers.openvino import OpenVinoRunner
+from attnvgg_runtime.timing import BenchConfig, latency
+from attnvgg_runtime.verify.measures import metrics
 from calibration.calibrate import CalibrationResult
-from exporter.bench.timing import BenchConfig, latency
 from exporter.graphs.quantize import Int8Target, onnx_to_int8
-from exporter.manifest.manifest import read_manifest
-from exporter.runtime import run_batches
-from exporter.runtime.cpu import cpu_identity
 from exporter.runtime.eager import model_from_manifest, run_torch
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
-from exporter.runtime.openvino import OpenVinoRunner
 from exporter.verify.cases import heldout_images
-from exporter.verify.measures import metrics
 
 
 def graphs(root: Path, manifest: dict, folder: Path) -> dict[str, Path]:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.bench.timing import BenchConfig, latency
-from exporter.runtime.openvino import OpenVinoRunner
-from exporter.verify.measures import relative_l2
+from attnvgg_runtime.readers.openvino import OpenVinoRunner
+from attnvgg_runtime.timing import BenchConfig, latency
+from attnvgg_runtime.verify.measures import relative_l2
 
 
 def main() -> None:

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from attnvgg_runtime.readers.cpu import cpu_identity
+from attnvgg_runtime.verify.accuracy import drop_verdict
 from benchmarks import digits
 from benchmarks.precision_table import fixture_manifest
 from exporter.graphs.precision import PrecisionConfig, build_precision_graphs
-from exporter.runtime.cpu import cpu_identity
-from exporter.verify.accuracy import drop_verdict
 from exporter.verify.budgets import load_tolerances
 
 
@@ -42,7 +42,7 @@ def zero_channels(root: Path, layer: str, fraction: float) -> None:
     import onnx
     from onnx import numpy_helper
 
-    from exporter.manifest.manifest import read_manifest, sha256_file, write_manifest
+    from attnvgg_runtime.manifest import read_manifest, sha256_file, write_manifest
 
     path = root / "model.int8-cpu.onnx"
     model = onnx.load(str(path))

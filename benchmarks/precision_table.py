@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import models
+from attnvgg_runtime.readers.cpu import cpu_identity
+from attnvgg_runtime.verify.accuracy import drop_verdict
 from exporter.graphs.export import ExportConfig, batch_range, export_to_folder, image_range
 from exporter.graphs.precision import FallbackTargetError, PrecisionConfig, build_precision_graphs
-from exporter.runtime.cpu import cpu_identity
-from exporter.verify.accuracy import drop_verdict
 from exporter.verify.budgets import load_tolerances
 
 from . import digits

@@ -34,11 +34,11 @@ from onnxruntime.quantization.calibrate import (
 )
 from tqdm import tqdm
 
+from attnvgg_runtime.files import sha256_file
 from models import ConfigError
 
 from .data import ImageSet
 from .errors import CalibrationDataError, CalibrationRangeError
-from .hashing import sha256_file
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,

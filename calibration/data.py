@@ -31,8 +31,9 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2 as T
 from tqdm import tqdm
 
+from attnvgg_runtime.files import sha256_file
+
 from .errors import CalibrationDataError
-from .hashing import sha256_file
 from .preprocessing import Preprocessing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -132,7 +133,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def image_transform(pre: Preprocessing) -> T.Compose:
     """PIL image -> normalized CHW float32. Resize and crop act on the PIL image (PIL's bilinear
     resize), so that a runtime with only PIL and numpy reproduces it exactly
-    (consumer/classify.py)."""
+    (box/attnvgg_runtime/classify.py)."""
     return T.Compose([
         T.Resize(pre.resize, interpolation=T.InterpolationMode.BILINEAR),
         T.CenterCrop(list(pre.crop)),

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from attnvgg_runtime.files import sha256_file
+
 from .data import image_transform, list_images, load_image, to_rgb
 from .errors import CalibrationDataError
-from .hashing import sha256_file
 from .preprocessing import Preprocessing
 
 

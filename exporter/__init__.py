@@ -8,14 +8,16 @@ The pipeline, one sub-package per stage (`make engine` runs them in this order):
     verify/    the gate: measures, budgets, shape cases, structure checks, explain, self-test
     bench/     speed against eager PyTorch in one run, and the recommendation
     report/    report.md and its plots, from the JSON files the stages wrote
-    manifest/  manifest.json, its schema, and the artifacts' sha256
+    manifest/  what invalidates which verdict when artifacts are rewritten
 
-    runtime/   the readers every stage runs graphs with (eager PyTorch, ONNX Runtime, OpenVINO,
-               TensorRT, emulated CPUs) and what this CPU computes
+    runtime/   eager PyTorch, the reference reader, and the GPU probe
 
-Imports go one way (tests/test_layers.py holds it): verify/ and runtime/ never import graphs/ or
-convert/; report/ reads files only; torch is imported at module level only by graphs/ and
-runtime/eager.py, so the measures, budgets and CPU readers load on a box without it. (The stage
+The manifest contract, the ONNX Runtime, OpenVINO, TensorRT and emulated readers, the measures,
+the judgement against a budget, the per-artifact check and the golden I/O reader are the
+box-side package's (box/attnvgg_runtime, installed beside this one): the gate and a target box
+run the same code. Imports go one way (tests/test_layers.py holds it): attnvgg_runtime imports
+nothing of the toolchain; verify/ and runtime/ never import graphs/ or convert/; report/ reads
+files only; torch is imported at module level only by graphs/ and runtime/eager.py. (The stage
 that makes graphs is graphs/, not build/: pytest's default norecursedirs, ruff's default exclude
 and the usual .gitignore all skip a folder named build, which would drop its tests and files.)
 """

@@ -8,7 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from models import VARIANT_NAMES, ToolchainError
+from models import VARIANT_NAMES, ConfigError, ToolchainError
 
 EXIT_ERROR = 2
 
@@ -26,7 +26,7 @@ def _cmd_card(args: argparse.Namespace) -> int:
     card = model_card(args.variant, args.img_size, args.num_classes, args.width_mult or 1.0)
     markdown = card_markdown(card)
     if args.out:
-        from exporter.files import write_text_atomic
+        from attnvgg_runtime.files import write_text_atomic
 
         out = Path(args.out)
         write_text_atomic(out / "card.md", markdown)
@@ -120,8 +120,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_selftest(args: argparse.Namespace) -> int:
-    from exporter.verify.selftest import run_selftest
+    from exporter.verify.selftest import run_selftest, write_planted_copy
 
+    if args.plant:
+        if not args.into:
+            raise ConfigError("--plant needs --into FOLDER: where to write the planted copy")
+        write_planted_copy(Path(args.manifest), args.plant, Path(args.into))
+        return 0
     run_selftest(Path(args.manifest), converted_only=args.converted_only)
     return 0
 
@@ -246,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="only the bugs planted into converted files (.ort, IR .bin), gated "
                           "on the held-out images at the opt size: what CI runs on the full-size "
                           "build, where the whole self-test would take most of an hour")
+    selftest.add_argument("--plant", metavar="BUG", help="only write a copy of the build with this "
+                          "bug planted (its name as the self-test prints it), into --into: for a "
+                          "box's verify to catch (make test-arm)")
+    selftest.add_argument("--into", metavar="FOLDER", help="where --plant writes the copy (a new folder)")
     selftest.set_defaults(run=_cmd_selftest)
 
     engines = sub.add_parser("engines", help="TensorRT plans where a GPU and tensorrt exist")

@@ -1,17 +1,10 @@
-"""The toolchain's error hierarchy. Library code raises these; only the CLI catches them."""
+"""The toolchain's error hierarchy. Library code raises these; only the CLI catches them. The
+base classes are the box-side package's (attnvgg_runtime.errors): one hierarchy on both sides."""
 
+from attnvgg_runtime.errors import ConfigError, ReaderUnavailable, ToolchainError
 
-class ToolchainError(Exception):
-    """Base: a problem the user can fix; the message says what and how."""
-
-
-class ConfigError(ToolchainError, ValueError):
-    """A setting or argument is out of range."""
-
-
-class ReaderUnavailable(ToolchainError):
-    """This machine cannot run an artifact under a reader (no GPU for a TensorRT plan, no bf16 or
-    VNNI for OpenVINO): the gate reports it as not verified instead of failing it."""
+__all__ = ["AttentionMemoryError", "CheckpointError", "ConfigError", "ReaderUnavailable",
+           "ToolchainError"]
 
 
 class CheckpointError(ToolchainError):

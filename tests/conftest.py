@@ -114,3 +114,13 @@ def engines_build(precision_build, tmp_path_factory):
     root = copy_build(precision_build, tmp_path_factory.mktemp("engines"))
     build_engines(root / "manifest.json", "ort", log=lambda *_: None)
     return root
+
+
+@pytest.fixture(scope="session")
+def gated_build(engines_build, tmp_path_factory):
+    """engines_build after a whole gate run: verdicts and golden I/O for a box to re-check."""
+    from exporter.verify.gate import run_parity
+
+    root = copy_build(engines_build, tmp_path_factory.mktemp("gated"))
+    assert run_parity(root / "manifest.json", log=lambda *_: None).passed
+    return root

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import models
-from exporter.files import OutputError
+from attnvgg_runtime.files import OutputError
+from attnvgg_runtime.manifest import read_manifest, sha256_file, verify_artifacts
 from exporter.graphs.export import export_to_folder
-from exporter.manifest.manifest import read_manifest, sha256_file, verify_artifacts
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]

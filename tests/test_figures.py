@@ -3,16 +3,19 @@ copied by hand: a hand edit, or a run whose files changed, fails here."""
 
 import re
 
-from benchmarks.figures import REPO, RUNS, render
+from benchmarks.figures import FIGURE_DOCUMENTS, REPO, RUNS, render, runs_link
 
 
-def test_readme_figures_are_rendered_from_their_named_run():
-    text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"<!-- figures:(\S+):begin -->\n(.*?)<!-- figures:\1:end -->", text, re.S)
-    assert blocks, "README.md carries no generated figures block"
-    for name, block in blocks:
-        assert (RUNS / name / "bench.json").is_file(), name
-        assert block == render(RUNS / name), f"README block {name} is not what its run renders"
+def test_readme_and_docs_figures_are_rendered_from_their_named_run():
+    for document in FIGURE_DOCUMENTS:
+        text = document.read_text()
+        blocks = re.findall(r"<!-- figures:(\S+):begin -->\n(.*?)<!-- figures:\1:end -->", text, re.S)
+        assert blocks, f"{document.name} carries no generated figures block"
+        for name, block in blocks:
+            if not (RUNS / name / "bench.json").is_file():
+                continue  # another renderer's block (docs/precision.md's table)
+            assert block == render(RUNS / name, runs_link(document)), \
+                f"{document.name} block {name} is not what its run renders"
 
 
 def test_no_share_of_peak_passes_100_percent():
@@ -68,3 +71,17 @@ def test_the_budget_margins_table_is_rendered_from_its_stored_runs():
                     default=None)
         assert worst is not None, f"{key}: measured in no stored run"
         assert worst <= value / 2, f"{key}: worst {worst:.3g} leaves less than 2x under {value}"
+
+
+def test_the_arm_numerics_tables_are_rendered_from_their_stored_runs():
+    import json
+
+    from benchmarks import arm_numerics
+
+    text = (REPO / "docs" / "precision.md").read_text()
+    blocks = re.findall(r"<!-- arm-numerics:(\S+):begin -->\n(.*?)<!-- arm-numerics:\1:end -->", text, re.S)
+    assert len(blocks) == 2, "docs/precision.md lacks the two ARM tables"
+    for name, block in blocks:
+        run = json.loads((RUNS / name / "arm-numerics.json").read_text())
+        assert block == arm_numerics.render(run), f"docs/precision.md ARM block {name} is stale"
+        assert run["arm"]["machine"] == "aarch64" and run["x86"]["machine"] == "x86_64"

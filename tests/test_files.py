@@ -2,7 +2,7 @@
 
 import os
 
-from exporter.files import write_text_atomic
+from attnvgg_runtime.files import write_text_atomic
 
 
 def test_an_atomic_write_has_the_permissions_a_plain_write_would_have(tmp_path):

@@ -1,7 +1,8 @@
 """The layout's rules (exporter/__init__.py), read from the source with ast: which sub-package
-may import which, no import cycles (imports inside functions count: deferring one does not
-remove it), torch at module level only in graphs/ and runtime/eager.py, and the measures,
-budgets and CPU readers importable where torch is not installed."""
+may import which, the box-side package (box/attnvgg_runtime) importing nothing of the toolchain,
+no import cycles (imports inside functions count: deferring one does not remove it), torch at
+module level only in graphs/ and runtime/eager.py, and the measures, budgets and CPU readers
+importable where torch is not installed."""
 
 from __future__ import annotations
 
@@ -15,25 +16,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# sub-package -> the sub-packages it may import ("common": exporter/files.py, console.py)
+# sub-package -> the sub-packages it may import ("common": exporter/console.py, cli.py; "box": the
+# box-side package attnvgg_runtime, which every layer may import and which imports none of them)
 ALLOWED = {
-    "common": set(),
-    "manifest": {"common"},
-    "runtime": {"common", "manifest"},
-    "report": {"common", "manifest"},
-    "convert": {"common", "manifest", "runtime"},
-    "verify": {"common", "manifest", "runtime", "report"},
-    "bench": {"common", "manifest", "runtime", "report"},
-    "graphs": {"common", "manifest", "runtime", "verify", "convert"},
+    "box": set(),
+    "common": {"box"},
+    "manifest": {"common", "box"},
+    "runtime": {"common", "manifest", "box"},
+    "report": {"common", "manifest", "box"},
+    "convert": {"common", "manifest", "runtime", "box"},
+    "verify": {"common", "manifest", "runtime", "report", "box"},
+    "bench": {"common", "manifest", "runtime", "report", "box"},
+    "graphs": {"common", "manifest", "runtime", "verify", "convert", "box"},
 }
+TOOLCHAIN = ("exporter", "models", "calibration", "benchmarks")
 ENTRY_POINTS = {"exporter.cli", "exporter.__main__"}  # they dispatch to every stage
 TORCH_ALLOWED = ("exporter.graphs.", "exporter.runtime.eager")
-TORCH_FREE = ("exporter.verify", "exporter.verify.measures", "exporter.verify.budgets",
-              "exporter.verify.golden", "exporter.verify.readers", "exporter.verify.on_box",
-              "exporter.verify.structure", "exporter.runtime", "exporter.runtime.onnxruntime",
-              "exporter.runtime.openvino", "exporter.runtime.tensorrt", "exporter.runtime.cpu",
-              "exporter.runtime.emulated", "exporter.runtime.emulated_reader",
-              "exporter.manifest.manifest", "exporter.report.report", "exporter.files")
+TORCH_FREE = ("exporter.verify", "exporter.verify.budgets", "exporter.verify.structure", "exporter.runtime",
+              "exporter.report.report", "attnvgg_runtime", "attnvgg_runtime.cli",
+              "attnvgg_runtime.readers.tensorrt", "attnvgg_runtime.readers.emulated_reader")
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -66,8 +67,9 @@ def imports(path: Path, root: Path) -> list[tuple[str, bool]]:
                     base = ".".join(anchor + ([base] if base else []))
                 for alias in child.names:
                     candidate = f"{base}.{alias.name}"
-                    is_module = (root / Path(*candidate.split("."))).with_suffix(".py").is_file() or \
-                        (root / Path(*candidate.split(".")) / "__init__.py").is_file()
+                    is_module = any((r / Path(*candidate.split("."))).with_suffix(".py").is_file() or
+                                    (r / Path(*candidate.split(".")) / "__init__.py").is_file()
+                                    for r in (root, root.parent / "box", root.parent))
                     found.append((candidate if is_module else base, top))
             visit(child, inner)
 
@@ -76,10 +78,16 @@ def imports(path: Path, root: Path) -> list[tuple[str, bool]]:
 
 
 def import_graph(root: Path) -> dict[str, list[tuple[str, bool]]]:
-    return {module_name(p, root): imports(p, root) for p in sorted((root / "exporter").rglob("*.py"))}
+    """Every module of the toolchain's exporter/ and of the box-side package, with its imports."""
+    graph = {}
+    for base, package in ((root, "exporter"), (root / "box", "attnvgg_runtime")):
+        graph |= {module_name(p, base): imports(p, base) for p in sorted((base / package).rglob("*.py"))}
+    return graph
 
 
 def layer(module: str) -> str:
+    if module.split(".")[0] == "attnvgg_runtime":
+        return "box"
     parts = module.split(".")
     return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ALLOWED) else "common"
 
@@ -90,17 +98,21 @@ def layer_violations(graph: dict) -> list[str]:
         if module in ENTRY_POINTS or module == "exporter":
             continue
         for target, _ in imported:
-            if not target.startswith("exporter.") or target in ENTRY_POINTS:
+            if layer(module) == "box" and target.split(".")[0] in TOOLCHAIN:
+                found.append(f"{module} imports {target}: the box-side package imports nothing "
+                             f"of the toolchain (it installs without it)")
+                continue
+            if not target.startswith(("exporter.", "attnvgg_runtime")) or target in ENTRY_POINTS:
                 continue
             source, into = layer(module), layer(target)
             if into != source and into not in ALLOWED[source]:
                 found.append(f"{module} imports {target}: {source}/ may import only "
-                             f"{', '.join(sorted(ALLOWED[source])) or 'nothing'} of exporter")
+                             f"{', '.join(sorted(ALLOWED[source])) or 'nothing'}")
     return found
 
 
 def cycles(graph: dict) -> list[list[str]]:
-    """Every import cycle among exporter's modules, one per strongly connected set."""
+    """Every import cycle among the modules, one per strongly connected set."""
     edges = {m: sorted({t for t, _ in imported if t in graph and t != m}) for m, imported in graph.items()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -151,30 +163,45 @@ def test_torch_is_imported_at_module_level_only_by_graphs_and_the_eager_reader()
     assert torch_at_module_level(import_graph(ROOT)) == []
 
 
-def _planted(tmp_path: Path, module: str, line: str) -> Path:
+def _copy_tree(tmp_path: Path) -> Path:
     copy = tmp_path / "tree"
-    shutil.copytree(ROOT / "exporter", copy / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
-    path = copy / Path(*module.split(".")).with_suffix(".py")
+    for part in ("exporter", "box/attnvgg_runtime"):
+        shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def _planted(tmp_path: Path, module: str, line: str) -> Path:
+    copy = _copy_tree(tmp_path)
+    base = copy / "box" if module.startswith("attnvgg_runtime") else copy
+    path = base / Path(*module.split(".")).with_suffix(".py")
     path.write_text(path.read_text() + f"\n\ndef planted():\n    {line}\n")
     return copy
 
 
 def test_the_rules_catch_a_forbidden_import_even_inside_a_function(tmp_path):
-    tree = _planted(tmp_path, "exporter.verify.measures", "from exporter.graphs.export import peak_rss_mib")
+    tree = _planted(tmp_path, "exporter.verify.structure", "from exporter.graphs.export import peak_rss_mib")
     assert layer_violations(import_graph(tree)) == [
-        "exporter.verify.measures imports exporter.graphs.export: verify/ may import only common, "
-        "manifest, report, runtime of exporter"]
+        "exporter.verify.structure imports exporter.graphs.export: verify/ may import only box, "
+        "common, manifest, report, runtime"]
+
+
+def test_the_rules_catch_the_box_package_importing_the_toolchain(tmp_path):
+    tree = _planted(tmp_path, "attnvgg_runtime.verify.measures", "from models import create_model")
+    assert layer_violations(import_graph(tree)) == [
+        "attnvgg_runtime.verify.measures imports models: the box-side package imports nothing of "
+        "the toolchain (it installs without it)"]
 
 
 def test_the_rules_catch_a_cycle_made_by_a_deferred_import(tmp_path):
-    tree = _planted(tmp_path, "exporter.runtime.cpu", "from exporter.runtime.emulated_reader import main")
+    tree = _planted(tmp_path, "attnvgg_runtime.readers.cpu",
+                    "from attnvgg_runtime.readers.emulated_reader import main")
     found = cycles(import_graph(tree))
-    assert found and {"exporter.runtime.cpu", "exporter.runtime.emulated_reader"} <= set(found[0])
+    assert found and {"attnvgg_runtime.readers.cpu",
+                      "attnvgg_runtime.readers.emulated_reader"} <= set(found[0])
 
 
 def test_the_rules_catch_torch_imported_at_module_level(tmp_path):
-    tree = tmp_path / "tree"
-    shutil.copytree(ROOT / "exporter", tree / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
+    tree = _copy_tree(tmp_path)
     path = tree / "exporter" / "verify" / "budgets.py"
     path.write_text("import torch\n" + path.read_text())
     assert torch_at_module_level(import_graph(tree)) == [
@@ -186,8 +213,9 @@ def test_measures_budgets_and_cpu_readers_import_without_torch(blocked):
     """As in a venv without torch: torch cannot be imported at all (sys.modules[name] = None)."""
     script = (f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n"
               + "".join(f"import {m}\n" for m in TORCH_FREE)
-              + "from exporter.verify.budgets import load_tolerances, breaches\n"
-              + "from exporter.verify.measures import metrics\n"
+              + "from exporter.verify.budgets import load_tolerances\n"
+              + "from attnvgg_runtime.verify.budgets import breaches\n"
+              + "from attnvgg_runtime.verify.measures import metrics\n"
               + "import numpy as np\n"
               + "x = np.eye(4, dtype=np.float32)\n"
               + "print(breaches(metrics(x, x), load_tolerances('se')['int8'], trained=True))\n")

@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from attnvgg_runtime.files import write_text_atomic
+from attnvgg_runtime.manifest import read_manifest, write_manifest
+from attnvgg_runtime.readers.cpu import cpu_identity, exact_int8_options, openvino_has_bf16
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from attnvgg_runtime.readers.openvino import OpenVinoRunner, precision_hint, reader_name
+from attnvgg_runtime.timing import BenchConfig, latency
 from exporter.bench.peaks import gemm_peak_gmacs, openvino_gemm_peak_gmacs, torch_bf16_peak_gmacs
 from exporter.bench.recommend import gate_passed, recommend
-from exporter.bench.timing import BenchConfig, latency
-from exporter.files import write_text_atomic
-from exporter.manifest.manifest import read_manifest, write_manifest
 from exporter.report.report import (
     LATENCY_PNG,
     format_bench,
@@ -25,10 +28,7 @@ from exporter.report.report import (
     plot_latency,
     write_report,
 )
-from exporter.runtime.cpu import cpu_identity, exact_int8_options, openvino_has_bf16
 from exporter.runtime.eager import eager_runner, model_from_manifest
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
-from exporter.runtime.openvino import OpenVinoRunner, precision_hint, reader_name
 from models.card import model_card
 
 
@@ -68,7 +68,9 @@ def bench_rows(manifest: dict, root: Path, config: BenchConfig, bf16: bool) -> d
                                                  a["precision"], runtime, a["path"], "openvino-cpu",
                                                  options)
         elif a["format"] == "plan":
-            from exporter.runtime.tensorrt import TensorRTRunner  # tensorrt only where a plan is listed
+            from attnvgg_runtime.readers.tensorrt import (
+                TensorRTRunner,  # tensorrt only where a plan is listed
+            )
 
             rows[f"tensorrt {a['path']}"] = Row(
                 lambda p=path: TensorRTRunner(p, host_code_allowed=trusted), a["precision"],

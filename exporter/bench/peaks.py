@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from onnx import ModelProto, TensorProto, helper
 
-from exporter.bench.timing import BenchConfig, latency
-from exporter.runtime import runtime_module
+from attnvgg_runtime.readers import runtime_module
+from attnvgg_runtime.timing import BenchConfig, latency
 from exporter.runtime.eager import bf16_matmul
 
 
@@ -79,7 +79,7 @@ def _weights_gemm_model(n: int, int8: bool) -> ModelProto:
 
 def openvino_gemm_peak_gmacs(n: int = 1024, seconds: float = 2.0) -> dict[str, float]:
     """fp32 and int8 GEMM throughput of OpenVINO's CPU plugin (oneDNN) on this machine."""
-    from exporter.runtime.openvino import OpenVinoRunner
+    from attnvgg_runtime.readers.openvino import OpenVinoRunner
 
     peaks = {}
     a = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)

@@ -7,10 +7,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from exporter.convert.openvino_ir import BF16_OPTIONS, onnx_to_openvino_ir
-from exporter.convert.tensorrt_plan import EngineConfig, onnx_to_plan, resolve_backend
-from exporter.manifest.lifecycle import forget_verdicts
-from exporter.manifest.manifest import (
+from attnvgg_runtime.manifest import (
     ManifestError,
     artifact_entry,
     declare_served_ranges,
@@ -18,7 +15,10 @@ from exporter.manifest.manifest import (
     served_range,
     write_manifest,
 )
-from exporter.runtime.cpu import openvino_has_bf16
+from attnvgg_runtime.readers.cpu import openvino_has_bf16
+from exporter.convert.openvino_ir import BF16_OPTIONS, onnx_to_openvino_ir
+from exporter.convert.tensorrt_plan import EngineConfig, onnx_to_plan, resolve_backend
+from exporter.manifest.lifecycle import forget_verdicts
 
 
 def graph_path(manifest: dict, root: Path, precision: str, target: str) -> Path:

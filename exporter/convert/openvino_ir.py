@@ -19,9 +19,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from exporter.files import ensure_writable_dir
-from exporter.runtime import runtime_module
-from exporter.runtime.openvino import converted_model
+from attnvgg_runtime.files import ensure_writable_dir
+from attnvgg_runtime.readers import runtime_module
+from attnvgg_runtime.readers.openvino import converted_model
 from models import ToolchainError
 
 BF16_OPTIONS = {"INFERENCE_PRECISION_HINT": "bf16"}

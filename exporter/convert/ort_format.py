@@ -12,8 +12,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from exporter.files import atomic_path
-from exporter.runtime.onnxruntime import ORT_SAVED_LEVEL
+from attnvgg_runtime.files import atomic_path
+from attnvgg_runtime.readers.onnxruntime import ORT_SAVED_LEVEL
 
 ORT_OPTIMIZATION = getattr(ort.GraphOptimizationLevel, ORT_SAVED_LEVEL)
 

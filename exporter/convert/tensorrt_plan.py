@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.files import atomic_path
-from exporter.runtime.tensorrt import (
+from attnvgg_runtime.files import atomic_path
+from attnvgg_runtime.readers.tensorrt import (
     INPUT_NAME,
     TensorRTUnavailable,
     deserialize,

@@ -11,8 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-from exporter.files import ensure_writable_dir, write_text_atomic
-from exporter.manifest.manifest import read_manifest, served_range, verify_artifacts
+from attnvgg_runtime.files import ensure_writable_dir, write_text_atomic
+from attnvgg_runtime.manifest import read_manifest, served_range, verify_artifacts
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "plan": ("tensorrt_plan", "model.plan"),
              "openvino-ir": ("openvino", "model.xml")}  # openvino is a backend, not a platform

@@ -19,22 +19,22 @@ import torch
 from torch import nn
 
 import models
-from calibration.preprocessing import Preprocessing
-from exporter.console import quiet
-from exporter.files import atomic_path, ensure_writable_dir
-from exporter.graphs.module_map import keep_only_module_map, module_outputs, strip_trace_metadata
-from exporter.manifest.lifecycle import invalidate_verdicts
-from exporter.manifest.manifest import (
+from attnvgg_runtime.files import atomic_path, ensure_writable_dir
+from attnvgg_runtime.manifest import (
     SCHEMA_VERSION,
     artifact_entry,
     sha256_file,
     tool_versions,
     write_manifest,
 )
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from attnvgg_runtime.verify.measures import Comparison, compare
+from calibration.preprocessing import Preprocessing
+from exporter.console import quiet
+from exporter.graphs.module_map import keep_only_module_map, module_outputs, strip_trace_metadata
+from exporter.manifest.lifecycle import invalidate_verdicts
 from exporter.runtime.eager import eager_model, run_torch
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
 from exporter.verify.cases import declared_corners
-from exporter.verify.measures import Comparison, compare
 from models import ConfigError, ToolchainError
 from models.layers import DEFAULT_ATTENTION_BUDGET_BYTES, attention_map_bytes
 

@@ -21,14 +21,14 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
+from attnvgg_runtime.readers import run_batches
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from attnvgg_runtime.verify.accuracy import drop_verdict, verdict_changes
+from attnvgg_runtime.verify.budgets import budget_margin
+from attnvgg_runtime.verify.measures import cosine, metrics, top_k_agreement
 from exporter.graphs.quantize import Int8Target, onnx_to_int8, quantizable_nodes
-from exporter.runtime import run_batches
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
-from exporter.verify.accuracy import drop_verdict, verdict_changes
-from exporter.verify.budgets import budget_margin
 from exporter.verify.cases import ShapeCase
 from exporter.verify.explain import module_errors
-from exporter.verify.measures import cosine, metrics, top_k_agreement
 
 FALLBACK_METRICS = ("margin", "top1", "cosine")
 
@@ -76,7 +76,7 @@ class FallbackGoal:
     times over (``target``) on the tuning images at the opt size and at every corner shape the gate
     checks, so that the gate, on other images and other CPUs' kernels, has room to spare.
     "top1" / "cosine": top-1 agreement with eager, or the lowest per-image cosine (the gate's
-    measures, exporter.verify.measures), on the tuning images at the opt size."""
+    measures, attnvgg_runtime.verify.measures), on the tuning images at the opt size."""
     metric: str
     target: float
     cases: dict[str, ShapeCase]  # tuning images at the shapes the gate checks

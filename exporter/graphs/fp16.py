@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-from exporter.files import atomic_path
+from attnvgg_runtime.files import atomic_path
 from exporter.verify.structure import FP32_OPS
 
 

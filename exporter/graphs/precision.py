@@ -10,6 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
+from attnvgg_runtime.manifest import (
+    artifact_entry,
+    declare_served_ranges,
+    read_manifest,
+    write_manifest,
+)
+from attnvgg_runtime.readers import run_batches
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from attnvgg_runtime.verify.accuracy import drop_verdict
+from attnvgg_runtime.verify.measures import accuracy, compare, metrics
 from calibration.calibrate import DEFAULT_METHOD, calibrate, check_method
 from calibration.data import (
     DEFAULT_COUNTS,
@@ -28,19 +38,10 @@ from exporter.graphs.fallback import FALLBACK_METRICS, FallbackGoal, quantize_wi
 from exporter.graphs.fp16 import onnx_to_fp16
 from exporter.graphs.quantize import Int8Target, QuantizationError
 from exporter.manifest.lifecycle import forget_verdicts
-from exporter.manifest.manifest import (
-    artifact_entry,
-    declare_served_ranges,
-    read_manifest,
-    write_manifest,
-)
-from exporter.runtime import run_batches
 from exporter.runtime.eager import model_from_manifest, run_torch
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
-from exporter.verify.accuracy import drop_verdict
 from exporter.verify.budgets import load_tolerances
 from exporter.verify.cases import shape_cases
-from exporter.verify.measures import accuracy, compare, metrics
+from exporter.verify.structure import activation_type
 from models import ConfigError, ToolchainError
 
 log = logging.getLogger(__name__)
@@ -192,8 +193,9 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
         "fp32-onnx": (fp32, "onnx", "fp32", "any"),
         "fp16-onnx": (fp16, "onnx", "fp16", "tensorrt"),
         "int8-trt-onnx": (root / Int8Target.TENSORRT.filename, "onnx", "int8", "tensorrt", None,
-                          trt_exact),
-        "int8-cpu-onnx": (root / Int8Target.CPU.filename, "onnx", "int8", "onnxruntime-cpu"),
+                          trt_exact, None, activation_type(root / Int8Target.TENSORRT.filename)),
+        "int8-cpu-onnx": (root / Int8Target.CPU.filename, "onnx", "int8", "onnxruntime-cpu", None,
+                          None, None, activation_type(root / Int8Target.CPU.filename)),
         "fp32-ort": (ort_fp32, "ort", "fp32", "onnxruntime-cpu", None, None, fp32),
         "int8-cpu-ort": (ort_int8, "ort", "int8", "onnxruntime-cpu", None, None,
                          root / Int8Target.CPU.filename),

@@ -10,7 +10,7 @@
   (docs/precision.md, "int8 on CPUs without VNNI").
 Both come from the same cached ranges, so calibration runs once per model and data. The TensorRT
 graph keeps 8-bit weights (TensorRT sums exactly); ONNX Runtime reads it exactly with
-exporter.runtime.cpu.EXACT_INT8.
+attnvgg_runtime.readers.cpu.EXACT_INT8.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 import onnx
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+from attnvgg_runtime.files import atomic_path
+from attnvgg_runtime.readers.cpu import EXACT_INT8
 from calibration.calibrate import METHODS, QUANTIZED_OP_TYPES, CalibrationResult
 from exporter.console import quiet
-from exporter.files import atomic_path
 from exporter.graphs.module_map import keep_only_module_map
-from exporter.runtime.cpu import EXACT_INT8
 from exporter.verify.structure import tensorrt_qdq_violations
 from models import ToolchainError
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exporter.manifest.manifest import write_manifest
+from attnvgg_runtime.manifest import write_manifest
 
 # files derived from the artifacts' bytes (the gate's, the self-test's, the bench's, the report)
 DERIVED_FILES = ("parity.json", "parity.junit.xml", "explain.json", "selftest.json", "bench.json",

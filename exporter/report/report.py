@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.files import atomic_path, write_text_atomic
-from exporter.manifest.manifest import read_manifest, write_manifest
+from attnvgg_runtime.files import atomic_path, write_text_atomic
+from attnvgg_runtime.manifest import read_manifest, write_manifest
+from attnvgg_runtime.probe import class_of
 
 ERRORS_PNG, LATENCY_PNG = "parity-errors.png", "bench-latency.png"
 MODULES_PNG, ACCURACY_PNG = "explain-modules.png", "accuracy-drop.png"
@@ -312,8 +313,9 @@ def format_recommendation(bench: dict) -> str:
                          f"{r['speedup_vs_eager']:.2f} |")
     lines += ["", "This is a measurement on the machine that ran `make bench`, not a property of "
               "the artifacts: which runtime is fastest depends on the CPU's kernels. On the "
-              "target box, run `make bench` on a copy of the build, or, without torch, "
-              "`python consumer/classify.py manifest.json --bench` (docs/edge.md)."]
+              "target box, run `attnvgg-runtime bench manifest.json` (no torch; "
+              "`attnvgg-runtime classify` then chooses by it) or `make bench` on a copy of the "
+              "build (docs/edge.md)."]
     return "\n".join(lines)
 
 
@@ -353,10 +355,58 @@ def format_fallback(calibration: dict) -> list[str]:
     return lines
 
 
+
+
+
+def _summary_section(manifest: dict, parity: dict | None, bench: dict | None) -> list[str]:
+    """One screen first: per target, what to ship (the fastest artifact at batch 1 that passed
+    the gate), its verdict and margin, its speed against eager, and what was not verified here."""
+    cpu = (parity or bench or {}).get("cpu", {})
+    here = f"{cpu.get('model', 'an unrecorded CPU')} ({class_of(cpu)})" if cpu else "no machine yet"
+    lines = ["## What to ship", "",
+             f"Built and checked on {here}. Per target: the fastest artifact at batch 1 that passed "
+             f"the gate for its bytes; margin is the tightest of its checks, budget / measured.", "",
+             "| target | ship | gate here | margin | p50 ms, batch 1 | x eager | not verified here |",
+             "|---|---|---|---|---|---|---|"]
+    verdicts = {(a["path"], a["reader"]): a for a in (parity or {}).get("artifacts", [])}
+    recommended = ((bench or {}).get("recommended") or {}).get("1", {})
+    for target in TARGET_NAMES:
+        chosen = recommended.get(target)
+        if target == "tensorrt" and not any(a["format"] == "plan" for a in manifest["artifacts"]):
+            lines.append(f"| {TARGET_NAMES[target]} | no plan built: no NVIDIA GPU and tensorrt here | | "
+                         f"| | | the plans: build on the GPU box (`make engine`), then `attnvgg-runtime "
+                         f"verify` there (docs/tensorrt.md) |")
+            continue
+        if chosen is None:
+            why = ("`make bench` has not run" if bench is None else
+                   "`make parity` has not run" if parity is None else "nothing passed the gate")
+            lines.append(f"| {TARGET_NAMES[target]} | none: {why} | | | | | |")
+            continue
+        verdict = verdicts.get((chosen["artifact"], chosen["row"].split(" ")[0]), {})
+        margin = verdict.get("margin")
+        others = ("other box classes (ARM, x86 with and without VNNI): `attnvgg-runtime verify` "
+                  "on the box; stored runs in docs/edge.md" if target == "onnxruntime-cpu" else
+                  "other Intel CPUs: `attnvgg-runtime verify` on the box" if target == "openvino-cpu"
+                  else "")
+        lines.append(f"| {TARGET_NAMES[target]} | {chosen['artifact']} ({chosen['precision']}) | "
+                     f"{'passed' if verdict.get('passed') else 'FAILED'} | "
+                     f"{f'{margin:.3g}' if margin is not None else ''} | {chosen['p50_ms']:.1f} | "
+                     f"{chosen['speedup_vs_eager']:.2f} | {others} |")
+    unverified = (parity or {}).get("not_verified") or []
+    if unverified:
+        lines += ["", "Not verified on this machine (it cannot compute them): "
+                  + "; ".join(f"{u}" for u in unverified) + "."]
+    return lines + ["", "The full tables follow.", ""]
+
+
 def write_report(root: Path) -> Path:
     manifest_path = root / "manifest.json"
     manifest = read_manifest(manifest_path)
+    parity = json.loads((root / "parity.json").read_text()) if (root / "parity.json").is_file() else None
+    bench = json.loads((root / "bench.json").read_text()) if (root / "bench.json").is_file() else None
     lines = [f"# {manifest['variant']}: deployment report", "",
+             *_summary_section(manifest, parity, bench),
+             "## Artifacts", "",
              f"Weights: {manifest['weights']}. Input `{manifest['input']['name']}` "
              f"{manifest['input']['shape']}, declared ranges "
              + ", ".join(f"{k} {v['min']}-{v['max']} (opt {v['opt']})"
@@ -367,8 +417,7 @@ def write_report(root: Path) -> Path:
     lines.append("")
     if manifest.get("calibration", {}).get("fallback"):
         lines += format_fallback(manifest["calibration"])
-    if (root / "parity.json").is_file():
-        parity = json.loads((root / "parity.json").read_text())
+    if parity is not None:
         if parity.get("error_histograms"):
             plot_error_histograms(root / ERRORS_PNG, parity["error_histograms"])
         lines += _parity_section(parity)
@@ -383,8 +432,7 @@ def write_report(root: Path) -> Path:
             lines += _explain_section(explain)
     if (root / "selftest.json").is_file():
         lines += _selftest_section(json.loads((root / "selftest.json").read_text()))
-    if (root / "bench.json").is_file():
-        bench = json.loads((root / "bench.json").read_text())
+    if bench is not None:
         lines += ["## Speed", "", f"Input {bench['input'][0]}x{bench['input'][1]}, "
                   f"{bench['threads']} threads. {describe_limits(bench)}", "", format_bench(bench), "",
                   "### Recommended", "", format_recommendation(bench), "",

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 import models
-from calibration.hashing import sha256_file
-from exporter.manifest.manifest import ManifestError
-from exporter.runtime import Runner
+from attnvgg_runtime.files import sha256_file
+from attnvgg_runtime.manifest import ManifestError
+from attnvgg_runtime.readers import Runner
 
 
 def eager_runner(model: nn.Module, bf16: bool = False, compiled: bool = False) -> Runner:

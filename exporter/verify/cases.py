@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnvgg_runtime.manifest import ManifestError, int8_min_side
 from calibration.data import ImageSet, SplitCounts, load_data_split, resize_images
 from calibration.preprocessing import Preprocessing
-from exporter.manifest.manifest import ManifestError, int8_min_side
 
 
 def declared_corners(dynamic: dict) -> list[tuple[int, int, int]]:

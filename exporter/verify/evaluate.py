@@ -1,7 +1,7 @@
 """The gate's accuracy check on EVAL_DIR, the user's labelled images: eager fp32 once, then each
 artifact with the runner the gate already loaded for it, streamed over the set a batch at a time
 and judged by its paired drop against eager with an exact 95% interval
-(exporter.verify.accuracy)."""
+(attnvgg_runtime.verify.accuracy)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from attnvgg_runtime.verify.accuracy import class_moves, judge_drop
 from calibration.evaluation import EvalSet, load_eval_set
 from calibration.preprocessing import Preprocessing
 from exporter.runtime.eager import run_torch
-from exporter.verify.accuracy import class_moves, judge_drop
 
 EVAL_BATCH = 32
 

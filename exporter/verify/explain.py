@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from exporter.files import write_text_atomic
-from exporter.manifest.manifest import read_manifest, verify_artifacts
+from attnvgg_runtime.files import write_text_atomic
+from attnvgg_runtime.manifest import read_manifest, verify_artifacts
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from attnvgg_runtime.verify.measures import RelativeL2
 from exporter.report.report import format_module_errors
 from exporter.runtime.eager import model_from_manifest, module_outputs
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
 from exporter.verify.cases import heldout_images
-from exporter.verify.measures import RelativeL2
 from models import ToolchainError
 
 if TYPE_CHECKING:

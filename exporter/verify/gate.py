@@ -15,21 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
+from attnvgg_runtime.files import atomic_path, write_text_atomic
+from attnvgg_runtime.manifest import INT8_MIN_SIDE, read_manifest, verify_artifacts, write_manifest
+from attnvgg_runtime.readers import run_batches
+from attnvgg_runtime.readers.cpu import cpu_identity
+from attnvgg_runtime.readers.emulated import emulated_cpu
+from attnvgg_runtime.verify.check import ArtifactParity, Case, check_artifact
+from attnvgg_runtime.verify.golden import write_golden
 from calibration.data import NOISE
-from exporter.files import atomic_path, write_text_atomic
 from exporter.manifest.lifecycle import invalidate_recommendation, recommendation_still_passes
-from exporter.manifest.manifest import INT8_MIN_SIDE, read_manifest, verify_artifacts, write_manifest
 from exporter.report.report import write_report
-from exporter.runtime import run_batches
-from exporter.runtime.cpu import cpu_identity
 from exporter.runtime.eager import model_from_manifest, run_torch
-from exporter.runtime.emulated import emulated_cpu
 from exporter.verify.budgets import changed_budgets, load_tolerances
 from exporter.verify.cases import ShapeCase, heldout_images, shape_cases
-from exporter.verify.check import ArtifactParity, Case, check_artifact
 from exporter.verify.evaluate import eager_on_labels, judge_on_labels
 from exporter.verify.explain import EXPLAIN_IMAGES, first_past, module_errors, write_explain_json
-from exporter.verify.golden import write_golden
 from exporter.verify.structure import static_violations
 from models import ConfigError
 
@@ -129,7 +129,8 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
     if changed:
         log(f"budgets from {tolerances} that differ from the defaults: {'; '.join(changed)}")
     if emulated_cpu():
-        log(f"readers run as an emulated {emulated_cpu()} CPU (qemu-x86_64; exporter.runtime.emulated)")
+        log(f"readers run as an emulated {emulated_cpu()} CPU (qemu-x86_64; "
+            f"attnvgg_runtime.readers.emulated)")
     log(f"parity against eager PyTorch fp32 on {len(heldout)} held-out images from "
         f"{heldout.distinct_sources()} distinct sources ({heldout.source}; "
         f"never used for calibration or tuning) and at {len(cases) - 1} corner shapes "

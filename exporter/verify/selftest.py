@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from exporter.files import write_text_atomic
-from exporter.manifest.manifest import read_manifest, sha256_file, verify_artifacts, write_manifest
+from attnvgg_runtime.files import write_text_atomic
+from attnvgg_runtime.manifest import read_manifest, sha256_file, verify_artifacts, write_manifest
 from exporter.report.report import write_report
 from exporter.verify.gate import run_parity
 from models import ToolchainError
@@ -166,6 +166,8 @@ def planted_copy(root: Path, bug: Bug | None, folder: Path) -> tuple[Path, str]:
     # run in bf16
     files = {a["path"] for a in manifest["artifacts"]}
     files |= {a["weights"]["path"] for a in manifest["artifacts"] if "weights" in a}
+    # and the golden I/O, so that a box's verify runs on the copy too (tests/test_box.py, make test-arm)
+    files |= {manifest["golden"][k]["path"] for k in ("inputs", "outputs") if manifest.get("golden")}
     entry = next((a for a in manifest["artifacts"] if bug and a["path"] == bug.artifact), None)
     record = entry and (entry["weights"] if "weights" in entry else entry)  # the file planted
     for path in sorted(files - {record and record["path"]}):
@@ -189,6 +191,21 @@ def planted_copy(root: Path, bug: Bug | None, folder: Path) -> tuple[Path, str]:
     record["bytes"] = planted.stat().st_size
     write_manifest(folder / "manifest.json", manifest)
     return folder / "manifest.json", where
+
+
+def write_planted_copy(manifest_path: Path, name: str, folder: Path, log=print) -> Path:
+    """A copy of the build in ``folder`` (a new folder) with the bug called ``name`` planted and
+    the manifest rehashed, as a careless rebuild would leave it: for a box's verify to catch."""
+    bug = next((b for b in BUGS if b.name == name), None)
+    if bug is None:
+        raise SelfTestError(f"no planted bug called {name!r}; known: {', '.join(b.name for b in BUGS)}")
+    folder = Path(folder)
+    if folder.exists():
+        raise SelfTestError(f"{folder} exists; give a new folder for the planted copy")
+    folder.mkdir(parents=True)
+    copy, where = planted_copy(Path(manifest_path).parent, bug, folder)
+    log(f"planted {bug.name!r} into {bug.artifact} ({where}): {copy}")
+    return copy
 
 
 def _gate_copy(root: Path, bug: Bug | None, artifacts: set[str],

@@ -1,5 +1,5 @@
 """A test double of the tensorrt 11 Python module: the calls exporter.convert.tensorrt_plan and
-exporter.runtime.tensorrt make, recorded, with the failure modes it must handle (parser errors,
+attnvgg_runtime.readers.tensorrt make, recorded, with the failure modes it must handle (parser errors,
 plans that do not load).
 
 It checks the API is used the TensorRT 11 way: create_network without flags (strongly typed is
@@ -244,7 +244,7 @@ def _host_view(address: int, shape: tuple) -> np.ndarray:
 
 
 class HostBuffers:
-    """exporter.runtime.tensorrt.CudaBuffers on host memory, with a recognizable stream handle."""
+    """attnvgg_runtime.readers.tensorrt.CudaBuffers on host memory, with a recognizable stream handle."""
 
     stream_handle = 0x5EED  # not 0: the runner must not use the legacy default stream
 

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
+from attnvgg_runtime.manifest import ManifestError, read_manifest, sha256_file, verify_artifacts
+from attnvgg_runtime.readers.cpu import openvino_has_bf16
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from attnvgg_runtime.readers.openvino import OpenVinoRunner
 from exporter.bench.bench import Row
 from exporter.bench.recommend import recommend
-from exporter.manifest.manifest import ManifestError, read_manifest, sha256_file, verify_artifacts
-from exporter.runtime.cpu import openvino_has_bf16
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
-from exporter.runtime.openvino import OpenVinoRunner
 from exporter.verify.gate import run_parity
 from tests.conftest import copy_build
 
@@ -58,7 +58,7 @@ def test_the_int8_ir_is_the_u8s8_graph_that_every_x86_cpu_computes_alike(engines
 
 def test_without_vnni_or_bf16_the_gate_skips_only_what_this_cpu_cannot_compute(
         engines_build, tmp_path, monkeypatch):
-    from exporter.verify import readers
+    from attnvgg_runtime.verify import readers
 
     monkeypatch.setattr(readers, "openvino_int8_has_vnni", lambda: False)
     monkeypatch.setattr(readers, "openvino_has_bf16", lambda: False)
@@ -136,7 +136,7 @@ def test_rows_within_five_percent_of_the_fastest_are_named_as_a_tie():
 
 
 def test_consumer_runs_the_ir_it_picks_and_matches_openvino(engines_build, tmp_path):
-    from consumer import classify
+    from attnvgg_runtime import classify
 
     root = copy_build(engines_build, tmp_path)
     # the consumer runs only what the gate passed for its bytes
@@ -159,4 +159,5 @@ def test_consumer_runs_the_ir_it_picks_and_matches_openvino(engines_build, tmp_p
     manifest["bench"] = {"recommended": {"1": {"openvino-cpu": {
         "artifact": "engines/openvino/model.fp32.xml", "precision": "fp32"}}}}
     (root / "manifest.json").write_text(json.dumps(manifest))
-    assert classify.pick_artifact(manifest, None, "openvino")["precision"] == "fp32"
+    choice = classify.choose(root / "manifest.json", manifest, "openvino")
+    assert choice.artifact["precision"] == "fp32" and "the build's recommendation" in choice.why

@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
+from attnvgg_runtime.readers import tensorrt as te
 from exporter.convert import tensorrt_plan as plan
-from exporter.runtime import tensorrt as te
 
 from .fake_tensorrt import FakeTensorRT, HostBuffers
 
@@ -27,7 +27,7 @@ def test_importing_the_exporter_does_not_need_tensorrt():
 
     code = ("import sys; sys.modules['tensorrt'] = None\n"  # any `import tensorrt` now fails
             "import exporter.cli, exporter.convert.engines, exporter.convert.tensorrt_plan, "
-            "exporter.runtime.tensorrt, exporter.verify.gate, exporter.bench.bench, "
+            "attnvgg_runtime.readers.tensorrt, exporter.verify.gate, exporter.bench.bench, "
             "exporter.convert.triton\nprint('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
@@ -180,12 +180,12 @@ def test_real_engine_builds_runs_and_matches_eager(exported, precision, tmp_path
     _require_tensorrt_gpu()
     import json
 
+    from attnvgg_runtime.verify.measures import compare
     from calibration.calibrate import calibrate
     from calibration.data import ImageSet
     from exporter.graphs.fp16 import onnx_to_fp16
     from exporter.graphs.quantize import Int8Target, onnx_to_int8
     from exporter.runtime.eager import model_from_manifest, run_torch
-    from exporter.verify.measures import compare
 
     manifest_path = exported("se")
     manifest = json.loads(manifest_path.read_text())
@@ -279,7 +279,7 @@ def test_the_backend_stamp_follows_what_auto_would_choose(monkeypatch):
     import importlib.util
     import os
 
-    from exporter.runtime import gpu_probe
+    from attnvgg_runtime.readers import gpu_probe
 
     assert gpu_probe.probable_backend("ort") == "ort"
     assert gpu_probe.probable_backend("tensorrt") == "tensorrt"

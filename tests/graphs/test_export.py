@@ -8,7 +8,10 @@ from onnx import numpy_helper
 from torch import nn
 
 import models
-from exporter.files import OutputError
+from attnvgg_runtime.files import OutputError
+from attnvgg_runtime.manifest import sha256_file
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from attnvgg_runtime.verify.measures import compare
 from exporter.graphs import export as export_stage
 from exporter.graphs.export import (
     EXPORT_TOLERANCE,
@@ -21,10 +24,7 @@ from exporter.graphs.export import (
     image_range,
     verification_shapes,
 )
-from exporter.manifest.manifest import sha256_file
 from exporter.runtime.eager import model_from_manifest, run_torch
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
-from exporter.verify.measures import compare
 from tests.conftest import tiny_config
 
 
@@ -238,10 +238,10 @@ def test_full_size_se_exports_and_verifies(tmp_path):
     assert sorted(p.name for p in (tmp_path / "se").iterdir()) == ["manifest.json", "model.onnx"]
     # The fp16 graph of the full-size model, read by both runtimes (docs/precision.md: OpenVINO
     # read it 200x further from eager before the pool's bins became integer arithmetic).
+    from attnvgg_runtime.readers.openvino import OpenVinoRunner
+    from attnvgg_runtime.verify.measures import metrics
     from exporter.graphs.fp16 import onnx_to_fp16
-    from exporter.runtime.openvino import OpenVinoRunner
     from exporter.verify.budgets import load_tolerances
-    from exporter.verify.measures import metrics
 
     fp16 = onnx_to_fp16(tmp_path / "se" / "model.onnx", tmp_path / "se" / "model.fp16.onnx")
     model = model_from_manifest(manifest)
@@ -262,7 +262,7 @@ def test_export_with_opt_size_32_stays_dynamic(tmp_path):
 
 
 def test_a_checkpoint_changed_after_the_build_is_refused(tmp_path):
-    from exporter.manifest.manifest import ManifestError
+    from attnvgg_runtime.manifest import ManifestError
 
     path = models.save_checkpoint(build_model(tiny_config("se"))[0], tmp_path / "se.pt", "se", 10,
                                   0.125)

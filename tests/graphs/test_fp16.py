@@ -2,12 +2,12 @@ import numpy as np
 import onnx
 import pytest
 
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from attnvgg_runtime.verify.measures import compare
 from exporter.console import quiet
 from exporter.graphs.export import build_model
 from exporter.graphs.fp16 import onnx_to_fp16
 from exporter.runtime.eager import run_torch
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
-from exporter.verify.measures import compare
 from exporter.verify.structure import FP32_OPS
 from models.layers import LinearAttention
 from tests.conftest import tiny_config
@@ -35,9 +35,9 @@ def test_fp16_graph_is_finite_and_close_at_the_largest_declared_size(exported, v
 def test_both_readers_compute_the_fp16_graph_within_its_budget(exported, variant, tmp_path):
     """ONNX Runtime and OpenVINO read the same fp16 graph; both must be within the fp16 budget
     of eager at shapes where the adaptive pool's bins are uneven (3x10 and 2x14 feature maps)."""
-    from exporter.runtime.openvino import OpenVinoRunner
+    from attnvgg_runtime.readers.openvino import OpenVinoRunner
+    from attnvgg_runtime.verify.measures import metrics
     from exporter.verify.budgets import load_tolerances
-    from exporter.verify.measures import metrics
 
     fp16 = onnx_to_fp16(exported(variant).parent / "model.onnx", tmp_path / "model.fp16.onnx")
     model = build_model(tiny_config(variant))[0]

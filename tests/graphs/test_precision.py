@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from attnvgg_runtime.manifest import FORMATS, PRECISIONS, TARGETS, sha256_file
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from benchmarks import digits
 from benchmarks.planted_bugs import scale_range
 from exporter.graphs.precision import FP16_TOLERANCE, build_precision_graphs
 from exporter.graphs.quantize import quantizable_nodes
-from exporter.manifest.manifest import FORMATS, PRECISIONS, TARGETS, sha256_file
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
 from exporter.verify.budgets import load_tolerances
 from tests.conftest import copy_build
 
@@ -163,8 +163,8 @@ def test_the_fallback_aims_at_accuracy_where_the_tuning_images_have_labels(digit
     fixture: no margin at all."""
     from dataclasses import replace
 
+    from attnvgg_runtime.verify.accuracy import drop_verdict
     from exporter.report.report import format_fallback
-    from exporter.verify.accuracy import drop_verdict
 
     root = copy_build(digits_build.manifest.parent, tmp_path)
     scale_range(root, "max_pool2d_3", 0.03)  # the input of features.28

@@ -4,13 +4,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from attnvgg_runtime.readers import run_batches
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from calibration.calibrate import calibrate
 from calibration.data import ImageSet
 from exporter.graphs.export import build_model
 from exporter.graphs.fallback import FallbackGoal, quantize_with_fallback
 from exporter.graphs.quantize import Int8Target, onnx_to_int8, quantizable_nodes
-from exporter.runtime import run_batches
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
 from exporter.verify.budgets import load_tolerances
 from exporter.verify.cases import ShapeCase
 from exporter.verify.structure import qdq_types, tensorrt_qdq_violations, weights_past_seven_bits

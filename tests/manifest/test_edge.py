@@ -1,5 +1,5 @@
-"""What runtimes on other machines consume: the manifest contract, the reference consumer,
-the Triton repository."""
+"""What runtimes on other machines consume: the manifest contract, the box-side classifier
+(attnvgg_runtime.classify), the Triton repository."""
 
 import importlib.resources
 import json
@@ -13,11 +13,8 @@ import pytest
 from google.protobuf import text_format
 from PIL import Image
 
-from calibration.data import load_image
-from calibration.preprocessing import Preprocessing
-from consumer import classify
-from exporter.convert.triton import manifest_to_triton
-from exporter.manifest.manifest import (
+from attnvgg_runtime import classify
+from attnvgg_runtime.manifest import (
     SCHEMA_VERSION,
     ManifestError,
     read_manifest,
@@ -25,8 +22,11 @@ from exporter.manifest.manifest import (
     validate_manifest,
     write_manifest,
 )
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from calibration.data import load_image
+from calibration.preprocessing import Preprocessing
+from exporter.convert.triton import manifest_to_triton
 from exporter.runtime.eager import model_from_manifest, run_torch
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
 from exporter.verify.gate import run_parity
 from tests.conftest import copy_build
 
@@ -61,7 +61,7 @@ def test_a_schema_1_0_manifest_stays_readable(precision_build, tmp_path):
 
 
 def test_schema_is_documented_field_by_field():
-    schema = json.loads((importlib.resources.files("exporter.manifest") / "schema.json").read_text())
+    schema = json.loads((importlib.resources.files("attnvgg_runtime") / "schema.json").read_text())
     doc = (REPO / "docs" / "manifest.md").read_text()
     for field in schema["properties"]:
         assert f"`{field}`" in doc, f"docs/manifest.md does not document {field}"
@@ -143,9 +143,7 @@ def test_consumer_computes_what_the_toolchain_computes(digits_manifest, digit_fi
 
 def test_consumer_cli_prints_top5_and_refuses_an_edited_artifact(digits_manifest, digit_files,
                                                                  tmp_path):
-    script = REPO / "consumer" / "classify.py"
-    ok = subprocess.run([sys.executable, str(script), str(digits_manifest), str(digit_files[0])],
-                        capture_output=True, text=True, timeout=120)
+    ok = _consume(digits_manifest, digit_files[0])
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.count("digit ") == 5
     root = tmp_path / "copy"
@@ -153,17 +151,33 @@ def test_consumer_cli_prints_top5_and_refuses_an_edited_artifact(digits_manifest
     with open(root / "engines" / "ort" / "model.fp32.ort", "r+b") as f:
         f.seek(100)
         f.write(b"\x01\x02")
-    bad = subprocess.run([sys.executable, str(script), str(root / "manifest.json"),
-                          str(digit_files[0])], capture_output=True, text=True, timeout=120)
+    bad = _consume(root / "manifest.json", digit_files[0])
     assert bad.returncode == 2 and "does not match the sha256" in bad.stderr
 
 
-def test_consumer_imports_nothing_but_numpy_pillow_onnxruntime():
-    source = (REPO / "consumer" / "classify.py").read_text()
-    imports = {line.split()[1].split(".")[0] for line in source.splitlines()
-               if line.startswith(("import ", "from ")) and not line.startswith("from __future__")}
-    assert imports <= {"argparse", "base64", "functools", "hashlib", "json", "sys", "pathlib",
-                       "numpy", "PIL", "onnxruntime"}
+def test_the_box_package_imports_nothing_but_numpy_pillow_and_the_runtimes():
+    """Read from the source with ast: every import in box/attnvgg_runtime is the standard library,
+    numpy, PIL, a runtime, or the package itself; at module level, only the first three and the
+    package (tests/test_box.py installs its wheel where torch is not installed, and runs it)."""
+    import ast
+
+    base = {"numpy", "PIL", "attnvgg_runtime", "__future__"} | set(sys.stdlib_module_names)
+    # imported on first use only: the runtimes; torch by the TensorRT reader (its extra: CUDA
+    # buffers); polygraphy and jsonschema where golden I/O and manifests are written (the build)
+    deferred = {"onnxruntime", "openvino", "tensorrt", "torch", "polygraphy", "jsonschema"}
+    found: dict[str, set[str]] = {}
+    for path in (REPO / "box" / "attnvgg_runtime").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                root = name.split(".")[0]
+                allowed = base if id(node) in top else base | deferred
+                if root not in allowed:
+                    found.setdefault(root, set()).add(path.name)
+    assert found == {}
 
 
 def test_triton_repository_parses_and_matches_the_manifest(engines_build, tmp_path):
@@ -202,7 +216,7 @@ def test_triton_repository_parses_and_matches_the_manifest(engines_build, tmp_pa
 
 
 def _consume(manifest: Path, image: Path, *flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "consumer" / "classify.py"), str(manifest),
+    return subprocess.run([sys.executable, "-m", "attnvgg_runtime", "classify", str(manifest),
                            str(image), *flags], capture_output=True, text=True, timeout=120)
 
 
@@ -242,7 +256,7 @@ def test_consumer_refuses_bytes_other_than_those_the_gate_judged(digits_manifest
 
 
 def test_int8_min_side_profile_and_triton_range_come_from_one_rule():
-    from exporter.manifest.manifest import declare_served_ranges, served_range
+    from attnvgg_runtime.manifest import declare_served_ranges, served_range
 
     def side(lo, opt, hi):
         return {"min": lo, "opt": opt, "max": hi, "multiple_of": 32}

@@ -4,10 +4,10 @@ passed for the bytes listed now."""
 
 import json
 
+from attnvgg_runtime.manifest import read_manifest, write_manifest
 from exporter.bench.recommend import gate_passed
 from exporter.convert.engines import build_engines
 from exporter.manifest.lifecycle import DERIVED_FILES, passing_verdict
-from exporter.manifest.manifest import read_manifest, write_manifest
 from exporter.verify.gate import run_parity
 from tests.conftest import copy_build
 

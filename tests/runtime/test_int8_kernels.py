@@ -12,19 +12,20 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from consumer import classify
-from exporter.manifest.manifest import read_manifest
-from exporter.runtime import run_batches
-from exporter.runtime.cpu import (
+from attnvgg_runtime import classify
+from attnvgg_runtime.manifest import read_manifest
+from attnvgg_runtime.readers import run_batches
+from attnvgg_runtime.readers.cpu import (
     EXACT_INT8,
+    PROBE_DEPTH,
     PROBE_EXACT,
+    SATURATION_PROBE,
     cpu_model_and_flags,
     int8_products_saturate,
     run_saturation_probe,
-    saturation_probe_model,
 )
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
-from exporter.runtime.openvino import OpenVinoRunner
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from attnvgg_runtime.readers.openvino import OpenVinoRunner
 from exporter.verify.structure import weights_past_seven_bits
 
 pytestmark = pytest.mark.kernels
@@ -43,10 +44,20 @@ def test_the_probe_saturates_exactly_where_the_cpu_has_no_int8_dot_product():
     assert run_saturation_probe(EXACT_INT8) == PROBE_EXACT  # the recorded option makes it exact
 
 
-def test_the_consumer_carries_the_same_probe():
-    assert classify.INT8_PROBE == saturation_probe_model()
-    assert classify.INT8_PROBE_EXACT == PROBE_EXACT
-    assert classify.int8_products_saturate() == int8_products_saturate()
+def test_the_carried_probe_is_the_graph_it_describes():
+    """The box carries the probe as bytes (no onnx there): they are this graph, built by onnx."""
+    from onnx import TensorProto, helper
+
+    weights = helper.make_tensor("b", TensorProto.INT8, [PROBE_DEPTH, 1],
+                                 np.full(PROBE_DEPTH, 127, np.int8).tobytes(), raw=True)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_saturation_probe",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, PROBE_DEPTH])],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, [1, 1])], initializer=[weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                              producer_name="attnvgg-export")
+    model.ir_version = 8  # onnx 1.23 stamps 14; ONNX Runtime 1.31 reads up to 13
+    assert SATURATION_PROBE == model.SerializeToString()
 
 
 def qdq_reference(path) -> ort.InferenceSession:

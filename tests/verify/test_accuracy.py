@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attnvgg_runtime.verify.accuracy import class_moves, drop_interval, judge_drop
 from calibration.errors import CalibrationDataError
 from calibration.evaluation import load_eval_set
 from calibration.preprocessing import Preprocessing
-from exporter.verify.accuracy import class_moves, drop_interval, judge_drop
 
 PRE = Preprocessing.for_size(32, 32)
 
@@ -38,7 +38,7 @@ def test_no_discordant_image_is_an_exact_zero_drop():
 def test_clopper_pearson_matches_its_closed_forms_and_scipy():
     from scipy.stats import binomtest
 
-    from exporter.verify.accuracy import clopper_pearson
+    from attnvgg_runtime.verify.accuracy import clopper_pearson
 
     assert clopper_pearson(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10), abs=1e-9)
     assert clopper_pearson(10, 10)[0] == pytest.approx(0.025 ** (1 / 10), abs=1e-9)
@@ -182,7 +182,7 @@ def test_a_drop_the_images_cannot_resolve_is_reported_and_fails_only_when_strict
     breach: a drop within budget by its point estimate whose interval the images cannot resolve
     is reported (with the images that would resolve it), and fails under STRICT_ACCURACY only; a
     point estimate over budget fails either way."""
-    from exporter.verify.check import ArtifactParity
+    from attnvgg_runtime.verify.check import ArtifactParity
     from exporter.verify.evaluate import LabelledReference, judge_on_labels
 
     def judged(lost: int, gained: int, strict: bool) -> ArtifactParity:
@@ -203,8 +203,8 @@ def test_a_drop_the_images_cannot_resolve_is_reported_and_fails_only_when_strict
 
 
 def test_the_held_out_accuracy_fails_the_gate_only_with_confidence():
-    from exporter.verify.budgets import breaches
-    from exporter.verify.measures import metrics
+    from attnvgg_runtime.verify.budgets import breaches
+    from attnvgg_runtime.verify.measures import metrics
 
     budget = {"accuracy_drop_max": 0.01}
     artifact, eager, labels = _paired(64, lost=1, gained=0)  # 1.56 points on one image

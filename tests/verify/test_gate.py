@@ -10,13 +10,14 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from attnvgg_runtime.manifest import ManifestError, read_manifest, sha256_file, write_manifest
+from attnvgg_runtime.readers.cpu import openvino_int8_has_vnni
+from attnvgg_runtime.verify.budgets import breaches, budget_margin, resolvable
+from attnvgg_runtime.verify.measures import metrics
 from exporter.cli import main
-from exporter.manifest.manifest import ManifestError, read_manifest, sha256_file, write_manifest
-from exporter.runtime.cpu import openvino_int8_has_vnni
-from exporter.verify.budgets import breaches, budget_margin, load_tolerances, resolvable
+from exporter.verify.budgets import load_tolerances
 from exporter.verify.cases import shape_cases
 from exporter.verify.gate import run_parity
-from exporter.verify.measures import metrics
 from models import ConfigError
 from tests.conftest import copy_build
 
@@ -127,7 +128,7 @@ def test_gate_fails_an_fp16_graph_with_one_weight_x105(precision_build, tmp_path
 @pytest.mark.parametrize("vnni", [True, False])
 def test_an_artifact_that_does_not_load_fails_the_gate(precision_build, tmp_path, capsys, path,
                                                        vnni, monkeypatch):
-    from exporter.verify import readers
+    from attnvgg_runtime.verify import readers
 
     monkeypatch.setattr(readers, "openvino_int8_has_vnni", lambda: vnni)  # both paths, any CPU
     root = copy_build(precision_build, tmp_path)
@@ -142,7 +143,7 @@ def test_an_artifact_that_does_not_load_fails_the_gate(precision_build, tmp_path
 
 def _with_a_plan(precision_build, tmp_path, built_on: str | None = None):
     """A build listing an int8 plan; ``built_on``: the host that built it (backend tensorrt)."""
-    from exporter.manifest.manifest import artifact_entry
+    from attnvgg_runtime.manifest import artifact_entry
 
     root = copy_build(precision_build, tmp_path)
     (root / "engines" / "trt").mkdir(parents=True)
@@ -361,7 +362,7 @@ def test_one_bad_image_does_not_hide_in_the_aggregate():
 
 
 def test_readers_that_disagree_are_reported_as_such():
-    from exporter.verify.check import ArtifactParity, reader_disagreement
+    from attnvgg_runtime.verify.check import ArtifactParity, reader_disagreement
 
     def readers(precision: str, error: float = 0.0) -> list[ArtifactParity]:
         return [ArtifactParity("model.onnx", precision, r, cases={"heldout": {"rel_l2": error}})
@@ -387,7 +388,7 @@ def test_readers_that_disagree_are_reported_as_such():
 
 
 def test_a_converted_artifact_is_held_to_its_conversion_redone_and_to_its_source():
-    from exporter.verify.check import ArtifactParity, derived_difference
+    from attnvgg_runtime.verify.check import ArtifactParity, derived_difference
 
     logits = np.random.default_rng(0).standard_normal((8, 10))
     budget = load_tolerances("se")["int8"]

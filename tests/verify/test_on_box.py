@@ -1,5 +1,5 @@
 """The proof travels with the build: golden I/O in Polygraphy's format, checked by `polygraphy run`
-and by `consumer/classify.py --verify` on this box's kernels, without torch."""
+and by `attnvgg-runtime verify` on this box's kernels, without torch."""
 
 import json
 import shutil
@@ -9,28 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from exporter.manifest.manifest import read_manifest
-from exporter.verify.gate import run_parity
-from exporter.verify.golden import OPT_IMAGES, read_golden
+from attnvgg_runtime.manifest import read_manifest
+from attnvgg_runtime.verify.golden import OPT_IMAGES, read_golden
 from tests.conftest import copy_build
 from tests.verify.test_gate import _scale_initializer
 
 REPO = Path(__file__).resolve().parents[2]
 NO_TORCH = ("import runpy, sys\n"
             "for name in ('torch', 'torchvision'): sys.modules[name] = None  # as on a box without it\n"
-            "sys.argv = ['classify.py', *sys.argv[1:]]\n"
-            f"runpy.run_path({str(REPO / 'consumer' / 'classify.py')!r}, run_name='__main__')\n")
-
-
-@pytest.fixture(scope="module")
-def gated_build(engines_build, tmp_path_factory):
-    root = copy_build(engines_build, tmp_path_factory.mktemp("gated"))
-    assert run_parity(root / "manifest.json", log=lambda *_: None).passed
-    return root
+            "sys.argv = ['attnvgg-runtime', *sys.argv[1:]]\n"
+            "runpy.run_module('attnvgg_runtime', run_name='__main__')\n")
 
 
 def _verify(manifest: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", NO_TORCH, str(manifest), "--verify"],
+    return subprocess.run([sys.executable, "-c", NO_TORCH, "verify", str(manifest)],
                           capture_output=True, text=True, timeout=900, cwd=manifest.parent)
 
 

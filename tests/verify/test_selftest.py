@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from exporter.manifest.manifest import verify_artifacts
+from attnvgg_runtime.manifest import verify_artifacts
 from exporter.verify import selftest
 from exporter.verify.budgets import load_tolerances
 from tests.conftest import copy_build
@@ -54,7 +54,7 @@ def test_a_build_that_fails_unplanted_reports_baseline_failed_not_caught(precisi
                                                                         monkeypatch):
     # a missed fallback target fails the int8-trt graph before anything is planted: every bug
     # planted there would "fail" the gate and prove nothing
-    from exporter.manifest.manifest import read_manifest, write_manifest
+    from attnvgg_runtime.manifest import read_manifest, write_manifest
 
     root = copy_build(precision_build, tmp_path)
     manifest = read_manifest(root / "manifest.json")

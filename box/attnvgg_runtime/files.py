@@ -1,14 +1,15 @@
-"""Atomic file writes: a file appears under its final name only once it is complete."""
+"""Files: atomic writes (a file appears under its final name only once it is complete) and sha256."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from models import ToolchainError
+from attnvgg_runtime.errors import ToolchainError
 
 
 class OutputError(ToolchainError):
@@ -58,3 +59,11 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.runtime import runtime_module
-from models import ReaderUnavailable, ToolchainError
+from attnvgg_runtime.errors import ReaderUnavailable, ToolchainError
+from attnvgg_runtime.readers import runtime_module
 
 INSTALL_HINT = ("install the extra on a machine with an NVIDIA GPU and driver: "
                 "pip install -e '.[tensorrt]' (tensorrt 11 comes from NVIDIA's package index)")

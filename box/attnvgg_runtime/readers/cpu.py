@@ -10,6 +10,7 @@ follow the emulated `cpuid`, while /proc/cpuinfo still shows the host's flags.
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import platform
@@ -17,49 +18,52 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.runtime import runtime_module
-from exporter.runtime.emulated import emulated_cpu, emulated_probe_saturates
+from attnvgg_runtime.readers import runtime_module
+from attnvgg_runtime.readers.emulated import emulated_cpu, emulated_probe_saturates
 
 PROBE_DEPTH = 64  # products summed per output: 32 pairs of 255 * 127
 PROBE_EXACT = 255 * 127 * PROBE_DEPTH  # 2,072,640; saturated pairs give 32 * 32,767 = 1,048,544
 
 
+# ARM CPU parts (/proc/cpuinfo "CPU part", implementer 0x41) named where the model name is generic
+ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd08": "Cortex-A72", "0xd0b": "Cortex-A76",
+             "0xd0c": "Neoverse-N1", "0xd40": "Neoverse-V1", "0xd49": "Neoverse-N2", "0xd4f": "Neoverse-V2",
+             "0xd8e": "Neoverse-N3"}
+
+
 def cpu_model_and_flags() -> tuple[str, set[str]] | None:
-    """The CPU's model name and ISA flags from /proc/cpuinfo; None where there is none."""
+    """The CPU's model name and ISA flags from /proc/cpuinfo (x86 "flags", ARM "Features"; an ARM
+    core named by its part number too); None where there is none."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
     fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
     fields = {k.strip(): v.strip() for k, v in fields.items()}
-    return fields.get("model name", ""), set(fields.get("flags", "").split())
+    model = fields.get("model name", "")
+    part = fields.get("CPU part", "").lower()
+    if part:
+        model = f"{model or 'ARM'} (CPU part {part}: {ARM_PARTS.get(part, 'unknown core')})"
+    return model, set((fields.get("flags") or fields.get("Features", "")).split())
 
 
-def saturation_probe_model() -> bytes:
-    """A MatMulInteger of u8 255s by s8 127s, PROBE_DEPTH deep: exactly PROBE_EXACT per output
-    where int8 products are summed exactly. (consumer/classify.py carries these bytes.)"""
-    from onnx import TensorProto, helper
-
-    weights = helper.make_tensor("b", TensorProto.INT8, [PROBE_DEPTH, 1],
-                                 np.full(PROBE_DEPTH, 127, np.int8).tobytes(), raw=True)
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_saturation_probe",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, PROBE_DEPTH])],
-        [helper.make_tensor_value_info("c", TensorProto.INT32, [1, 1])], initializer=[weights])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
-                              producer_name="attnvgg-export")
-    model.ir_version = 8  # onnx 1.23 stamps 14; ONNX Runtime 1.31 reads up to 13
-    return model.SerializeToString()
+# A 195-byte ONNX graph: a MatMulInteger of u8 255s by s8 127s, PROBE_DEPTH deep, whose exact sum
+# is PROBE_EXACT per output. Carried as bytes so that a box needs no onnx package to probe
+# (tests/runtime/test_int8_kernels.py builds it with onnx's helpers and holds the two equal).
+SATURATION_PROBE = base64.b64decode(
+    "CAgSDmF0dG52Z2ctZXhwb3J0OqgBChgKAWEKAWISAWMiDU1hdE11bEludGVnZXISFWludDhfc2F0dXJhdGlvbl9wcm9i"
+    "ZSpLCEAIARADQgFiSkB/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/"
+    "f39/f39/f39/WhMKAWESDgoMCAISCAoCCAEKAghAYhMKAWMSDgoMCAYSCAoCCAEKAggBQgQKABAN")
 
 
 def run_saturation_probe(session_options: dict[str, str] | None = None) -> int:
     """What ONNX Runtime's U8S8 kernel sums the probe to here (PROBE_EXACT where it is exact)."""
-    ort = runtime_module("onnxruntime", "pip install onnxruntime-gpu (or onnxruntime)")
+    ort = runtime_module("onnxruntime", "pip install 'attnvgg-runtime[onnxruntime]'")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     for key, value in (session_options or {}).items():
         options.add_session_config_entry(key, value)
-    session = ort.InferenceSession(saturation_probe_model(), options,
+    session = ort.InferenceSession(SATURATION_PROBE, options,
                                    providers=["CPUExecutionProvider"])
     return int(session.run(None, {"a": np.full((1, PROBE_DEPTH), 255, np.uint8)})[0].min())
 
@@ -68,7 +72,7 @@ def run_saturation_probe(session_options: dict[str, str] | None = None) -> int:
 def int8_products_saturate() -> bool:
     """Whether this CPU's default int8 kernels (ONNX Runtime's, and OpenVINO's for signed
     activations) sum u8 x s8 pairs in saturating int16: x86 without VNNI or AMX. Under
-    ATTNVGG_EMULATE_CPU, the emulated CPU's (exporter.runtime.emulated)."""
+    ATTNVGG_EMULATE_CPU, the emulated CPU's (attnvgg_runtime.readers.emulated)."""
     cpu = emulated_cpu()
     if cpu:
         return emulated_probe_saturates(cpu)
@@ -117,7 +121,9 @@ def openvino_int8_has_vnni() -> bool:
 
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
-             "amx_int8", "amx_bf16")
+             "amx_int8", "amx_bf16",
+             # ARM: int8 dot product, fp16 arithmetic, int8 matrix multiply, bf16, SVE
+             "asimddp", "asimdhp", "i8mm", "bf16", "sve")
 
 
 def cpu_identity() -> dict:

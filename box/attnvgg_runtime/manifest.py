@@ -8,13 +8,12 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from calibration.hashing import sha256_file
-from exporter.files import write_text_atomic
-from models import ToolchainError
+from attnvgg_runtime.errors import ToolchainError
+from attnvgg_runtime.files import sha256_file, write_text_atomic
 
-# 1.1 added data_split, openvino-ir, bf16 and openvino-cpu; 1.2 exact_int8_session_options.
-# Reads 1.0 and 1.1.
-SCHEMA_VERSION = "1.4"
+# 1.1 added data_split, openvino-ir, bf16 and openvino-cpu; 1.2 exact_int8_session_options;
+# 1.5 `activations` of the int8 graphs (what a box needs to know without onnx). Reads 1.0 and on.
+SCHEMA_VERSION = "1.5"
 FORMATS = ("onnx", "ort", "plan", "openvino-ir")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TARGETS = ("any", "tensorrt", "onnxruntime-cpu", "openvino-cpu")
@@ -39,13 +38,16 @@ def tool_versions() -> dict[str, str]:
 
 def artifact_entry(path: Path, root: Path, format: str, precision: str, target: str,
                    runtime_options: dict | None = None,
-                   exact_int8_options: dict | None = None, source: Path | None = None) -> dict:
+                   exact_int8_options: dict | None = None, source: Path | None = None,
+                   activations: str | None = None) -> dict:
     """One artifact. An OpenVINO IR's weights file (.bin beside the .xml) is listed with its own
     sha256 under `weights`; `runtime_options` are what a runtime must set to run it as listed
     (the bf16 entry of the fp32 IR); `exact_int8_session_options`, what ONNX Runtime must set to
     read an int8 graph with 8-bit weights exactly where the CPU's int8 pair sums saturate
-    (exporter.runtime.cpu; the TensorRT graph), as the gate and the consumer do; `source`, the
-    graph a converted artifact (.ort, IR, plan) was made from, which the gate compares it with."""
+    (attnvgg_runtime.readers.cpu; the TensorRT graph), as the gate and the consumer do; `source`, the
+    graph a converted artifact (.ort, IR, plan) was made from, which the gate compares it with;
+    `activations`, an int8 graph's activation type ("int8" or "uint8"), which decides whether a
+    CPU without VNNI can read it (attnvgg_runtime.verify.readers.signed_int8_activations)."""
     assert format in FORMATS and precision in PRECISIONS and target in TARGETS
     entry = {"path": path.relative_to(root).as_posix(), "format": format, "precision": precision,
              "target": target, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
@@ -59,6 +61,8 @@ def artifact_entry(path: Path, root: Path, format: str, precision: str, target: 
         entry["exact_int8_session_options"] = dict(exact_int8_options)
     if source is not None:
         entry["source"] = source.relative_to(root).as_posix()
+    if activations is not None:
+        entry["activations"] = activations
     return entry
 
 
@@ -99,11 +103,11 @@ def read_manifest(path: str | Path) -> dict:
 
 
 def manifest_schema() -> dict:
-    return json.loads((importlib.resources.files("exporter.manifest") / "schema.json").read_text())
+    return json.loads((importlib.resources.files("attnvgg_runtime") / "schema.json").read_text())
 
 
 def validate_manifest(manifest: dict, where: str = "manifest") -> None:
-    """The manifest against the published JSON Schema (exporter/manifest/schema.json)."""
+    """The manifest against the published JSON Schema (box/attnvgg_runtime/schema.json)."""
     import jsonschema
 
     try:

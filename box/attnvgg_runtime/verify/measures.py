@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from exporter.verify.accuracy import verdict_changes
+from attnvgg_runtime.verify.accuracy import verdict_changes
 
 TINY = 1e-30  # guards a division by a zero norm
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exporter.runtime.cpu import openvino_has_bf16, openvino_int8_has_vnni
-from exporter.runtime.emulated import EmulatedRunner, emulated_cpu
-from exporter.runtime.onnxruntime import ORT_SAVED_LEVEL, OnnxRuntimeRunner
-from exporter.runtime.openvino import OpenVinoRunner, precision_hint, reader_name
-from exporter.runtime.tensorrt import TensorRTRunner
-from exporter.verify.structure import signed_int8_activations
-from models import ReaderUnavailable
+from attnvgg_runtime.errors import ReaderUnavailable
+from attnvgg_runtime.readers.cpu import cpu_identity, openvino_has_bf16, openvino_int8_has_vnni
+from attnvgg_runtime.readers.emulated import EmulatedRunner, emulated_cpu
+from attnvgg_runtime.readers.onnxruntime import ORT_SAVED_LEVEL, OnnxRuntimeRunner
+from attnvgg_runtime.readers.openvino import OpenVinoRunner, precision_hint, reader_name
+from attnvgg_runtime.readers.tensorrt import TensorRTRunner
 
 
 def readers_of(artifact: dict) -> list[str]:
@@ -37,7 +36,7 @@ def runner_for(artifact: dict, root: Path, manifest: dict, reader: str):
     if reader == "openvino-bf16" and not openvino_has_bf16():
         raise ReaderUnavailable("this CPU does not compute bf16 (no AMX or AVX512-BF16): the bf16 "
                                 "entry runs only where it does")
-    if reader == "openvino" and not openvino_int8_has_vnni() and signed_int8_activations(artifact, root):
+    if reader == "openvino" and not openvino_int8_has_vnni() and signed_int8_activations(artifact):
         raise ReaderUnavailable("OpenVINO on a CPU without VNNI saturates signed int8 activations "
                                 "(int16 pair sums, docs/precision.md); ONNX Runtime reads this "
                                 "graph here, and its target is TensorRT")
@@ -47,12 +46,38 @@ def runner_for(artifact: dict, root: Path, manifest: dict, reader: str):
 def _cpu_runner(path: Path, reader: str, exact: bool, hint: str, optimization: str | None = None,
                 convert: bool = False):
     cpu = emulated_cpu()
-    if cpu:  # the reader runs as that CPU would run it (exporter.runtime.emulated)
+    if cpu:  # the reader runs as that CPU would run it (attnvgg_runtime.readers.emulated)
         return EmulatedRunner(cpu, "openvino" if reader.startswith("openvino") else "onnxruntime",
                               path, exact, hint, optimization, convert)
     if reader.startswith("openvino"):
         return OpenVinoRunner(path, hint, convert=convert)
     return OnnxRuntimeRunner(path, exact_int8=exact, optimization=optimization)
+
+
+def not_gated_here(artifact: dict, reader: str) -> str | None:
+    """Why this reading is measured and reported but not judged on this CPU, or None. One case:
+    an fp16 graph under ONNX Runtime on an ARM core with fp16 arithmetic (asimdhp, ARMv8.2+),
+    where ONNX Runtime computes its convolutions in fp16, accumulations included, at every
+    optimization level (docs/precision.md, "ARM"); the graph's target is TensorRT, and the gate's
+    CPU reading of it stands for fp16 storage with float32 arithmetic. A box of this class is not
+    served the fp16 graph (attnvgg_runtime.artifacts.runnable)."""
+    if artifact["precision"] == "fp16" and reader == "onnxruntime" and "asimdhp" in cpu_identity()["isa"]:
+        return ("ONNX Runtime computes fp16 in fp16 arithmetic on this ARM core (asimdhp), not as the "
+                "graph's target (TensorRT) does: measured and reported, not gated; ship fp32 or int8 "
+                "to this box class")
+    return None
+
+
+def signed_int8_activations(artifact: dict) -> bool:
+    """An int8 ONNX graph whose activations are quantized to signed int8 (the int8-trt graph), as
+    the manifest records it (`activations`, schema 1.5, read from the graph at build time by
+    exporter.verify.structure.qdq_types). Older manifests: the graph that carries
+    `exact_int8_session_options`, the one with 8-bit weights and signed activations."""
+    if artifact["format"] != "onnx" or artifact["precision"] != "int8":
+        return False
+    if "activations" in artifact:
+        return artifact["activations"] == "int8"
+    return "exact_int8_session_options" in artifact
 
 
 def listed(manifest: dict, path: str) -> dict:

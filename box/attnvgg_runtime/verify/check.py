@@ -1,9 +1,9 @@
 """One artifact under every reader that judges it, against eager's outputs and against each other:
 the per-artifact check that the gate (exporter.verify.gate, on the build machine) and the target
-box's verifier (exporter.verify.on_box, from the golden I/O, without torch) both run.
+box's verifier (attnvgg_runtime.verify.on_box, from the golden I/O, without torch) both run.
 
-- each reader, each case: the measures against eager (exporter.verify.measures) judged by the
-  budget (exporter.verify.budgets);
+- each reader, each case: the measures against eager (attnvgg_runtime.verify.measures) judged by the
+  budget (attnvgg_runtime.verify.budgets);
 - the readers of one graph against each other (``agreement_max``, or for int8
   ``agreement_factor`` times the readers' own error against eager);
 - a converted file (.ort, IR) against the same conversion done again from its source on this box
@@ -21,12 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.runtime import reader_version, run_batches
-from exporter.runtime.emulated import emulated_cpu
-from exporter.verify.budgets import DRIFT_FLOOR, breaches, budget_margin
-from exporter.verify.measures import metrics, relative_l2
-from exporter.verify.readers import RECONVERTED, listed, readers_of, reconversion_runner, runner_for
-from models import ReaderUnavailable
+from attnvgg_runtime.errors import ReaderUnavailable
+from attnvgg_runtime.readers import reader_version, run_batches
+from attnvgg_runtime.readers.emulated import emulated_cpu
+from attnvgg_runtime.verify.budgets import DRIFT_FLOOR, breaches, budget_margin
+from attnvgg_runtime.verify.measures import metrics, relative_l2
+from attnvgg_runtime.verify.readers import (
+    RECONVERTED,
+    listed,
+    not_gated_here,
+    readers_of,
+    reconversion_runner,
+    runner_for,
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class ArtifactParity:
     cases: dict[str, dict] = field(default_factory=dict)  # case name -> metrics
     failures: list[str] = field(default_factory=list)
     skipped: str | None = None  # what this machine cannot compute: reported, not passed
+    not_gated: str | None = None  # measured and reported, not judged here, and why (readers.not_gated_here)
     where: str | None = None  # for a failing graph: the module where its error passes the budget
     sha256: str = ""  # the bytes the verdict is about (the manifest's record, checked before)
     reader_version: str = ""  # the library that computed it, e.g. "onnxruntime-gpu 1.31.1"
@@ -101,6 +109,7 @@ def check_reading(artifact: dict, reader: str, root: Path, manifest: dict, cases
     except Exception as e:  # any other artifact that does not load fails
         entry.failures.append(f"cannot be loaded: {type(e).__name__}: {str(e).strip()[:300]}")
         return entry, None
+    entry.not_gated = not_gated_here(artifact, reader)
     for name, case in cases.items():
         try:
             result_outputs = run_batches(runner, case.images, case.batch)
@@ -112,7 +121,7 @@ def check_reading(artifact: dict, reader: str, root: Path, manifest: dict, cases
         result = metrics(result_outputs, case.reference, case.labels) | (
             {"sources": case.sources} if case.sources else {})
         entry.cases[name] = result
-        if not case.gates(artifact["precision"]):
+        if not case.gates(artifact["precision"]) or entry.not_gated:
             result["gated"] = False  # measured and reported; see ShapeCase.gates
             continue
         margin = budget_margin(result, budget, trained)  # the tightest of the case's budgets
@@ -128,7 +137,7 @@ def reader_disagreement(entries: list[ArtifactParity], outputs: dict, budget: di
     the smaller of the two readers' own rel L2 against eager (two correct readers of one int8
     graph round differently at every requantization, and differ by up to 0.75 of their own int8
     error: docs/precision.md). Recorded on the last reader."""
-    read = [e for e in entries if e.label in outputs and "heldout" in e.cases]
+    read = [e for e in entries if e.label in outputs and "heldout" in e.cases and not e.not_gated]
     if len(read) < 2:
         return None
     first, second = read[0], read[1]
@@ -183,15 +192,19 @@ def derived_difference(entry: ArtifactParity, artifact: dict, ours: np.ndarray |
 
 def check_artifact(artifact: dict, root: Path, manifest: dict, cases: dict[str, Case], budget: dict,
                    trained: bool, outputs: dict, built: float | None = None,
-                   with_runner: Callable | None = None) -> list[ArtifactParity]:
-    """``artifact`` under each of its readers (exporter.verify.readers), the readers against each
+                   with_runner: Callable | None = None,
+                   readers: tuple[str, ...] | None = None) -> list[ArtifactParity]:
+    """``artifact`` under each of its readers (attnvgg_runtime.verify.readers), the readers against each
     other, and a converted artifact against its conversion redone here and against its source.
     ``outputs``: held-out outputs by label, shared across artifacts (a source graph is read
     before what was converted from it, else read here). ``with_runner(entry, runner)``: more
     checks on each loaded reader (the gate's EVAL_DIR). ``built`` applies to ONNX Runtime's
-    reading (what the precision stage measured with)."""
+    reading (what the precision stage measured with). ``readers``: only these (a box's verify
+    restricted to fit its time)."""
     entries = []
     for reader in readers_of(artifact):
+        if readers is not None and reader not in readers:
+            continue
         entry, runner = check_reading(artifact, reader, root, manifest, cases, budget, trained,
                                       built if reader == "onnxruntime" else None, outputs)
         if runner is not None and with_runner is not None:

@@ -4,7 +4,7 @@ ONNX Runtime and OpenVINO choose their kernels from `cpuid`, which `qemu-x86_64 
 emulates: there they run their AVX2 kernels (int8 without VNNI) on any x86 host. Only the
 readers run emulated (about 30 times slower); eager PyTorch, the budgets and the report stay
 native. `ATTNVGG_EMULATE_CPU=Haswell make parity` gates a build so (make test-isa does, on the
-reduced CI build). The child (exporter.runtime.emulated_reader) runs the native gate's own
+reduced CI build). The child (attnvgg_runtime.readers.emulated_reader) runs the native gate's own
 readers (no torch) and streams .npy arrays over pipes.
 """
 
@@ -36,7 +36,7 @@ def emulated_cpu() -> str | None:
 
 def _command(cpu: str, *args: str) -> list[str]:
     return ["qemu-x86_64", "-cpu", QEMU_CPUS[cpu], sys.executable, "-m",
-            "exporter.runtime.emulated_reader", *args]
+            "attnvgg_runtime.readers.emulated_reader", *args]
 
 
 def _child_environment() -> dict[str, str]:  # the child is the emulated CPU: it emulates nothing

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.runtime import runtime_module
+from attnvgg_runtime.readers import runtime_module
 
 INSTALL_HINT = "pip install openvino"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.runtime import runtime_module
-from exporter.runtime.cpu import exact_int8_options
+from attnvgg_runtime.readers import runtime_module
+from attnvgg_runtime.readers.cpu import exact_int8_options
 
 INSTALL_HINT = "pip install onnxruntime-gpu (Linux x86_64) or onnxruntime (elsewhere)"
 # The level an .ort model's graph is optimized at when it is saved (exporter.convert.ort_format):
@@ -19,7 +19,7 @@ ORT_SAVED_LEVEL = "ORT_ENABLE_EXTENDED"
 
 class OnnxRuntimeRunner:
     """An ONNX Runtime CPU session over one model file. ``exact_int8``: int8 products summed
-    exactly on every CPU (exporter.runtime.cpu.exact_int8_options, set only where this CPU's int8 pair
+    exactly on every CPU (attnvgg_runtime.readers.cpu.exact_int8_options, set only where this CPU's int8 pair
     sums saturate), as TensorRT sums them: how the TensorRT graph, with its 8-bit weights, is
     read. The CPU graph's 7-bit weights cannot saturate and need no option. ``optimization``: a
     graph optimization level by name (ORT_SAVED_LEVEL: a graph read as its .ort was saved);

@@ -1,19 +1,19 @@
-"""The child side of exporter.runtime.emulated: one reader, run by qemu as the emulated CPU,
+"""The child side of attnvgg_runtime.readers.emulated: one reader, run by qemu as the emulated CPU,
 batches in and outputs out as .npy arrays on stdin and stdout.
 
-    python -m exporter.runtime.emulated_reader onnxruntime|openvino PATH [--exact-int8] [--hint f32]
+    python -m attnvgg_runtime.readers.emulated_reader onnxruntime|openvino PATH [--exact-int8] [--hint f32]
         [--optimization ORT_ENABLE_EXTENDED] [--convert]
-    python -m exporter.runtime.emulated_reader probe   # prints 1 where int8 pair sums saturate
+    python -m attnvgg_runtime.readers.emulated_reader probe   # prints 1 where int8 pair sums saturate
 """
 
 from __future__ import annotations
 
 import sys
 
-from exporter.runtime.cpu import int8_products_saturate
-from exporter.runtime.emulated import read_array, write_array
-from exporter.runtime.onnxruntime import OnnxRuntimeRunner
-from exporter.runtime.openvino import OpenVinoRunner  # the same readers as the native gate
+from attnvgg_runtime.readers.cpu import int8_products_saturate
+from attnvgg_runtime.readers.emulated import read_array, write_array
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from attnvgg_runtime.readers.openvino import OpenVinoRunner  # the same readers as the native gate
 
 
 def main(argv: list[str]) -> None:

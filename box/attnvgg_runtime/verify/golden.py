@@ -1,7 +1,7 @@
 """Golden I/O: the gate's inputs at every gated shape and eager fp32's outputs for them, in
 Polygraphy's JSON format (what `polygraphy run --save-inputs / --save-outputs` write), so that
-a box without torch re-checks the artifacts on its own kernels (`consumer/classify.py --verify`,
-exporter.verify.on_box) and a GPU box checks a plan with NVIDIA's own tool (docs/tensorrt.md).
+a box without torch re-checks the artifacts on its own kernels (`attnvgg-runtime verify`,
+attnvgg_runtime.verify.on_box) and a GPU box checks a plan with NVIDIA's own tool (docs/tensorrt.md).
 
 golden/inputs.json is a list of feed dicts {"input": batch}, one per iteration; golden/outputs.json
 is a RunResults with one runner, "eager-pytorch-fp32", and an IterationResult {"logits": ...} per
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.files import atomic_path
-from exporter.manifest.manifest import ManifestError, sha256_file
+from attnvgg_runtime.files import atomic_path
+from attnvgg_runtime.manifest import ManifestError, sha256_file
 
 GOLDEN_DIR = "golden"
 GOLDEN_RUNNER = "eager-pytorch-fp32"

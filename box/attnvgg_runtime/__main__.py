@@ -1,0 +1,3 @@
+from attnvgg_runtime.cli import main
+
+raise SystemExit(main())

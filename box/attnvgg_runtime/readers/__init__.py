@@ -1,0 +1,51 @@
+"""Readers: what turns inputs into outputs on this machine, and what its CPU computes.
+
+Every reader is a callable from an NCHW float32 batch to the output logits: eager PyTorch
+(eager.py, the reference, the only module here that imports torch), ONNX Runtime
+(onnxruntime.py), OpenVINO (openvino.py), TensorRT (tensorrt.py), and any of the CPU readers in
+a qemu child that emulates another CPU (emulated.py). Readers know nothing of budgets. A
+runtime is imported on first use, through ``runtime_module``: importing a reader never pulls in
+another runtime (nor torch), so a target box needs only the runtimes it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+
+import numpy as np
+
+from attnvgg_runtime.errors import ReaderUnavailable
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def runtime_module(name: str, install_hint: str,
+                   error: type[ReaderUnavailable] = ReaderUnavailable) -> ModuleType:
+    """``import name`` on first use; where it is not installed, ``error`` naming what to install."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise error(f"the {name} Python package is not installed ({e}); {install_hint}") from None
+
+
+def run_batches(runner: Runner, images: np.ndarray, batch: int = 8) -> np.ndarray:
+    """``runner`` over ``images`` in batches of ``batch`` (the last one may be smaller)."""
+    return np.concatenate([runner(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def reader_version(reader: str) -> str:
+    """The version of the library behind a reader name (onnxruntime, openvino, openvino-bf16,
+    tensorrt, eager): what a verdict is bound to besides the bytes and the CPU."""
+    from importlib import metadata
+
+    package = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "eager": "torch"}.get(
+        reader, "openvino" if reader.startswith("openvino") else reader)
+    candidates = ("onnxruntime-gpu", "onnxruntime") if package == "onnxruntime" else (package,)
+    for name in candidates:
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return f"{package} (not installed)"

@@ -1,0 +1,82 @@
+"""The judgement of a case's measures (attnvgg_runtime.verify.measures) against a budget: what
+breaks it and by what margin it holds. numpy and the standard library only: the gate on the
+build machine and the verifier on a target box judge with exactly this. The budgets themselves
+are the toolchain's (exporter/verify/tolerances.toml), recorded in the manifest for the box."""
+
+from __future__ import annotations
+
+from attnvgg_runtime.verify.accuracy import drop_verdict
+
+METRICS = ("rel_l2_max", "rel_l2_image_max", "cosine_min", "top1_min", "top5_min",
+           "accuracy_drop_max", "drift_max", "agreement_max", "agreement_factor", "derived_max",
+           "derived_excess_max")
+DRIFT_FLOOR = 1e-4  # rel L2 differences below this are kernel noise, not drift
+AGREEMENT_METRICS = ("top1_min", "top5_min")  # meaningful only for trained weights
+
+
+PRECISION_BUDGETS = ("fp32", "fp16", "bf16", "int8")
+
+
+def resolvable(key: str, result: dict, budget: dict) -> bool:
+    """Whether ``result`` has independent images enough (``sources``, where counted; else
+    ``images``) to hold the agreement budget ``key``: one image's top-1
+    disagreement moves top-1 agreement by 1/N, one class of its top-5 by 1/(5N); a budget that
+    allows less than that demands perfection, whatever it says (top-1 >= 0.95 on 8 images means
+    no disagreement at all). Elsewhere the figure is reported and not gated."""
+    if key not in AGREEMENT_METRICS or budget[key] >= 1:  # perfection is measurable on any number
+        return True
+    # independent images: crops of one photograph, or one image repeated, agree or not together
+    step = 1 / result.get("sources", result["images"]) / (5 if key == "top5_min" else 1)
+    return step <= 1 - budget[key] + 1e-12
+
+
+def budget_margin(result: dict, budget: dict, trained: bool) -> float:
+    """How many times over ``result`` fits inside ``budget``: the smallest ratio of allowed to
+    measured error over the budgeted metrics (1.0: exactly at the budget; below 1: a breach).
+    Errors are rel L2 and one minus cosine, top-1 and top-5 (those with trained weights only)."""
+    if not result["finite"]:
+        return 0.0
+    used = {"rel_l2_max": result["rel_l2"], "cosine_min": 1 - result["cosine"]}
+    if "rel_l2_image" in result:
+        used["rel_l2_image_max"] = result["rel_l2_image"]
+    if trained:
+        used |= {"top1_min": 1 - result["top1"], "top5_min": 1 - result["top5"]}
+    ratios = [(budget[k] if k.startswith("rel_l2") else 1 - budget[k]) / v if v > 0 else float("inf")
+              for k, v in used.items() if k in budget and resolvable(k, result, budget)]
+    return min(ratios, default=float("inf"))
+
+
+def breaches(result: dict, budget: dict, trained: bool, built: float | None = None) -> list[str]:
+    """What breaks the budget. ``built``: the rel L2 the precision stage measured for this
+    artifact on the same held-out images; drifting past it means the file no longer computes
+    what the build measured."""
+    found = [] if result["finite"] else ["NaN or Inf in the outputs"]
+    if built is not None and "drift_max" in budget:
+        allowed = built * (1 + budget["drift_max"]) + DRIFT_FLOOR
+        if result["rel_l2"] > allowed:
+            found.append(f"drift: rel L2 {result['rel_l2']:.4g}, the build measured {built:.4g} on "
+                         f"the same images (allowed {allowed:.4g}): the artifact changed since it "
+                         f"was measured")
+    checks = {
+        "rel_l2_max": (result["rel_l2"], lambda v, b: v <= b),
+        "rel_l2_image_max": (result.get("rel_l2_image", 0.0), lambda v, b: v <= b),
+        "cosine_min": (result["cosine"], lambda v, b: v >= b),
+        "top1_min": (result["top1"], lambda v, b: v >= b),
+        "top5_min": (result["top5"], lambda v, b: v >= b),
+    }
+    if "accuracy" in result and "accuracy_drop_max" in budget:
+        # over budget only with 95% confidence (attnvgg_runtime.verify.accuracy): on the held-out
+        # images one flipped image is 1/N of a point, which cannot decide a verdict; EVAL_DIR
+        # is where accuracy is established
+        judged = drop_verdict(result["lost"], result["gained"], result["images"],
+                              budget["accuracy_drop_max"])
+        if judged["verdict"] == "over budget":
+            found.append(f"accuracy drop {100 * judged['drop']:.2f} points, 95% interval "
+                          f"[{100 * judged['low']:.2f}, {100 * judged['high']:.2f}] (budget "
+                          f"{100 * budget['accuracy_drop_max']:.2f})")
+    for key, (value, ok) in checks.items():
+        gated = key in budget and (trained or key not in AGREEMENT_METRICS)
+        if gated and resolvable(key, result, budget) and not ok(value, budget[key]):
+            name = "worst image's rel L2" if key == "rel_l2_image_max" else key.rsplit('_', 1)[0]
+            found.append(f"{name} {value:.4g} (budget {budget[key]:.4g})")
+    return found

@@ -1,0 +1,136 @@
+"""The gate's per-artifact check (attnvgg_runtime.verify.check), re-run on the box an artifact
+ships to, without torch: every artifact the runtimes installed here can read, on the build's
+golden I/O (attnvgg_runtime.verify.golden), judged by the budgets the build's gate applied
+(recorded in the manifest) with the gate's own code (attnvgg_runtime.verify.measures,
+attnvgg_runtime.verify.budgets). What the build machine's kernels computed is not what this
+box's compute: int8 on a CPU without VNNI, fp16 on an ARM core with fp16 arithmetic, a TensorRT
+plan on its GPU.
+
+    attnvgg-runtime verify build/se/manifest.json
+    attnvgg-runtime verify build/se/manifest.json --case heldout --reader onnxruntime   # restricted
+
+Exit 1 on any breach, 0 when everything it read passed; what it could not read, and what a
+restriction left out, is named. Writes verify.json beside the manifest.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from attnvgg_runtime.files import write_text_atomic
+from attnvgg_runtime.manifest import ManifestError, read_manifest, verify_artifacts
+from attnvgg_runtime.readers.cpu import cpu_identity, int8_products_saturate
+from attnvgg_runtime.verdicts import VERIFY_JSON
+from attnvgg_runtime.verify.check import ArtifactParity, Case, check_artifact
+from attnvgg_runtime.verify.golden import read_golden
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """Part of the golden I/O (its cases; the first ``images`` of each, in whole batches),
+    artifacts (fnmatch patterns of their paths) and readers: a verify that must fit a time (an
+    emulated CPU in CI). None: all of them."""
+    cases: tuple[str, ...] | None = None
+    artifacts: tuple[str, ...] | None = None
+    readers: tuple[str, ...] | None = None
+    images: int | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in asdict(self).values())
+
+    def describe(self) -> str:
+        return "; ".join(f"{name} {value if isinstance(value, int) else ', '.join(value)}"
+                         for name, value in asdict(self).items() if value is not None) or "none"
+
+    def takes(self, artifact: dict) -> bool:
+        return self.artifacts is None or any(fnmatch.fnmatch(artifact["path"], p) for p in self.artifacts)
+
+
+def verify_build(manifest_path: Path, log=print, restriction: Restriction = Restriction()) -> dict:
+    """Every artifact under every reader installed here, on the golden I/O (or the part of them
+    ``restriction`` names); returns verify.json's content (also written beside the manifest)."""
+    manifest_path = Path(manifest_path)
+    root = manifest_path.parent
+    verify_artifacts(manifest_path)  # sha256 of every artifact, before anything runs
+    manifest = read_manifest(manifest_path)
+    record = manifest.get("golden")
+    if not record:
+        raise ManifestError(f"{manifest_path} lists no golden I/O: run the gate on the build "
+                            f"(`make parity`, or `make engine`) before shipping it")
+    golden = read_golden(root, record)
+    unknown = set(restriction.cases or ()) - set(golden)
+    if unknown:
+        raise ManifestError(f"golden I/O of {manifest_path} has no case {sorted(unknown)}; it has "
+                            f"{', '.join(golden)}")
+    golden = {name: _first_images(batches, reference, restriction.images)
+              for name, (batches, reference) in golden.items()
+              if restriction.cases is None or name in restriction.cases}
+    artifacts = [a for a in manifest["artifacts"] if restriction.takes(a)]
+    if not artifacts:
+        raise ManifestError(f"no artifact of {manifest_path} matches {restriction.artifacts}")
+    gated = {c["name"]: c["int8_gated"] for c in record["cases"]}
+    cases = {name: Case(np.concatenate(batches), len(batches[0]), reference, int8_gated=gated[name])
+             for name, (batches, reference) in golden.items()}
+    cpu = cpu_identity()
+    saturate = int8_products_saturate()
+    log(f"verifying {len(artifacts)} artifacts of {manifest_path} on this box: "
+        f"{cpu['model']} ({', '.join(cpu['isa']) or 'no ISA flags listed'}; int8 pair sums "
+        f"{'saturate: no VNNI' if saturate else 'exact'}), golden I/O "
+        + ", ".join(f"{name} ({len(b)} x {'x'.join(map(str, b[0].shape))})"
+                    for name, (b, _) in golden.items()))
+    if restriction:
+        log(f"RESTRICTED to {restriction.describe()}: what it leaves out is not verified here")
+    outputs: dict = {}
+    results = []
+    for artifact in artifacts:  # each logged as it is judged: under emulation one takes minutes
+        entries = check_artifact(artifact, root, manifest, cases, record["budgets"][artifact["precision"]],
+                                 record["trained_weights"], outputs, readers=restriction.readers)
+        for r in entries:
+            _log_result(r, log)
+        results += entries
+    read = [r for r in results if r.skipped is None]
+    unread = [r for r in results if r.skipped is not None]
+    report = {"manifest": str(manifest_path), "cpu": cpu, "int8_products_saturate": saturate,
+              "passed": all(r.passed for r in read), "read": len(read), "unread": len(unread),
+              "restricted": asdict(restriction) if restriction else None,
+              "results": [r.to_json() | {"passed": r.passed and r.skipped is None,
+                                         "unread": r.skipped} for r in results]}
+    write_text_atomic(root / VERIFY_JSON, json.dumps(report, indent=2) + "\n")
+    failed = [r for r in read if not r.passed]
+    log(f"\n{len(read) - len(failed)} of {len(read)} artifact readings passed on this box"
+        + (f"; {len(failed)} FAILED" if failed else "")
+        + (f"; {len(unread)} not read here: " + "; ".join(f"{r.label}: {r.skipped}"
+                                                          for r in unread) if unread else "")
+        + (f"; RESTRICTED to {restriction.describe()}" if restriction else "")
+        + f" (written to {root / VERIFY_JSON})")
+    return report
+
+
+def _first_images(batches: list, reference, images: int | None) -> tuple[list, object]:
+    """A case's first ``images`` (at least one whole batch, in whole batches) and their outputs."""
+    if images is None:
+        return batches, reference
+    kept = batches[:max(1, -(-images // len(batches[0])))]
+    return kept, reference[:sum(len(b) for b in kept)]
+
+
+def _log_result(r: ArtifactParity, log) -> None:
+    label = f"{r.path} [{r.reader}, {r.reader_version}]"
+    if r.skipped is not None:
+        log(f"  {label}: not read here ({r.skipped})")
+        return
+    gated = {name: c for name, c in r.cases.items() if c.get("gated", True)}
+    worst = max(gated.items(), key=lambda kv: kv[1]["rel_l2"], default=None)
+    summary = (f" worst rel L2 {worst[1]['rel_l2']:.3g} at {worst[0]}, min cosine "
+               f"{min(c['cosine'] for c in gated.values()):.5f}" if worst else "")
+    summary += "".join(f"; {name} reported, not gated: rel L2 {c['rel_l2']:.3g}"
+                       for name, c in r.cases.items() if name not in gated)
+    summary += f"; margin {r.margin:.3g}" if r.margin is not None else ""
+    summary += f"; not gated here: {r.not_gated}" if r.not_gated else ""
+    status = "FAIL" if not r.passed else "reported" if r.not_gated else "ok"
+    log(f"  {label}: {status}{summary}" + "".join(f"\n    {f}" for f in r.failures))
