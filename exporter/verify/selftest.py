@@ -86,12 +86,14 @@ def int8_wrong_axis(model: onnx.ModelProto) -> str:
 
 
 def int8_clipped_range(model: onnx.ModelProto) -> str:
-    """An activation range clipped to a quarter: its scale (shared by the Q and DQ pair) / 4."""
+    """An activation range clipped to an eighth: its scale (shared by the Q and DQ pair) / 8. (A
+    quarter read 1.6x the int8 budget on 8 held-out images of the CI build; an eighth 3.9x, on
+    every image 4.0x: a margin that holds for a box verify restricted to few images.)"""
     weight_scales = {n.input[1] for n in _weight_dequantizers(model)}
     node = next(n for n in model.graph.node if n.op_type == "QuantizeLinear"
                 and n.input[1] not in weight_scales and "input" not in n.input[0])
-    _scale(model, node.input[1], 0.25)
-    return f"activation range of {node.input[0]} clipped to 1/4"
+    _scale(model, node.input[1], 0.125)
+    return f"activation range of {node.input[0]} clipped to 1/8"
 
 
 def fp16_cast_island_removed(model: onnx.ModelProto) -> str:

@@ -23,6 +23,7 @@ PLANTED_ARTIFACT=model.int8-cpu.onnx
 
 "$HERE/aarch64_env.sh" "$OUT"
 ROOT=$OUT/root
+PIP_WHEEL=$(find "$OUT/wheels" -name 'pip-*.whl' | head -1)
 box() { PYTHONPATH="$OUT/site" PYTHONDONTWRITEBYTECODE=1 qemu-aarch64 -cpu "$ARM_CPU" -L "$ROOT" \
           "$ROOT/usr/bin/python3.11" "$@"; }
 step() { local start=$SECONDS; echo "== [aarch64 $ARM_CPU] $1"; shift; "$@"; local rc=$?; \
@@ -30,7 +31,7 @@ step() { local start=$SECONDS; echo "== [aarch64 $ARM_CPU] $1"; shift; "$@"; loc
 
 rm -rf "$OUT/site" "$OUT/build" "$OUT/planted"
 step "pip install attnvgg-runtime[onnxruntime,openvino] (the box's own pip)" \
-  box "$OUT"/wheels/pip-*.whl/pip install -q --no-index --find-links "$OUT/wheels" \
+  box "$PIP_WHEEL/pip" install -q --no-index --find-links "$OUT/wheels" \
       --find-links "$WHEELS_DIST" --target "$OUT/site" --no-compile --root-user-action=ignore \
       'attnvgg-runtime[onnxruntime,openvino]'
 ls "$OUT/site" | grep -q '^onnxruntime-[0-9].*dist-info$' \

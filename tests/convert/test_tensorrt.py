@@ -279,7 +279,7 @@ def test_the_backend_stamp_follows_what_auto_would_choose(monkeypatch):
     import importlib.util
     import os
 
-    from attnvgg_runtime.readers import gpu_probe
+    from exporter.runtime import gpu_probe
 
     assert gpu_probe.probable_backend("ort") == "ort"
     assert gpu_probe.probable_backend("tensorrt") == "tensorrt"

@@ -10,7 +10,7 @@ import numpy as np
 
 from attnvgg_runtime.readers import runtime_module
 
-INSTALL_HINT = "pip install openvino"
+INSTALL_HINT = "pip install 'attnvgg-runtime[openvino]'"
 
 
 def precision_hint(artifact: dict) -> str:

@@ -1,6 +1,7 @@
 """The TensorRT reader: loads a plan and runs it on device buffers (GPU machines with tensorrt
 only); exporter.convert.tensorrt_plan builds the plans. tensorrt is imported on first use
-(exporter.runtime.runtime_module): importing this module works on machines without it.
+(attnvgg_runtime.readers.runtime_module): importing this module works on machines without it.
+Its device buffers are torch CUDA tensors, hence the package's [tensorrt] extra brings torch.
 
 NOT YET RUN ON HARDWARE: the development machines have no GPU and cannot install tensorrt. This
 module is tested against a test double of the tensorrt module (tests/convert/fake_tensorrt.py)

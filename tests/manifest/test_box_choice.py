@@ -1,0 +1,53 @@
+"""Which artifact `attnvgg-runtime classify` runs on a box, and why: this box's own bench first
+(for these bytes, on this CPU model), among the artifacts that passed the gate and not failed
+this box's verify; else the build's recommendation; else fp32. The choice and its reason are
+printed on stderr."""
+
+import json
+
+from attnvgg_runtime import classify
+from attnvgg_runtime.manifest import read_manifest
+from attnvgg_runtime.readers.cpu import cpu_identity
+from tests.conftest import copy_build
+
+FP32, INT8 = "engines/ort/model.fp32.ort", "engines/ort/model.int8-cpu.ort"
+
+
+def _bench(root, manifest, times: dict, cpu_model: str) -> None:
+    by_path = {a["path"]: a for a in manifest["artifacts"]}
+    rows = [{"runtime": "onnxruntime", "artifact": path, "sha256": by_path[path]["sha256"],
+             "precision": by_path[path]["precision"], "runtime_options": {}, "batch": 1, "p50_ms": ms}
+            for path, ms in times.items()]
+    (root / "box-bench.json").write_text(json.dumps({"cpu": {"model": cpu_model}, "rows": rows}))
+
+
+def test_the_box_chooses_by_its_own_bench_and_its_own_verify(gated_build, tmp_path):
+    root = copy_build(gated_build, tmp_path)
+    manifest = read_manifest(root / "manifest.json")
+    here = cpu_identity()["model"]
+
+    fallback = classify.choose(root / "manifest.json", manifest, "onnxruntime")
+    assert fallback.artifact["precision"] == "fp32" and "not been timed" in fallback.why
+
+    _bench(root, manifest, {FP32: 10.0, INT8: 4.0}, "another CPU")  # copied from another box
+    assert classify.choose(root / "manifest.json", manifest, "onnxruntime").artifact["path"] != INT8
+
+    _bench(root, manifest, {FP32: 10.0, INT8: 4.0}, here)
+    chosen = classify.choose(root / "manifest.json", manifest, "onnxruntime")
+    assert chosen.artifact["path"] == INT8 and "this box's own bench" in chosen.why
+    assert "4.0 ms" in chosen.describe() and "under onnxruntime" in chosen.describe()
+
+    # this box's verify failed the int8 model for these bytes: the next fastest that passed runs
+    int8 = next(a for a in manifest["artifacts"] if a["path"] == INT8)
+    (root / "verify.json").write_text(json.dumps({"cpu": {"model": here}, "results": [
+        {"path": INT8, "reader": "onnxruntime", "sha256": int8["sha256"], "passed": False,
+         "unread": None}]}))
+    assert classify.choose(root / "manifest.json", manifest, "onnxruntime").artifact["path"] == FP32
+    lines = []
+    try:
+        classify.Classifier(root / "manifest.json", "int8", "onnxruntime", warn=lines.append)
+    except classify.ConsumerError as e:
+        assert "FAILED this box's own check" in str(e)
+    else:
+        raise AssertionError("an artifact this box's verify failed was run")
+    assert lines and lines[0].startswith(f"running {INT8} (int8) under onnxruntime")
