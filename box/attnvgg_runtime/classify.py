@@ -90,7 +90,7 @@ def choose(manifest_path: Path, manifest: dict, runtime: str | None = None,
     runtimes = [runtime] if runtime else [r for r in installed_runtimes() if runnable(manifest, r)]
     if not runtimes:
         raise ConsumerError("neither onnxruntime nor openvino is installed here: "
-                            "pip install 'attnvgg-runtime[onnxruntime]' (or [openvino])")
+                            "install the runtime wheel's [onnxruntime] or [openvino] extra (docs/edge.md)")
     if precision:
         chosen_runtime = runtime or default_runtime(manifest)
         return Choice(pick_artifact(manifest, precision, chosen_runtime), chosen_runtime,

@@ -58,7 +58,7 @@ SATURATION_PROBE = base64.b64decode(
 
 def run_saturation_probe(session_options: dict[str, str] | None = None) -> int:
     """What ONNX Runtime's U8S8 kernel sums the probe to here (PROBE_EXACT where it is exact)."""
-    ort = runtime_module("onnxruntime", "pip install 'attnvgg-runtime[onnxruntime]'")
+    ort = runtime_module("onnxruntime", "install the runtime wheel's [onnxruntime] extra")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     for key, value in (session_options or {}).items():

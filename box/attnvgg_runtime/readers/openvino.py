@@ -10,7 +10,7 @@ import numpy as np
 
 from attnvgg_runtime.readers import runtime_module
 
-INSTALL_HINT = "pip install 'attnvgg-runtime[openvino]'"
+INSTALL_HINT = "install the runtime wheel's [openvino] extra (pip install openvino)"
 
 
 def precision_hint(artifact: dict) -> str:
