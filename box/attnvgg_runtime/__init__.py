@@ -5,17 +5,26 @@ What a box that runs the artifacts needs: the manifest contract (manifest.py), t
 per-artifact check and the golden I/O reader (verify/), the box's bench and the classifier. The
 toolchain (attnvgg-export) imports these: one definition of every measure on both sides.
 
-    from attnvgg_runtime import Classifier, verify, bench
+    from attnvgg_runtime import Classifier, verify_build
     top5 = Classifier("build/se/manifest.json").classify_files(["cat.jpg"])
-    report = verify("build/se/manifest.json")      # verify.json's content; report["passed"]
+    report = verify_build("build/se/manifest.json")    # verify.json's content; report["passed"]
+
+The API loads on first use (PEP 562): the toolchain, which imports the submodules it needs,
+does not pay for the classifier's imports.
 """
 
-from attnvgg_runtime.bench import bench_box as bench
-from attnvgg_runtime.classify import Classifier, load_manifest
-from attnvgg_runtime.errors import ToolchainError
-from attnvgg_runtime.probe import box_identity as probe
-from attnvgg_runtime.verify.on_box import Restriction
-from attnvgg_runtime.verify.on_box import verify_build as verify
+import importlib
 
-# (the submodule attnvgg_runtime.classify keeps its name: its function classify() is not re-exported)
-__all__ = ["Classifier", "Restriction", "ToolchainError", "bench", "load_manifest", "probe", "verify"]
+# name -> submodule; each under its own name, none a submodule's name (classify, bench, probe,
+# verify stay the modules)
+_API = {"Classifier": "classify", "load_manifest": "classify", "bench_box": "bench",
+        "box_identity": "probe", "verify_build": "verify.on_box", "Restriction": "verify.on_box",
+        "ToolchainError": "errors"}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'attnvgg_runtime' has no attribute {name!r}")

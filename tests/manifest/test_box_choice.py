@@ -51,3 +51,29 @@ def test_the_box_chooses_by_its_own_bench_and_its_own_verify(gated_build, tmp_pa
     else:
         raise AssertionError("an artifact this box's verify failed was run")
     assert lines and lines[0].startswith(f"running {INT8} (int8) under onnxruntime")
+
+
+def test_the_python_api_loads_classifies_an_array_and_a_file_and_verifies(gated_build, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    import attnvgg_runtime
+    from attnvgg_runtime import Classifier, Restriction, load_manifest, verify_build
+
+    root = copy_build(gated_build, tmp_path)
+    assert load_manifest(root / "manifest.json")["schema_version"].startswith("1.")
+    told = []
+    classifier = Classifier(root / "manifest.json", "fp32", "onnxruntime", warn=told.append)
+    assert told == [classifier.choice.describe()] and "--precision fp32 asked for" in told[0]
+    batch = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    top = classifier.classify_array(batch, top=3)
+    assert len(top) == 2 and all(len(r) == 3 for r in top)
+    assert {label for label, _ in top[0]} <= set(classifier.labels)
+    assert [p for _, p in top[0]] == sorted((p for _, p in top[0]), reverse=True)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (90, 70, 3), np.uint8)).save(photo)
+    assert len(classifier.classify_files([photo])[0]) == 5
+    report = verify_build(root / "manifest.json", log=lambda *_: None,
+                          restriction=Restriction(("heldout",), ("model.onnx",), ("onnxruntime",), 8))
+    assert report["passed"] and report["read"] == 1 and report["restricted"]["images"] == 8
+    assert callable(attnvgg_runtime.box_identity) and callable(attnvgg_runtime.bench_box)
