@@ -77,3 +77,22 @@ def test_the_python_api_loads_classifies_an_array_and_a_file_and_verifies(gated_
                           restriction=Restriction(("heldout",), ("model.onnx",), ("onnxruntime",), 8))
     assert report["passed"] and report["read"] == 1 and report["restricted"]["images"] == 8
     assert callable(attnvgg_runtime.box_identity) and callable(attnvgg_runtime.bench_box)
+
+
+def test_the_box_bench_times_every_cpu_artifact_and_classify_then_chooses_by_it(gated_build, tmp_path):
+    from attnvgg_runtime.artifacts import installed_runtimes, runnable
+    from attnvgg_runtime.bench import bench_box
+
+    root = copy_build(gated_build, tmp_path)
+    report = bench_box(root / "manifest.json", batches=(1,), seconds=0.01, log=lambda *_: None)
+    manifest = read_manifest(root / "manifest.json")
+    expected = {(r, a["path"], a["precision"]) for r in installed_runtimes() for a in runnable(manifest, r)}
+    assert {(r["runtime"], r["artifact"], r["precision"]) for r in report["rows"]} == expected
+    assert all(r["p50_ms"] > 0 and r["iterations"] >= 5 for r in report["rows"])
+    assert json.loads((root / "box-bench.json").read_text())["cpu"]["model"] == cpu_identity()["model"]
+    chosen = classify.choose(root / "manifest.json", manifest)
+    fastest = min((r for r in report["rows"] if classify._usable(manifest, root, next(
+        a for a in manifest["artifacts"] if a["path"] == r["artifact"] and a["precision"] == r["precision"]),
+        r["runtime"], cpu_identity()["model"])), key=lambda r: r["p50_ms"])
+    assert (chosen.artifact["path"], chosen.runtime) == (fastest["artifact"], fastest["runtime"])
+    assert "this box's own bench" in chosen.why
