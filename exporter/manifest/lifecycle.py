@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnvgg_runtime.manifest import write_manifest
+from attnvgg_runtime.verdicts import gate_unverified_reason
 
 # files derived from the artifacts' bytes (the gate's, the self-test's, the bench's, the report)
 DERIVED_FILES = ("parity.json", "parity.junit.xml", "explain.json", "selftest.json", "bench.json",
@@ -60,11 +61,9 @@ def forget_verdicts(manifest_path: Path, manifest: dict, log=print) -> None:
 
 def passing_verdict(manifest: dict, artifact: dict, reader: str) -> bool:
     """Whether the gate passed ``artifact`` under ``reader`` for the bytes the manifest lists now
-    (its sha256): not skipped, not failed, not about other bytes."""
-    verdicts = (manifest.get("parity", {}).get("gate") or {}).get("verdicts", [])
-    return any(v["path"] == artifact["path"] and v["sha256"] == artifact["sha256"]
-               and v["reader"] == reader and v["passed"] and not v.get("skipped")
-               for v in verdicts)
+    (its sha256): not skipped, not failed, not about other bytes. The rule is the box's
+    (attnvgg_runtime.verdicts), which refuses to run anything else."""
+    return gate_unverified_reason(manifest, artifact, reader) is None
 
 
 def recommendation_still_passes(manifest: dict) -> bool:
