@@ -98,8 +98,10 @@ def measure_eval(manifest: Path, out: Path, fractions: list[float], budget: floa
             if entry.accuracy:
                 a = entry.accuracy
                 rows.append({"bug": f"features.12 scales zeroed: {fraction}", "reader": entry.reader,
+                             "images": a["images"], "lost": a["lost"], "gained": a["gained"],
                              "drop": a["drop"], "low": a["low"], "high": a["high"],
-                             "verdict": a["verdict"], "margin": a["low"] / budget})
+                             "verdict": a["verdict"], "fails": a["fails"], "method": a["method"],
+                             "margin": a["low"] / budget})
     return rows
 
 
@@ -127,7 +129,8 @@ def measure_clip(manifest: Path, config: PrecisionConfig, out: Path, factors: li
             top = accuracy["shares"][0] if accuracy["shares"] else {"module": None, "share": 0.0}
             confirmed = accuracy.get("confirmed") or {}
             rows.append({
-                "bug": f"range at max_pool2d_3 x{factor}", "graph": target,
+                "bug": f"range at max_pool2d_3 x{factor}", "graph": target, "heldout": held,
+                "method": heldout["method"], "confirmed_counts": confirmed,
                 "heldout_without_aim": heldout["verdict"], "heldout_margin": heldout["low"] / budget,
                 "tuning": tuning["verdict"], "tuning_margin": tuning["low"] / budget,
                 "kept": [f["module"] for f in record["fallen_back"]], "first_share": top["module"],

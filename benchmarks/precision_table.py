@@ -1,6 +1,6 @@
 """The trained-fixture accuracy table (docs/precision.md): eager fp32, fp16, int8-trt and
 int8-cpu top-1 on held-out digits, per variant and calibration method, each artifact's paired
-drop against eager with its exact 95% interval and verdict against the gate's budget, and the
+drop against eager with its 95% interval (Tango's) and verdict against the gate's budget, and the
 layers the fallback kept in float (by aim).
 
     .venv/bin/python -m benchmarks.precision_table --name precision-table-zen3   # run and store
@@ -73,7 +73,8 @@ def render(run: dict) -> str:
         + ", ".join(f"{v} {f['validation_accuracy']:.3f} ({f['epochs']} epochs)"
                     for v, f in run["fixtures"].items())
         + f". Top-1 in % on {run['rows'][0]['images']} held-out digits; each artifact's paired "
-        "drop against eager in points with its exact 95% interval, judged against the gate's "
+        "drop against eager in points with its 95% interval (Tango's score interval), judged "
+        "against the gate's "
         "budget (" + ", ".join(f"{k} {100 * v:.1f}" for k, v in run["budgets"].items())
         + " points): **W** within budget, **N** not resolvable with these images, **O** over "
         "budget. Layers kept in float: by the accuracy aim (a) and the rel-L2 aim (m).", "",

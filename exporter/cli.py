@@ -101,15 +101,27 @@ def _cmd_parity(args: argparse.Namespace) -> int:
                         only=set(args.artifacts) if args.artifacts else None,
                         cases=set(args.cases) if args.cases is not None else None,
                         eval_dir=args.eval_dir, strict_accuracy=args.strict_accuracy)
+    skipped, warnings = report.skipped(), report.warnings()
+    for warning in warnings:  # passed, not proven: each on its own line, the count on the last
+        print(f"WARNING: {warning}")
     if report.passed:
-        skipped = report.skipped()
-        print(f"parity: passed ({len(report.artifacts) - len(skipped)} artifacts verified)"
-              + (f", {len(skipped)} artifacts not verified on this machine: "
+        print(f"parity: passed ({report.verified} artifact readings verified)"
+              + (f", {len(warnings)} warnings ({warning_kinds(warnings)}; listed above and in "
+                 f"parity.json), first: {warnings[0]}" if warnings else "")
+              + (f"; {len(skipped)} not verified on this machine: "
                  f"{', '.join(s.split(': ')[0] for s in skipped)}" if skipped else ""))
         return 0
     failures = report.failures()
-    print(f"parity: FAILED, {len(failures)} breaches; first: {failures[0]}", file=sys.stderr)
+    print(f"parity: FAILED, {len(failures)} breaches; first: {failures[0]}"
+          + (f"; and {len(warnings)} warnings" if warnings else ""), file=sys.stderr)
     return 1
+
+
+def warning_kinds(warnings: list[str]) -> str:
+    """"3 accuracy not resolvable, 1 not gated": what the warnings are, counted."""
+    kinds = {"accuracy not resolvable": sum("not resolvable" in w for w in warnings),
+             "not gated": sum("not gated here" in w for w in warnings)}
+    return ", ".join(f"{n} {kind}" for kind, n in kinds.items() if n)
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:

@@ -78,7 +78,7 @@ def test_classify_and_verify_run_from_the_wheel_and_verify_names_a_planted_int8_
     verified = _box(box_venv, "verify", build / "manifest.json", "--case", "heldout")
     assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-2000:]
     assert "RESTRICTED to cases heldout" in verified.stdout
-    report = json.loads((build / "verify.json").read_text())
+    report = json.loads((build / "verify.json").read_text())["latest"]
     assert report["passed"] and report["restricted"] == {"cases": ["heldout"], "artifacts": None,
                                                          "readers": None, "images": None}
 

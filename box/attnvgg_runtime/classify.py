@@ -136,7 +136,9 @@ def check_verdict(manifest_path: Path, manifest: dict, artifact: dict, runtime: 
     reason = gate_unverified_reason(manifest, artifact, reader)
     mine = box_verdict(Path(manifest_path).parent, artifact, reader, cpu_identity()["model"])
     if reason is None and mine is not None and not mine["passed"]:
-        reason = f"it FAILED this box's own check ({mine['file']})"
+        reason = (f"it FAILED this box's own check, its latest for these bytes on this CPU "
+                  f"({mine['reader_version'] or reader}, {mine['when'] or 'an earlier run'}; "
+                  f"{mine['file']}); `attnvgg-runtime verify` passing it again lifts this")
     if reason is None:
         return
     what = (f"{artifact['path']} under {runtime} has no passing verdict for its bytes "

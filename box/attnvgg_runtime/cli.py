@@ -6,7 +6,8 @@
     attnvgg-runtime classify build/se/manifest.json a.jpg   # top-5, with what ran and why on stderr
 
 Exit codes: 0 done (verify: every reading passed), 1 verify found a breach, 2 a usage or input
-error (the message names the file or value and the fix).
+error (the message names the file or value and the fix; verify: a reader, artifact or case it
+does not know, or nothing it could read).
 """
 
 from __future__ import annotations

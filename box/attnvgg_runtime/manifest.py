@@ -12,8 +12,9 @@ from attnvgg_runtime.errors import ToolchainError
 from attnvgg_runtime.files import sha256_file, write_text_atomic
 
 # 1.1 added data_split, openvino-ir, bf16 and openvino-cpu; 1.2 exact_int8_session_options;
-# 1.5 `activations` of the int8 graphs (what a box needs to know without onnx). Reads 1.0 and on.
-SCHEMA_VERSION = "1.5"
+# 1.5 `activations` of the int8 graphs (what a box needs to know without onnx); 1.6
+# `parity.gate.warnings` (passed, not proven). Reads 1.0 and on.
+SCHEMA_VERSION = "1.6"
 FORMATS = ("onnx", "ort", "plan", "openvino-ir")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TARGETS = ("any", "tensorrt", "onnxruntime-cpu", "openvino-cpu")

@@ -7,7 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from attnvgg_runtime.errors import ToolchainError
+
 VERIFY_JSON = "verify.json"
+VERIFY_FORMAT = 2  # 1: one run's results, the CPU at the top; 2: every run's, newest first
+HISTORY_PER_KEY = 20  # results kept per (path, sha256, reader and version, CPU)
 
 
 def reader_of(artifact: dict, runtime: str) -> str:
@@ -34,19 +38,50 @@ def gate_unverified_reason(manifest: dict, artifact: dict, reader: str) -> str |
     return f"the gate did not verify it ({skipped})" if skipped else "it FAILED the gate"
 
 
-def box_verdict(root: Path, artifact: dict, reader: str, cpu_model: str) -> dict | None:
-    """This box's own verdict on ``artifact`` under ``reader`` (verify.json beside the manifest),
-    where one was reached for these bytes on a CPU of this model: {"passed": bool, "when": ...};
-    None where the box has not checked it."""
+def reading_key(result: dict) -> tuple:
+    """What a box's result is about: the bytes, the reader and its version, the CPU."""
+    return (result["path"], result["sha256"], result["reader"], result.get("reader_version", ""),
+            result.get("cpu", ""))
+
+
+def read_box_history(root: Path) -> list[dict]:
+    """This box's verify results beside the manifest, newest first (format 1 files read as one
+    run); [] where verify has not run. A file that is not JSON is an error, never "no verdict":
+    a FAIL it held must not be forgotten."""
     path = Path(root) / VERIFY_JSON
     try:
         report = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if report.get("cpu", {}).get("model") != cpu_model:
-        return None  # another box's verdict (a folder copied between machines)
-    for r in report.get("results", []):
+    except FileNotFoundError:
+        return []
+    except (OSError, json.JSONDecodeError) as e:
+        raise ToolchainError(f"{path} cannot be read ({e}): it holds this box's verdicts; repair it, "
+                             f"or delete it and run `attnvgg-runtime verify` again") from e
+    if report.get("format", 1) == 1:  # one run: the CPU and the restriction at the top
+        cpu = report.get("cpu", {}).get("model", "")
+        return [r | {"cpu": cpu, "restricted": report.get("restricted")} for r in report.get("results", [])]
+    return report["results"]
+
+
+def merge_history(history: list[dict], run: list[dict]) -> list[dict]:
+    """A run's results before the history, keeping HISTORY_PER_KEY per key: a restricted run
+    adds, and never removes what another run found."""
+    kept, counts = [], {}
+    for result in run + history:
+        key = reading_key(result)
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] <= HISTORY_PER_KEY:
+            kept.append(result)
+    return kept
+
+
+def box_verdict(root: Path, artifact: dict, reader: str, cpu_model: str) -> dict | None:
+    """This box's own latest verdict on ``artifact`` under ``reader`` (verify.json beside the
+    manifest), reached for these bytes on a CPU of this model, whatever run reached it and
+    whatever the reader's version: {"passed": bool, "file", "when", "reader_version",
+    "restricted"}; None where the box has not checked it."""
+    for r in read_box_history(root):  # newest first
         if (r["path"] == artifact["path"] and r["reader"] == reader and r["sha256"] == artifact["sha256"]
-                and r.get("unread") is None):
-            return {"passed": r["passed"], "file": str(path), "restricted": report.get("restricted")}
+                and r.get("cpu") == cpu_model and r.get("unread") is None):
+            return {"passed": r["passed"], "file": str(Path(root) / VERIFY_JSON), "when": r.get("when"),
+                    "reader_version": r.get("reader_version"), "restricted": r.get("restricted")}
     return None

@@ -3,8 +3,9 @@ keep layers in float, one at a time, each only if it helps.
 
 Two aims, in this order:
 1. Where the tuning images have labels and the weights are trained: the top-1 drop against eager
-   on them, held to the gate's ``accuracy_drop_max``, acted on only where its exact interval
-   puts it over budget (a drop of an image or two is what other kernels flip). Layers are ranked
+   on them, held to the gate's ``accuracy_drop_max``, acted on only where its 95% interval
+   (Tango's, attnvgg_runtime.verify.accuracy) puts it over budget (a drop of an image or two is
+   what other kernels flip). Layers are ranked
    by their share of the drop (the drop with that layer alone in float, as NNCF's
    ``quantize_with_accuracy_control`` ranks them), and the fewest kept in float that bring it within budget.
 2. The goal of ``FallbackGoal`` (default: the gate's rel-L2 budgets, with margin), layers ranked

@@ -1,6 +1,6 @@
 """The gate's accuracy check on EVAL_DIR, the user's labelled images: eager fp32 once, then each
 artifact with the runner the gate already loaded for it, streamed over the set a batch at a time
-and judged by its paired drop against eager with an exact 95% interval
+and judged by its paired drop against eager with its 95% interval
 (attnvgg_runtime.verify.accuracy)."""
 
 from __future__ import annotations
@@ -64,20 +64,19 @@ def eager_on_labels(eval_dir: str | Path, manifest: dict, model, log=print) -> L
 
 def judge_on_labels(entry, runner, reference: LabelledReference, budget: dict, log=print,
                     strict: bool = False) -> None:
-    """Sets ``entry.accuracy``, and a failure where the drop is over budget: with confidence, or
-    by its point estimate. A drop these images cannot resolve either way is reported loudly, with
-    about how many images would resolve it, and fails only where ``strict`` (STRICT_ACCURACY=1):
-    more evidence must not turn a passing build into a failing one unless it points to a breach."""
+    """Sets ``entry.accuracy``, and a failure where drop_verdict fails the drop (over budget with
+    confidence, or by a point estimate these images resolve). A drop these images cannot
+    resolve either way is a warning, with about how many images would resolve it, and fails
+    only where ``strict`` (STRICT_ACCURACY=1): more evidence must not turn a passing build into a
+    failing one unless it points to a breach."""
     logits = reference.logits(runner, entry.label)
     judged = judge_drop(logits, reference.eager, reference.labels, budget["accuracy_drop_max"])
     entry.accuracy = judged.to_json() | {"moves": class_moves(logits, reference.eager, reference.labels)}
-    over = judged.verdict == "over budget" or judged.drop > judged.budget + 1e-12
-    if over or (strict and judged.verdict == "not resolvable"):
+    unresolved = judged.verdict == "not resolvable" and not judged.fails
+    if judged.fails or (strict and unresolved):
         entry.failures.append(f"accuracy on EVAL_DIR: {judged.describe()}"
-                              + ("; failed as STRICT_ACCURACY asks" if not over else ""))
-    elif judged.verdict == "not resolvable":
-        entry.accuracy["warning"] = ("not resolvable: the point estimate is within budget, the "
-                                     "interval is not; not failed (STRICT_ACCURACY=1 fails it)")
-    unresolved = judged.verdict == "not resolvable"
+                              + ("; failed as STRICT_ACCURACY asks" if not judged.fails else ""))
+    elif unresolved:
+        entry.warnings.append(f"accuracy on EVAL_DIR: {judged.warning} (STRICT_ACCURACY=1 fails it)")
     log(f"  {entry.label}: {judged.describe()}"
         + (" -- NOT RESOLVED: more labelled images would settle it" if unresolved else ""))

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,16 @@ class Bug:
     artifact: str
     plant: Callable[[onnx.ModelProto], str]  # changes the model in place, says where
     converted: bool = False  # plant works on a converted file's bytes (.ort, IR .bin) instead
+    # plant is a fault of the converter itself (an OpenVINO IR): the IR is converted from a source
+    # the converter misreads, and so is every conversion redone while the gate runs (the same
+    # converter on the box), so the reconversion check reads 0 and only the budget on what the
+    # conversion changed (derived_excess_max) can catch it
+    converter: bool = False
+    caught_by: str | None = None  # the check that must catch it (a text its failure contains)
+
+    @property
+    def in_converted_file(self) -> bool:
+        return self.converted or self.converter
 
 
 def _initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
@@ -139,6 +150,22 @@ def converted_weights_x105(data: bytes, source: onnx.ModelProto) -> tuple[bytes,
     raise SelfTestError("no conv weight of the source graph found verbatim in the converted file")
 
 
+def converter_weight_scales_x108(model: onnx.ModelProto) -> str:
+    """The converter misreads one 3x3 conv's per-channel weight scales (x1.08), in the middle of
+    the network: a converter version or option that computes another graph than its source.
+    Sized by its excess over the source's error: 0.37 aggregate and 0.56 on the worst image on
+    the reduced build against derived_excess_max 0.15 (2.5x and 3.7x; docs/precision.md), under
+    the absolute int8 budgets there (rel L2 0.108 against 0.12)."""
+    weights = {i.name: i for i in model.graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4 and i.dims[2] > 1}
+    nodes = [n for n in _weight_dequantizers(model) if n.input[0] in weights]
+    if not nodes:
+        raise SelfTestError("no int8 3x3 conv weight in the IR's source graph to misread")
+    node = nodes[len(nodes) // 2]
+    _scale(model, node.input[1], 1.08)
+    return f"the converter reads the weight scales of {node.name} x1.08"
+
+
 BUGS = (
     Bug("fp32 conv weight x1.05", "model.onnx", fp32_conv_weight),
     Bug("int8 weight scales x1.05 on one layer", "model.int8-trt.onnx", int8_weight_scale),
@@ -149,7 +176,33 @@ BUGS = (
         converted_weights_x105, converted=True),
     Bug("int8 OpenVINO IR .bin: one conv's weights x1.05", "engines/openvino/model.int8.xml",
         converted_weights_x105, converted=True),
+    Bug("int8 OpenVINO IR: a converter fault, one conv's weight scales x1.08",
+        "engines/openvino/model.int8.xml", converter_weight_scales_x108, converter=True,
+        caught_by="the conversion lost accuracy"),
 )
+
+
+@contextmanager
+def converter_fault(bug: Bug, scratch: Path):
+    """While it is open, every OpenVINO conversion of an ONNX graph (the IR stage's and each one the
+    gate redoes) converts the graph as ``bug`` misreads it: a faulty converter, on the build
+    machine and the box alike."""
+    from attnvgg_runtime.readers import openvino as reader
+
+    original = reader.converted_model
+
+    def misread(source):
+        model = onnx.load(str(source))
+        bug.plant(model)
+        path = scratch / f"misread-{Path(source).name}"
+        onnx.save(model, str(path))
+        return original(path)
+
+    reader.converted_model = misread
+    try:
+        yield
+    finally:
+        reader.converted_model = original
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -172,16 +225,32 @@ def planted_copy(root: Path, bug: Bug | None, folder: Path) -> tuple[Path, str]:
     files |= {manifest["golden"][k]["path"] for k in ("inputs", "outputs") if manifest.get("golden")}
     entry = next((a for a in manifest["artifacts"] if bug and a["path"] == bug.artifact), None)
     record = entry and (entry["weights"] if "weights" in entry else entry)  # the file planted
-    for path in sorted(files - {record and record["path"]}):
+    rewritten = {record["path"], entry["path"]} if bug and bug.converter else {record and record["path"]}
+    for path in sorted(files - rewritten):
         _link_or_copy(root / path, folder / path)
     if bug is None:
         write_manifest(folder / "manifest.json", manifest)
         return folder / "manifest.json", "nothing"
     planted = folder / record["path"]
-    if bug.converted and "source" not in entry:
+    if bug.in_converted_file and "source" not in entry:
         raise SelfTestError(f"the manifest records no source graph for {bug.artifact} (a build "
                             f"before schema 1.4): rebuild with `make engine`")
-    if bug.converted:
+    if bug.converter:  # the IR as the faulty converter makes it from its source
+        from attnvgg_runtime.readers import runtime_module
+        from attnvgg_runtime.readers.openvino import converted_model
+
+        source = onnx.load(str(root / entry["source"]))
+        where = bug.plant(source)
+        misread = folder / f"misread-{Path(entry['source']).name}"
+        onnx.save(source, str(misread))
+        # saved as exporter.convert.openvino_ir saves an IR (weights kept in float32): were it
+        # saved otherwise, the gate's reconversion check would say so, and the test asserts not
+        runtime_module("openvino", "pip install openvino").save_model(
+            converted_model(misread), str(folder / entry["path"]), compress_to_fp16=False)
+        misread.unlink()
+        xml = folder / entry["path"]
+        entry["sha256"], entry["bytes"] = sha256_file(xml), xml.stat().st_size
+    elif bug.converted:
         data, where = bug.plant((root / record["path"]).read_bytes(), onnx.load(str(root / entry["source"])))
         planted.parent.mkdir(parents=True, exist_ok=True)
         planted.write_bytes(data)
@@ -217,7 +286,8 @@ def _gate_copy(root: Path, bug: Bug | None, artifacts: set[str],
     run_parity's (an empty set: the held-out images at the opt size only)."""
     with tempfile.TemporaryDirectory(prefix=".selftest-", dir=root) as tmp:
         copy, where = planted_copy(root, bug, Path(tmp))
-        report = run_parity(copy, log=lambda *_: None, only=artifacts, cases=cases)
+        with converter_fault(bug, Path(tmp)) if bug and bug.converter else nullcontext():
+            report = run_parity(copy, log=lambda *_: None, only=artifacts, cases=cases)
     failures = {path: [f"{a.label}: {f}" for a in report.artifacts if a.path == path
                        for f in a.failures] for path in artifacts}
     return failures, where
@@ -233,7 +303,7 @@ def run_selftest(manifest_path: Path, log=print, converted_only: bool = False) -
     root = manifest_path.parent
     verify_artifacts(manifest_path)
     present = {a["path"] for a in read_manifest(manifest_path)["artifacts"]}
-    bugs = [b for b in BUGS if b.artifact in present and (b.converted or not converted_only)]
+    bugs = [b for b in BUGS if b.artifact in present and (b.in_converted_file or not converted_only)]
     cases = set() if converted_only else None
     baseline, _ = _gate_copy(root, None, {b.artifact for b in bugs}, cases)
     results = []
@@ -242,7 +312,12 @@ def run_selftest(manifest_path: Path, log=print, converted_only: bool = False) -
             outcome, by, where = "baseline failed", baseline[bug.artifact][:4], "not planted"
         else:
             failures, where = _gate_copy(root, bug, {bug.artifact}, cases)
-            outcome, by = ("caught" if failures[bug.artifact] else "MISSED"), failures[bug.artifact][:4]
+            by = failures[bug.artifact]
+            if bug.caught_by:  # caught by the check it is planted for, first
+                by = sorted(by, key=lambda f: bug.caught_by not in f)
+            outcome = ("MISSED" if not by else "caught" if not bug.caught_by or bug.caught_by in by[0]
+                       else f"MISSED by its check ({bug.caught_by}), caught by others")
+            by = by[:4]
         results.append({"bug": bug.name, "artifact": bug.artifact, "planted": where,
                         "outcome": outcome, "caught": outcome == "caught", "by": by})
         log(f"  {outcome}: {bug.name} ({where})" + (f"\n    {by[0]}" if by else ""))
@@ -258,7 +333,7 @@ def run_selftest(manifest_path: Path, log=print, converted_only: bool = False) -
         raise SelfTestError(f"the unplanted build already fails the gate for "
                             f"{', '.join(summary['baseline_failed'])}: a bug planted there proves "
                             f"nothing; run `make parity` and mend the build first")
-    missed = [r["bug"] for r in results if r["outcome"] == "MISSED"]
+    missed = [r["bug"] for r in results if r["outcome"].startswith("MISSED")]
     if missed:
         raise SelfTestError(f"the gate passed {len(missed)} planted bugs: {', '.join(missed)}")
     log(f"parity-selftest: the unplanted build passed; the gate caught all {len(results)} planted bugs"

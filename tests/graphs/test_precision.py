@@ -155,11 +155,12 @@ def test_the_fallback_aims_at_accuracy_where_the_tuning_images_have_labels(digit
     with loose rel-L2 budgets has) nothing stays float and the held-out drop is over budget with
     confidence; the accuracy aim, acting since the tuning drop is over budget with confidence,
     ranks the layers by their share of the drop on the labelled tuning digits, keeps the clipped
-    conv in float, and the disjoint held-out digits confirm the drop within budget.
+    conv in float, and the disjoint held-out digits confirm it: not over budget (248 digits cannot
+show a drop within one point: with none changed the interval reaches 1.53).
     Margins (`python -m benchmarks.planted_bugs`, stored in docs/runs/planted-bugs/: natively on
     Zen 4 and with torch and oneDNN held to AVX2): the held-out drop's lower bound 57x the budget,
     the tuning drop's 45x, features.28's share 1.0 (asserted >= 0.5: 2x), the confirmed drop
-    within budget. A clip to 0.1, this test's bug before, is "not resolvable" on the shipped
+    not failed. A clip to 0.1, this test's bug before, is "not resolvable" on the shipped
     fixture: no margin at all."""
     from dataclasses import replace
 
@@ -192,10 +193,11 @@ def test_the_fallback_aims_at_accuracy_where_the_tuning_images_have_labels(digit
         assert aimed["fallen_back"][0]["aim"] == "accuracy"
         assert accuracy["met"] and accuracy["final"]["drop"] <= budget and aimed["met"]
         assert accuracy["confirmed"]["images"] == 248
-        assert accuracy["confirmed"]["verdict"] == "within budget", accuracy["confirmed"]
+        confirmed = accuracy["confirmed"]
+        assert confirmed["verdict"] != "over budget" and not confirmed["fails"], confirmed
     assert any("ranking" in line and "by their share" in line for line in lines)
     report = "\n".join(format_fallback(manifest["calibration"]))
-    assert "features.28 (accuracy, share" in report and "within budget" in report
+    assert "features.28 (accuracy, share" in report
 
 
 def test_the_accuracy_aim_keeps_layers_by_share_each_only_if_it_lowers_the_drop():
@@ -221,11 +223,12 @@ def test_the_accuracy_aim_keeps_layers_by_share_each_only_if_it_lowers_the_drop(
                                     lambda *_: None)
     excluded = [k["node"] for k in kept]
     assert excluded == ["b"] and not record["met"] and record["final"]["drop"] == pytest.approx(0.06)
-    assert record["verdict"] == "not resolvable"  # 6 images of 100 past a 1-point budget
-    # a drop of 5 images in 100 is past the budget by its point estimate, but its interval
-    # reaches below it: another CPU's kernels could flip it, so no layer is kept for it
+    assert record["verdict"] == "over budget"  # 6 images of 100, all lost: [2.1, 12.5] points
+    # a drop of 4 images in 100 is past the budget by its point estimate, but its interval
+    # reaches below it ([0.15, 9.8] points): another CPU's kernels could flip it, so no layer is
+    # kept for it
     lines: list[str] = []
-    kept, record = _aim_at_accuracy(0.01, 100, lambda nodes: measure(nodes, total=5), list("abc"),
+    kept, record = _aim_at_accuracy(0.01, 100, lambda nodes: measure(nodes, total=4), list("abc"),
                                     lambda: ranking, 6, "t", lines.append)
     assert kept == [] and not record["acted"] and record["verdict_initial"] == "not resolvable"
     assert record["shares"] == [] and "no layer kept in float for it" in lines[0]

@@ -1,5 +1,6 @@
-"""Accuracy with intervals: the paired drop's exact interval, the three verdicts, the classes that
-move, and EVAL_DIR's loader (layouts, clear errors, undecodable files skipped and named)."""
+"""Accuracy with intervals: the paired drop's interval (Tango's), the three verdicts and what
+fails, the classes that move, and EVAL_DIR's loader (layouts, clear errors, undecodable files
+skipped and named). How the interval behaves at users' sizes: test_accuracy_statistics.py."""
 
 import numpy as np
 import pytest
@@ -28,31 +29,44 @@ def _paired(images: int, lost: int, gained: int, classes: int = 10, seed: int = 
     return artifact, eager, labels
 
 
-def test_no_discordant_image_is_an_exact_zero_drop():
-    assert drop_interval(0, 0, 600) == (0.0, 0.0)
+def test_no_changed_image_bounds_the_drop_by_the_number_of_images():
+    # Tango's interval with nothing changed: d / (1 - d) = z^2 / N, so d = z^2 / (N + z^2)
+    from attnvgg_runtime.verify.accuracy import Z, drop_verdict
+
+    for images in (20, 100, 248, 600, 3000):
+        assert drop_interval(0, 0, images) == pytest.approx((-Z**2 / (images + Z**2), Z**2 / (images + Z**2)))
+    assert drop_interval(0, 0, 100)[1] == pytest.approx(0.037, abs=5e-4)  # 3.7 points of 100
+    # what the conditional (McNemar) interval called "within budget" at any N is not, below 381
+    assert drop_verdict(0, 0, 20, 0.01)["verdict"] == "not resolvable"
+    assert drop_verdict(1, 0, 100, 0.01)["verdict"] == "not resolvable"
+    assert drop_verdict(0, 0, 380, 0.01)["images_needed"] == 381
+    assert drop_verdict(0, 0, 381, 0.01)["verdict"] == "within budget"
     artifact, eager, labels = _paired(600, 0, 0)
     judged = judge_drop(artifact, eager, labels, 0.01)
-    assert (judged.drop, judged.low, judged.high, judged.verdict) == (0.0, 0.0, 0.0, "within budget")
+    assert (judged.drop, judged.verdict, judged.fails, judged.warning) == (0.0, "within budget", False, None)
 
 
-def test_clopper_pearson_matches_its_closed_forms_and_scipy():
-    from scipy.stats import binomtest
-
-    from attnvgg_runtime.verify.accuracy import clopper_pearson
-
-    assert clopper_pearson(0, 10)[1] == pytest.approx(1 - 0.025 ** (1 / 10), abs=1e-9)
-    assert clopper_pearson(10, 10)[0] == pytest.approx(0.025 ** (1 / 10), abs=1e-9)
-    for x, n in [(1, 7), (12, 40), (300, 1000), (2, 2500)]:
-        ci = binomtest(x, n).proportion_ci(0.95, method="exact")
-        assert clopper_pearson(x, n) == pytest.approx((ci.low, ci.high), abs=1e-7), (x, n)
-
-
-def test_the_interval_is_exact_on_the_discordant_pairs():
-    # 2 lost, 0 gained: p's exact interval is [0.158, 1], the drop's 2/248 * (2p - 1)
-    low, high = drop_interval(2, 0, 248)
-    assert high == pytest.approx(2 / 248) and low == pytest.approx(2 / 248 * (2 * 0.1581 - 1), abs=1e-4)
+def test_the_interval_matches_tangos_published_example_and_is_symmetric():
+    # Fagerland, Lydersen and Laake, "Statistical Analysis of Contingency Tables" (2017), the
+    # paired 2x2 table of Cavo et al. 2012: n12 = 6, n21 = 16 of 161; Tango's score interval
+    # -0.1240 to -0.0054, as R's contingencytables::Tango_asymptotic_score_CI_paired_2x2 prints
+    assert drop_interval(6, 16, 161) == pytest.approx((-0.1240, -0.0054), abs=5e-5)
     low, high = drop_interval(5, 5, 600)  # as many gained as lost: symmetric about zero
     assert low == pytest.approx(-high)
+    assert drop_interval(64, 0, 64) == (pytest.approx(drop_interval(64, 0, 64)[0]), 1.0)
+    assert drop_interval(0, 64, 64)[0] == -1.0
+
+
+def test_a_zero_budget_makes_no_statistical_claim():
+    from attnvgg_runtime.verify.accuracy import drop_verdict
+
+    assert drop_verdict(0, 0, 50, 0.0)["verdict"] == "within budget"
+    for lost, gained in ((1, 0), (0, 1), (2, 2)):  # any image that changed verdict is over it
+        judged = drop_verdict(lost, gained, 5000, 0.0)
+        assert judged["verdict"] == "over budget" and judged["fails"], (lost, gained)
+    artifact, eager, labels = _paired(100, lost=0, gained=1)
+    judged = judge_drop(artifact, eager, labels, 0.0)
+    assert "a zero budget allows no image to change verdict" in judged.describe()
 
 
 def test_a_two_point_loss_on_600_images_is_over_budget_with_confidence():
@@ -63,12 +77,23 @@ def test_a_two_point_loss_on_600_images_is_over_budget_with_confidence():
 
 
 def test_one_flip_in_64_images_is_not_resolvable_and_says_how_many_would_be():
-    # the old check called this a 1.56-point drop over a 1-point budget; one image cannot say
+    # the old check called this a 1.56-point drop over a 1-point budget; one image cannot say,
+    # and a point estimate over budget fails only where one image is within the budget
     artifact, eager, labels = _paired(64, lost=1, gained=0)
     judged = judge_drop(artifact, eager, labels, 0.01)
     assert judged.verdict == "not resolvable" and judged.low < 0.01 < judged.high
+    assert not judged.fails and "not resolvable on 64 images" in judged.warning
     assert judged.images_needed and judged.images_needed > 64
     assert f"about {judged.images_needed} would resolve it" in judged.describe()
+
+
+def test_a_point_estimate_over_budget_fails_where_the_images_resolve_one_image():
+    from attnvgg_runtime.verify.accuracy import drop_verdict
+
+    judged = drop_verdict(3, 0, 248, 0.01)  # +1.21 points, interval across the budget
+    assert judged["verdict"] == "not resolvable" and judged["fails"] and judged["warning"] is None
+    judged = drop_verdict(2, 0, 248, 0.01)  # +0.81 points: within by its estimate, a warning
+    assert not judged["fails"] and judged["warning"]
 
 
 def test_the_moving_classes_are_named():
@@ -195,14 +220,15 @@ def test_a_drop_the_images_cannot_resolve_is_reported_and_fails_only_when_strict
 
     unresolved = judged(lost=6, gained=2, strict=False)  # +0.67 points, interval across 1.00
     assert unresolved.accuracy["verdict"] == "not resolvable" and unresolved.passed
-    assert unresolved.accuracy["images_needed"] > 600 and "warning" in unresolved.accuracy
+    assert unresolved.accuracy["images_needed"] > 600 and unresolved.accuracy["warning"]
+    assert unresolved.warnings and "accuracy on EVAL_DIR" in unresolved.warnings[0]
     strict = judged(lost=6, gained=2, strict=True)
     assert not strict.passed and "STRICT_ACCURACY" in strict.failures[0]
     over = judged(lost=9, gained=1, strict=False)  # +1.33 points, not resolved either
     assert over.accuracy["verdict"] == "not resolvable" and not over.passed
 
 
-def test_the_held_out_accuracy_fails_the_gate_only_with_confidence():
+def test_the_held_out_accuracy_follows_eval_dirs_rule():
     from attnvgg_runtime.verify.budgets import breaches
     from attnvgg_runtime.verify.measures import metrics
 
@@ -213,4 +239,8 @@ def test_the_held_out_accuracy_fails_the_gate_only_with_confidence():
     artifact, eager, labels = _paired(248, lost=15, gained=0)
     many = metrics(artifact, eager, labels)
     assert breaches(many, budget, trained=True) == [
-        "accuracy drop 6.05 points, 95% interval [3.41, 6.05] (budget 1.00)"]
+        "accuracy drop 6.05 points, 95% interval [3.70, 9.74] on 248 images (15 lost, 0 gained; "
+        "budget 1.00): over budget"]
+    artifact, eager, labels = _paired(248, lost=3, gained=0)  # +1.21 points: by its estimate
+    assert breaches(metrics(artifact, eager, labels), budget, trained=True)[0].endswith(
+        "not resolvable, by its point estimate")

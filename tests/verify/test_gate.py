@@ -169,13 +169,18 @@ def test_plans_this_machine_built_but_cannot_run_fail_the_gate(precision_build, 
     args = ["parity", "--manifest", str(root / "manifest.json"), "--artifacts", "engines/trt/int8.plan"]
     assert main(args) == 1
     assert "this machine built the plans" in capsys.readouterr().err
-    # a build copied here from the GPU machine that built it: not verified here, reported so
+    # a build copied here from the GPU machine that built it: not verified here, reported so;
+    # a gate asked to check only that plan read nothing, and a gate that read nothing fails
     root = _with_a_plan(precision_build, tmp_path / "copied", built_on="gpu-builder-7")
     assert main(["parity", "--manifest", str(root / "manifest.json"), "--artifacts",
-                 "engines/trt/int8.plan"]) == 0
-    assert "not verified on this machine: engines/trt/int8.plan" in capsys.readouterr().out
+                 "engines/trt/int8.plan"]) == 1
+    err = capsys.readouterr().err
+    assert "nothing was verified: 1 readings, every one skipped" in err and "engines/trt/int8.plan" in err
     parity = json.loads((root / "parity.json").read_text())
     assert parity["not_verified"][0].startswith("engines/trt/int8.plan [tensorrt]: ")
+    assert not parity["passed"] and not read_manifest(root / "manifest.json")["parity"]["gate"]["passed"]
+    suite = ET.parse(root / "parity.junit.xml").getroot()
+    assert suite.find("testcase[@name='anything verified']/failure") is not None
 
 
 def test_a_plan_without_tensorrt_is_reported_as_skipped_not_verified(precision_build, tmp_path,
@@ -341,6 +346,28 @@ def test_cli_exit_code_is_the_verdict(precision_build, tmp_path, capsys):
     assert json.loads((root / "parity.json").read_text())["budgets_changed"] == gate["budgets_changed"]
 
 
+def test_warnings_reach_the_last_line_and_junit(digits_build, tmp_path, capsys):
+    """Trained weights, 248 labelled held-out digits: int8 changes at most a digit or two, which
+    these images cannot resolve against a 1-point budget (381 would, with none changed). The
+    gate passes, and says so as warnings: on its last line, in parity.json and in JUnit."""
+    root = copy_build(digits_build.manifest.parent, tmp_path)
+    assert main(["parity", "--manifest", str(root / "manifest.json"), "--artifacts",
+                 "model.int8-cpu.onnx", "--cases"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    parity = json.loads((root / "parity.json").read_text())
+    warnings = parity["warnings"]
+    assert warnings and all("not resolvable on 248 images" in w for w in warnings), warnings
+    assert last.startswith("parity: passed (2 artifact readings verified), "
+                           f"{len(warnings)} warnings ({len(warnings)} accuracy not resolvable")
+    assert read_manifest(root / "manifest.json")["parity"]["gate"]["warnings"] == warnings
+    suite = ET.parse(root / "parity.junit.xml").getroot()
+    properties = [p.get("value") for p in suite.iter("property") if p.get("name") == "warning"]
+    assert sorted(properties) == sorted(w.split(": ", 1)[1] for w in warnings)
+    assert all("WARNING: " in (s.text or "") for s in suite.iter("system-out"))
+    assert suite.get("failures") == "0"
+    assert f"**{len(warnings)} warnings**" in (root / "report.md").read_text()
+
+
 def test_one_bad_image_does_not_hide_in_the_aggregate():
     # 63 images within int8's usual error, one whose logits are 1.3 times eager's: the aggregate
     # rel L2 stays inside 0.12 and cosine sees no scale error, the per-image bound does not
@@ -404,7 +431,7 @@ def test_a_converted_artifact_is_held_to_its_conversion_redone_and_to_its_source
     found, entry = judged(logits * 1.001)  # a damaged file cannot hide in rounding noise
     assert len(found) == 1 and "not what its conversion makes" in found[0]
     assert entry.cases["heldout"]["rel_l2_vs_reconverted"] == pytest.approx(1e-3)
-    # a conversion that lost accuracy: 25% farther from eager than its source, and more
-    found, entry = judged(logits, mine=(0.08 * 1.3, 0.1))
+    # a conversion that lost accuracy: 15% farther from eager than its source, and more
+    found, entry = judged(logits, mine=(0.08 * 1.2, 0.1))
     assert len(found) == 1 and "farther from eager than model.int8-cpu.onnx" in found[0]
-    assert judged(logits, mine=(0.08 * 1.2, 0.1 * 1.2))[0] == []
+    assert judged(logits, mine=(0.08 * 1.1, 0.1 * 1.1))[0] == []

@@ -69,7 +69,8 @@ def test_verify_passes_on_this_box_without_torch_and_names_what_it_cannot_read(g
     root = copy_build(gated_build, tmp_path)
     result = _verify(root / "manifest.json")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads((root / "verify.json").read_text())
+    written = json.loads((root / "verify.json").read_text())
+    report = written["latest"] | {"results": written["results"]}
     assert report["passed"] and report["read"] >= 10 and report["cpu"]["model"]
     assert "verifying" in result.stdout and "int8 pair sums" in result.stdout
     manifest = read_manifest(root / "manifest.json")
@@ -106,3 +107,56 @@ def test_verify_refuses_a_build_without_golden_io(engines_build, tmp_path):
     shutil.rmtree(root / "golden", ignore_errors=True)
     result = _verify(root / "manifest.json")
     assert result.returncode == 2 and "lists no golden I/O" in result.stderr
+
+
+def test_verify_refuses_a_reader_it_does_not_know_and_fails_when_it_read_nothing(gated_build, tmp_path):
+    root = copy_build(gated_build, tmp_path)
+    typo = subprocess.run([sys.executable, "-c", NO_TORCH, "verify", str(root / "manifest.json"),
+                           "--reader", "onnxruntim", "--case", "heldout", "--images", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert typo.returncode == 2, typo.stdout[-2000:] + typo.stderr[-2000:]
+    assert "no reader ['onnxruntim']" in typo.stderr and "onnxruntime, openvino" in typo.stderr
+    assert not (root / "verify.json").exists()
+    # a reader it knows, but one that reads nothing of this build (no plan here): an error, not a pass
+    nothing = subprocess.run([sys.executable, "-c", NO_TORCH, "verify", str(root / "manifest.json"),
+                              "--reader", "tensorrt", "--case", "heldout"],
+                             capture_output=True, text=True, timeout=300)
+    assert nothing.returncode == 2 and "nothing was verified on this box" in nothing.stderr, nothing.stderr
+
+
+def test_a_fail_on_this_box_outlives_a_later_restricted_pass_and_classify_refuses(gated_build, tmp_path):
+    """This box's kernels fail the int8 .ort (simulated by a budget this box holds it to that its
+    reading breaks; the gate passed the same bytes on the build machine), then a verify restricted
+    to the fp32 graph passes: verify.json keeps both, newest first, and classify still refuses the
+    int8 model until a verify passes it again."""
+    from attnvgg_runtime import classify
+    from attnvgg_runtime.manifest import write_manifest
+    from attnvgg_runtime.verify.on_box import Restriction, verify_build
+
+    root = copy_build(gated_build, tmp_path)
+    manifest = read_manifest(root / "manifest.json")
+    manifest["golden"]["budgets"]["int8"]["rel_l2_max"] = 1e-6  # what this box's kernels cannot meet
+    write_manifest(root / "manifest.json", manifest)
+    ort_int8 = "engines/ort/model.int8-cpu.ort"
+    failed = verify_build(root / "manifest.json", log=lambda *_: None,
+                          restriction=Restriction(("heldout",), (ort_int8,), ("onnxruntime",)))
+    assert not failed["passed"]
+    passed = verify_build(root / "manifest.json", log=lambda *_: None,
+                          restriction=Restriction(("heldout",), ("model.onnx",), ("onnxruntime",)))
+    assert passed["passed"]
+    history = json.loads((root / "verify.json").read_text())["results"]
+    assert [(r["path"], r["passed"]) for r in history] == [("model.onnx", True), (ort_int8, False)]
+    assert all(r["cpu"] and r["when"] and r["reader_version"] and r["restricted"] for r in history)
+    with pytest.raises(classify.ConsumerError, match="FAILED this box's own check, its latest"):
+        classify.Classifier(root / "manifest.json", "int8", "onnxruntime", warn=lambda *_: None)
+    told = []
+    classify.Classifier(root / "manifest.json", "int8", "onnxruntime", allow_unverified=True,
+                        warn=told.append)
+    assert any("--allow-unverified" in line for line in told)
+    # the box's budget restored (its kernels meet it): a new verify passes it, and classify runs it
+    manifest["golden"]["budgets"]["int8"]["rel_l2_max"] = 0.12
+    write_manifest(root / "manifest.json", manifest)
+    assert verify_build(root / "manifest.json", log=lambda *_: None,
+                        restriction=Restriction(("heldout",), (ort_int8,), ("onnxruntime",)))["passed"]
+    classify.Classifier(root / "manifest.json", "int8", "onnxruntime", warn=lambda *_: None)
+    assert len(json.loads((root / "verify.json").read_text())["results"]) == 3

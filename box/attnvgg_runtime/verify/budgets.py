@@ -46,6 +46,16 @@ def budget_margin(result: dict, budget: dict, trained: bool) -> float:
     return min(ratios, default=float("inf"))
 
 
+def heldout_accuracy(result: dict, budget: dict) -> dict | None:
+    """The top-1 drop of a case with labels (the held-out images of a labelled CALIB_DIR),
+    judged as EVAL_DIR's is (attnvgg_runtime.verify.accuracy.drop_verdict: it fails over budget
+    with confidence, or by a point estimate these images can resolve; "not resolvable" is a
+    warning); None where the case has no labels or the budget none."""
+    if "accuracy" not in result or "accuracy_drop_max" not in budget:
+        return None
+    return drop_verdict(result["lost"], result["gained"], result["images"], budget["accuracy_drop_max"])
+
+
 def breaches(result: dict, budget: dict, trained: bool, built: float | None = None) -> list[str]:
     """What breaks the budget. ``built``: the rel L2 the precision stage measured for this
     artifact on the same held-out images; drifting past it means the file no longer computes
@@ -64,16 +74,13 @@ def breaches(result: dict, budget: dict, trained: bool, built: float | None = No
         "top1_min": (result["top1"], lambda v, b: v >= b),
         "top5_min": (result["top5"], lambda v, b: v >= b),
     }
-    if "accuracy" in result and "accuracy_drop_max" in budget:
-        # over budget only with 95% confidence (attnvgg_runtime.verify.accuracy): on the held-out
-        # images one flipped image is 1/N of a point, which cannot decide a verdict; EVAL_DIR
-        # is where accuracy is established
-        judged = drop_verdict(result["lost"], result["gained"], result["images"],
-                              budget["accuracy_drop_max"])
-        if judged["verdict"] == "over budget":
-            found.append(f"accuracy drop {100 * judged['drop']:.2f} points, 95% interval "
-                          f"[{100 * judged['low']:.2f}, {100 * judged['high']:.2f}] (budget "
-                          f"{100 * budget['accuracy_drop_max']:.2f})")
+    judged = heldout_accuracy(result, budget)
+    if judged is not None and judged["fails"]:
+        found.append(f"accuracy drop {100 * judged['drop']:.2f} points, 95% interval "
+                     f"[{100 * judged['low']:.2f}, {100 * judged['high']:.2f}] on {result['images']} "
+                     f"images ({result['lost']} lost, {result['gained']} gained; budget "
+                     f"{100 * budget['accuracy_drop_max']:.2f}): {judged['verdict']}"
+                     + ("" if judged["verdict"] == "over budget" else ", by its point estimate"))
     for key, (value, ok) in checks.items():
         gated = key in budget and (trained or key not in AGREEMENT_METRICS)
         if gated and resolvable(key, result, budget) and not ok(value, budget[key]):

@@ -24,7 +24,7 @@ import numpy as np
 from attnvgg_runtime.errors import ReaderUnavailable
 from attnvgg_runtime.readers import reader_version, run_batches
 from attnvgg_runtime.readers.emulated import emulated_cpu
-from attnvgg_runtime.verify.budgets import DRIFT_FLOOR, breaches, budget_margin
+from attnvgg_runtime.verify.budgets import DRIFT_FLOOR, breaches, budget_margin, heldout_accuracy
 from attnvgg_runtime.verify.measures import metrics, relative_l2
 from attnvgg_runtime.verify.readers import (
     RECONVERTED,
@@ -65,6 +65,7 @@ class ArtifactParity:
     budget: dict = field(default_factory=dict)  # the effective budget it was held to
     accuracy: dict | None = None  # on EVAL_DIR: the paired drop against eager, its interval
     checks: dict[str, dict] = field(default_factory=dict)  # check -> measured, allowed, margin
+    warnings: list[str] = field(default_factory=list)  # passed, but not proven: said wherever it passes
 
     @property
     def passed(self) -> bool:
@@ -110,6 +111,8 @@ def check_reading(artifact: dict, reader: str, root: Path, manifest: dict, cases
         entry.failures.append(f"cannot be loaded: {type(e).__name__}: {str(e).strip()[:300]}")
         return entry, None
     entry.not_gated = not_gated_here(artifact, reader)
+    if entry.not_gated:
+        entry.warnings.append(f"measured, not gated here: {entry.not_gated}")
     for name, case in cases.items():
         try:
             result_outputs = run_batches(runner, case.images, case.batch)
@@ -125,9 +128,15 @@ def check_reading(artifact: dict, reader: str, root: Path, manifest: dict, cases
             result["gated"] = False  # measured and reported; see ShapeCase.gates
             continue
         margin = budget_margin(result, budget, trained)  # the tightest of the case's budgets
+        if name == "heldout" and built is not None and "drift_max" in budget:
+            entry.record("drift from the build's figure", result["rel_l2"] - built,
+                         built * budget["drift_max"] + DRIFT_FLOOR)
         entry.checks[f"{name} against eager"] = {"margin": margin if margin != float("inf") else None}
         entry.failures += [f"{name}: {b}" for b in breaches(
             result, budget, trained, built if name == "heldout" else None)]
+        accuracy = heldout_accuracy(result, budget)
+        if accuracy and accuracy["warning"]:
+            entry.warnings.append(f"{name}: {accuracy['warning']}")
     return entry, runner
 
 

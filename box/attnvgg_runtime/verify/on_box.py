@@ -9,8 +9,12 @@ plan on its GPU.
     attnvgg-runtime verify build/se/manifest.json
     attnvgg-runtime verify build/se/manifest.json --case heldout --reader onnxruntime   # restricted
 
-Exit 1 on any breach, 0 when everything it read passed; what it could not read, and what a
-restriction left out, is named. Writes verify.json beside the manifest.
+Exit 1 on any breach; 0 when everything it read passed; 2 where it read nothing (a verify that
+read nothing proves nothing) and on an unknown reader, artifact or case (the message names the
+known ones). What it could not read, what a restriction left out, and what passed without being
+proven (warnings) are named. verify.json beside the manifest keeps every run's results per
+artifact bytes, reader and version, and CPU, newest first: a later run, restricted or not, adds
+to it and never erases a FAIL.
 """
 
 from __future__ import annotations
@@ -18,16 +22,23 @@ from __future__ import annotations
 import fnmatch
 import json
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from attnvgg_runtime.errors import ConfigError, ToolchainError
 from attnvgg_runtime.files import write_text_atomic
 from attnvgg_runtime.manifest import ManifestError, read_manifest, verify_artifacts
 from attnvgg_runtime.readers.cpu import cpu_identity, int8_products_saturate
-from attnvgg_runtime.verdicts import VERIFY_JSON
+from attnvgg_runtime.verdicts import VERIFY_FORMAT, VERIFY_JSON, merge_history, read_box_history
 from attnvgg_runtime.verify.check import ArtifactParity, Case, check_artifact
 from attnvgg_runtime.verify.golden import read_golden
+from attnvgg_runtime.verify.readers import KNOWN_READERS
+
+
+class NothingVerified(ToolchainError):
+    """A verify that read nothing: it proves nothing, so it is an error, never a pass (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,10 @@ def verify_build(manifest_path: Path, log=print, restriction: Restriction = Rest
         raise ManifestError(f"{manifest_path} lists no golden I/O: run the gate on the build "
                             f"(`make parity`, or `make engine`) before shipping it")
     golden = read_golden(root, record)
+    unknown_readers = sorted(set(restriction.readers or ()) - set(KNOWN_READERS))
+    if unknown_readers:
+        raise ConfigError(f"no reader {unknown_readers}; the readers are {', '.join(KNOWN_READERS)} "
+                          f"(--reader takes these names, comma-separated)")
     unknown = set(restriction.cases or ()) - set(golden)
     if unknown:
         raise ManifestError(f"golden I/O of {manifest_path} has no case {sorted(unknown)}; it has "
@@ -95,19 +110,37 @@ def verify_build(manifest_path: Path, log=print, restriction: Restriction = Rest
         results += entries
     read = [r for r in results if r.skipped is None]
     unread = [r for r in results if r.skipped is not None]
+    warnings = [f"{r.label}: {w}" for r in read for w in r.warnings]
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    run = [r.to_json() | {"passed": r.passed and r.skipped is None, "unread": r.skipped,
+                          "cpu": cpu["model"], "when": when,
+                          "restricted": restriction.describe() if restriction else None}
+           for r in results]
     report = {"manifest": str(manifest_path), "cpu": cpu, "int8_products_saturate": saturate,
-              "passed": all(r.passed for r in read), "read": len(read), "unread": len(unread),
-              "restricted": asdict(restriction) if restriction else None,
-              "results": [r.to_json() | {"passed": r.passed and r.skipped is None,
-                                         "unread": r.skipped} for r in results]}
-    write_text_atomic(root / VERIFY_JSON, json.dumps(report, indent=2) + "\n")
+              "when": when, "passed": bool(read) and all(r.passed for r in read), "read": len(read),
+              "unread": len(unread), "warnings": warnings,
+              "restricted": asdict(restriction) if restriction else None, "results": run}
+    # the file keeps every run's results, newest first: a later, restricted run never erases
+    # a FAIL (attnvgg_runtime.verdicts.box_verdict reads the latest per bytes, reader and CPU)
+    history = merge_history(read_box_history(root), run)
+    write_text_atomic(root / VERIFY_JSON, json.dumps(
+        {"format": VERIFY_FORMAT, "latest": {k: v for k, v in report.items() if k != "results"},
+         "results": history}, indent=2) + "\n")
     failed = [r for r in read if not r.passed]
     log(f"\n{len(read) - len(failed)} of {len(read)} artifact readings passed on this box"
         + (f"; {len(failed)} FAILED" if failed else "")
+        + (f"; {len(warnings)} warnings: " + "; ".join(warnings) if warnings else "")
         + (f"; {len(unread)} not read here: " + "; ".join(f"{r.label}: {r.skipped}"
                                                           for r in unread) if unread else "")
         + (f"; RESTRICTED to {restriction.describe()}" if restriction else "")
         + f" (written to {root / VERIFY_JSON})")
+    if not read:
+        raise NothingVerified(
+            f"nothing was verified on this box: {len(results)} readings matched "
+            f"({restriction.describe() if restriction else 'no restriction'}) and none could be read "
+            f"here" + (f" ({'; '.join(f'{r.label}: {r.skipped}' for r in unread)})" if unread else "")
+            + ": install a runtime that reads them (pip install 'attnvgg-runtime[onnxruntime]' or "
+              "[openvino]) or widen --reader/--artifact")
     return report
 
 

@@ -22,6 +22,7 @@ def readers_of(artifact: dict) -> list[str]:
 
 READERS = {"onnx": ("onnxruntime", "openvino"), "ort": ("onnxruntime",), "plan": ("tensorrt",),
            "openvino-ir": ("openvino",)}
+KNOWN_READERS = ("onnxruntime", "openvino", "openvino-bf16", "tensorrt")  # the gate's names
 
 
 def runner_for(artifact: dict, root: Path, manifest: dict, reader: str):
