@@ -1,4 +1,4 @@
-"""Every budget in exporter/verify/tolerances.toml, with the worst figure each stored gate run
+"""Every budget in attnvgg_export/verify/tolerances.toml, with the worst figure each stored gate run
 measured against it and the margin left (allowed / measured): the table in docs/precision.md,
 "Budgets and their margins", rendered from stored parity.json files, never typed.
 
@@ -25,8 +25,8 @@ import re
 import shutil
 from pathlib import Path
 
-from attnvgg_runtime.verify.budgets import DRIFT_FLOOR, resolvable
-from exporter.verify.budgets import load_tolerances
+from attnvgg_export.verify.budgets import load_tolerances
+from attnvgg_runtime.verify.budgets import DRIFT_FLOOR, agreement_gated
 
 REPO = Path(__file__).resolve().parents[1]
 STORE = REPO / "docs" / "runs" / "budget-margins"
@@ -59,7 +59,7 @@ def _pairs(parity: dict, budgets: dict) -> dict[tuple[str, str], list[tuple[floa
                 if key in budget and value is not None:
                     add(p, key, value, budget[key] if key not in AGREEMENT else 1 - budget[key])
             for key in ("top1_min", "top5_min"):
-                if trained and key in budget and resolvable(key, case, budget):
+                if trained and key in budget and agreement_gated(key, case, budget):
                     add(p, key, 1 - case[key.split("_")[0]], 1 - budget[key])
             if "lost" in case and "accuracy_drop_max" in budget:
                 add(p, "accuracy_drop_max", (case["lost"] - case["gained"]) / case["images"],

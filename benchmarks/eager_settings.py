@@ -4,8 +4,8 @@ each setting in a fresh process (the allocator is set before anything is allocat
     .venv/bin/python -m benchmarks.eager_settings [--variant se] [--batch 8] [--size 224]
 
 - NCHW, glibc's allocator: eager as a user's process runs it (the speed report's eager row)
-- channels-last: ``exporter.runtime.eager.run_torch``, the gate's and the precision stage's references
-- channels-last, freed memory kept: the precision stage (``exporter.graphs.allocator``)
+- channels-last: ``attnvgg_export.runtime.eager.run_torch``, the gate's and the precision stage's references
+- channels-last, freed memory kept: the precision stage (``attnvgg_export.graphs.allocator``)
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ SETTINGS = {"NCHW, glibc defaults": ("nchw", False),
 def time_batch(variant: str, batch: int, size: int, layout: str, keep: bool, repeats: int) -> float:
     """Median seconds of one eager batch (random init: speed does not depend on the weights)."""
     if keep:
-        from exporter.graphs.allocator import keep_freed_memory
+        from attnvgg_export.graphs.allocator import keep_freed_memory
 
         assert keep_freed_memory(), "glibc's mallopt is not available here"
     import torch
 
-    import models
+    from attnvgg_export import models
 
     model = models.create_model(variant, num_classes=1000).eval()
     x = torch.randn(batch, 3, size, size)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from exporter.graphs.precision import PrecisionConfig, build_precision_graphs
+from attnvgg_export.graphs.precision import PrecisionConfig, build_precision_graphs
 
 from . import digits
 from .precision_table import fixture_manifest
@@ -32,7 +32,7 @@ from .precision_table import fixture_manifest
 GATE = """
 import json, sys, time
 from pathlib import Path
-from exporter.verify.gate import run_parity
+from attnvgg_export.verify.gate import run_parity
 start = time.perf_counter()
 report = run_parity(Path(sys.argv[1]), log=lambda *_: None, eval_dir=sys.argv[2])
 # VmHWM: this process image's own peak (getrusage's maxrss would carry the forking parent's RSS)

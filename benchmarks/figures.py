@@ -18,7 +18,7 @@ import re
 import shutil
 from pathlib import Path
 
-from exporter.report.report import describe_limits, format_accuracy, format_bench, format_recommendation
+from attnvgg_export.report.report import describe_limits, format_accuracy, format_bench, format_recommendation
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "docs" / "runs"

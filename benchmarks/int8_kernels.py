@@ -18,6 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from attnvgg_export.calibration.calibrate import CalibrationResult
+from attnvgg_export.graphs.quantize import Int8Target, onnx_to_int8
+from attnvgg_export.runtime.eager import model_from_manifest, run_torch
+from attnvgg_export.verify.cases import heldout_images
 from attnvgg_runtime.manifest import read_manifest
 from attnvgg_runtime.readers import run_batches
 from attnvgg_runtime.readers.cpu import cpu_identity
@@ -25,10 +29,6 @@ from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from attnvgg_runtime.readers.openvino import OpenVinoRunner
 from attnvgg_runtime.timing import BenchConfig, latency
 from attnvgg_runtime.verify.measures import metrics
-from calibration.calibrate import CalibrationResult
-from exporter.graphs.quantize import Int8Target, onnx_to_int8
-from exporter.runtime.eager import model_from_manifest, run_torch
-from exporter.verify.cases import heldout_images
 
 
 def graphs(root: Path, manifest: dict, folder: Path) -> dict[str, Path]:

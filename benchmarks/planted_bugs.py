@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from attnvgg_export.graphs.precision import PrecisionConfig, build_precision_graphs
+from attnvgg_export.verify.budgets import load_tolerances
 from attnvgg_runtime.readers.cpu import cpu_identity
 from attnvgg_runtime.verify.accuracy import drop_verdict
 from benchmarks import digits
 from benchmarks.precision_table import fixture_manifest
-from exporter.graphs.precision import PrecisionConfig, build_precision_graphs
-from exporter.verify.budgets import load_tolerances
 
 
 def zero_channels(root: Path, layer: str, fraction: float) -> None:
@@ -81,7 +81,7 @@ def build(out: Path) -> tuple[Path, PrecisionConfig]:
 
 
 def measure_eval(manifest: Path, out: Path, fractions: list[float], budget: float) -> list[dict]:
-    from exporter.verify.gate import run_parity
+    from attnvgg_export.verify.gate import run_parity
 
     pixels, labels = digits.digit_images()
     unseen = out / "eval-600.npz"

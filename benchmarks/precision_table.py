@@ -22,12 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import models
+from attnvgg_export import models
+from attnvgg_export.graphs.export import ExportConfig, batch_range, export_to_folder, image_range
+from attnvgg_export.graphs.precision import FallbackTargetError, PrecisionConfig, build_precision_graphs
+from attnvgg_export.verify.budgets import load_tolerances
 from attnvgg_runtime.readers.cpu import cpu_identity
 from attnvgg_runtime.verify.accuracy import drop_verdict
-from exporter.graphs.export import ExportConfig, batch_range, export_to_folder, image_range
-from exporter.graphs.precision import FallbackTargetError, PrecisionConfig, build_precision_graphs
-from exporter.verify.budgets import load_tolerances
 
 from . import digits
 from .figures import REPO, RUNS, replace_block

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import models
-from exporter.graphs.export import ExportConfig, batch_range, export_to_folder, image_range
+from attnvgg_export import models
+from attnvgg_export.graphs.export import ExportConfig, batch_range, export_to_folder, image_range
 
 TINY_WIDTH = 0.125  # channels 8..64, hidden 512: fast on 2 cores, same graph structure
 
@@ -64,7 +64,7 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="session")
 def precision_build(exported, tmp_path_factory):
     """A tiny se build with every precision graph (random init, calibrated on noise)."""
-    from exporter.graphs.precision import PrecisionConfig, build_precision_graphs
+    from attnvgg_export.graphs.precision import PrecisionConfig, build_precision_graphs
 
     root = tmp_path_factory.mktemp("precision") / "se"
     shutil.copytree(exported("se").parent, root)
@@ -77,7 +77,7 @@ def precision_build(exported, tmp_path_factory):
 class DigitsBuild:
     manifest: Path
     fixture: object  # benchmarks.digits.TrainedFixture
-    config: object  # exporter.graphs.precision.PrecisionConfig
+    config: object  # attnvgg_export.graphs.precision.PrecisionConfig
     log: list
 
 
@@ -86,9 +86,9 @@ def digits_build(tmp_path_factory) -> DigitsBuild:
     """The trained se digits fixture (shipped: tests/assets/digits-se.safetensors, the same model on
     every CPU) with every precision graph, built once per session. Tests that change the build
     work on a copy (copy_build)."""
+    from attnvgg_export.graphs.precision import PrecisionConfig, build_precision_graphs
     from benchmarks import digits
     from benchmarks.precision_table import fixture_manifest
-    from exporter.graphs.precision import PrecisionConfig, build_precision_graphs
 
     root = tmp_path_factory.mktemp("digits")
     manifest, fixture = fixture_manifest("se", root, digits.shipped_fixture())
@@ -109,7 +109,7 @@ def copy_build(folder: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def engines_build(precision_build, tmp_path_factory):
     """precision_build after the engines stage (CPU backend): OpenVINO IR added."""
-    from exporter.convert.engines import build_engines
+    from attnvgg_export.convert.engines import build_engines
 
     root = copy_build(precision_build, tmp_path_factory.mktemp("engines"))
     build_engines(root / "manifest.json", "ort", log=lambda *_: None)
@@ -119,7 +119,7 @@ def engines_build(precision_build, tmp_path_factory):
 @pytest.fixture(scope="session")
 def gated_build(engines_build, tmp_path_factory):
     """engines_build after a whole gate run: verdicts and golden I/O for a box to re-check."""
-    from exporter.verify.gate import run_parity
+    from attnvgg_export.verify.gate import run_parity
 
     root = copy_build(engines_build, tmp_path_factory.mktemp("gated"))
     assert run_parity(root / "manifest.json", log=lambda *_: None).passed

@@ -4,7 +4,7 @@ import sys
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "exporter", *args],
+    return subprocess.run([sys.executable, "-m", "attnvgg_export", *args],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -58,7 +58,7 @@ def test_eval_dir_goes_to_the_gate_only(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    precision = [line for line in lines if "-m exporter precision" in line]
-    parity = [line for line in lines if "-m exporter parity" in line]
+    precision = [line for line in lines if "attnvgg-export precision" in line]
+    parity = [line for line in lines if "attnvgg-export parity" in line]
     assert precision and parity and "--eval-dir" not in precision[0]
     assert parity[0].rstrip().endswith("--eval-dir val/")

@@ -14,10 +14,10 @@ import onnx
 import pytest
 import torch
 
-import models
+from attnvgg_export import models
+from attnvgg_export.graphs.export import export_to_folder
 from attnvgg_runtime.files import OutputError
 from attnvgg_runtime.manifest import read_manifest, sha256_file, verify_artifacts
-from exporter.graphs.export import export_to_folder
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,9 +48,9 @@ def make(out: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProce
 
 
 def stages_run(result: subprocess.CompletedProcess) -> list[str]:
-    """Which `python -m exporter <stage>` commands make ran."""
-    return [line.split("-m exporter ")[1].split()[0] for line in result.stdout.splitlines()
-            if "-m exporter " in line]
+    """Which `attnvgg-export <stage>` commands make ran."""
+    return [line.split("attnvgg-export ")[1].split()[0] for line in result.stdout.splitlines()
+            if "attnvgg-export " in line]
 
 
 def finished_files(folder: Path) -> list[str]:

@@ -21,7 +21,7 @@ def test_readme_and_docs_figures_are_rendered_from_their_named_run():
 def test_no_share_of_peak_passes_100_percent():
     import json
 
-    from exporter.report.report import bench_limits, peak_share
+    from attnvgg_export.report.report import bench_limits, peak_share
 
     # a runtime's fused convolutions beat the GEMM probe: the limit is then that row
     bench = {"gemm_probes": {"onnxruntime": {"fp32": 100.0}},
@@ -68,7 +68,7 @@ def test_the_budget_margins_table_is_rendered_from_its_stored_runs():
     block = re.search(r"<!-- budget-margins:begin -->\n(.*?)\n<!-- budget-margins:end -->", text, re.S)
     assert block and block.group(1) == budget_margins.render(runs), "the budget-margins block is stale"
     rows = budget_margins.rows(runs)
-    toml = tomllib.loads((budget_margins.REPO / "exporter/verify/tolerances.toml").read_text())
+    toml = tomllib.loads((budget_margins.REPO / "attnvgg_export/verify/tolerances.toml").read_text())
     listed = {f"{p} {k}" for p, b in toml["precision"].items() for k in b}
     listed |= {f"{v} {p} {k}" for v, o in toml["variant"].items() for p, b in o.items() for k in b}
     assert {r["budget"] for r in rows} == listed

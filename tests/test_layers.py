@@ -1,4 +1,4 @@
-"""The layout's rules (exporter/__init__.py), read from the source with ast: which sub-package
+"""The layout's rules (attnvgg_export/__init__.py), read from the source with ast: which sub-package
 may import which, the box-side package (box/attnvgg_runtime) importing nothing of the toolchain,
 no import cycles (imports inside functions count: deferring one does not remove it), torch at
 module level only in graphs/ and runtime/eager.py, and the measures, budgets and CPU readers
@@ -16,24 +16,31 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# sub-package -> the sub-packages it may import ("common": exporter/console.py, cli.py; "box": the
-# box-side package attnvgg_runtime, which every layer may import and which imports none of them)
+# sub-package -> the sub-packages it may import ("common": attnvgg_export/console.py, cli.py; "box":
+# the box-side package attnvgg_runtime, which every layer may import and which imports none of
+# them; models/ and calibration/, the variants and the images, under every stage)
+BASE = {"box", "models", "calibration"}
 ALLOWED = {
     "box": set(),
-    "common": {"box"},
-    "manifest": {"common", "box"},
-    "runtime": {"common", "manifest", "box"},
-    "report": {"common", "manifest", "box"},
-    "convert": {"common", "manifest", "runtime", "box"},
-    "verify": {"common", "manifest", "runtime", "report", "box"},
-    "bench": {"common", "manifest", "runtime", "report", "box"},
-    "graphs": {"common", "manifest", "runtime", "verify", "convert", "box"},
+    "models": {"box"},
+    "calibration": {"models", "box"},
+    "common": {"box", "models"},
+    "manifest": {"common"} | BASE,
+    "runtime": {"common", "manifest"} | BASE,
+    "report": {"common", "manifest"} | BASE,
+    "convert": {"common", "manifest", "runtime"} | BASE,
+    "verify": {"common", "manifest", "runtime", "report"} | BASE,
+    "bench": {"common", "manifest", "runtime", "report"} | BASE,
+    "graphs": {"common", "manifest", "runtime", "verify", "convert"} | BASE,
 }
-TOOLCHAIN = ("exporter", "models", "calibration", "benchmarks")
-ENTRY_POINTS = {"exporter.cli", "exporter.__main__"}  # they dispatch to every stage
-TORCH_ALLOWED = ("exporter.graphs.", "exporter.runtime.eager")
-TORCH_FREE = ("exporter.verify", "exporter.verify.budgets", "exporter.verify.structure", "exporter.runtime",
-              "exporter.report.report", "attnvgg_runtime", "attnvgg_runtime.cli",
+TOOLCHAIN = ("attnvgg_export", "benchmarks")
+# they dispatch to every stage: the command, and the API that runs the whole chain
+ENTRY_POINTS = {"attnvgg_export.cli", "attnvgg_export.__main__", "attnvgg_export.api"}
+TORCH_ALLOWED = ("attnvgg_export.graphs.", "attnvgg_export.runtime.eager", "attnvgg_export.models.",
+                 "attnvgg_export.calibration.")
+TORCH_FREE = ("attnvgg_export", "attnvgg_export.models", "attnvgg_export.verify",
+              "attnvgg_export.verify.budgets", "attnvgg_export.verify.structure", "attnvgg_export.runtime",
+              "attnvgg_export.report.report", "attnvgg_runtime", "attnvgg_runtime.cli",
               "attnvgg_runtime.readers.tensorrt", "attnvgg_runtime.readers.emulated_reader")
 
 
@@ -78,9 +85,9 @@ def imports(path: Path, root: Path) -> list[tuple[str, bool]]:
 
 
 def import_graph(root: Path) -> dict[str, list[tuple[str, bool]]]:
-    """Every module of the toolchain's exporter/ and of the box-side package, with its imports."""
+    """Every module of the toolchain (attnvgg_export/) and of the box-side package, with its imports."""
     graph = {}
-    for base, package in ((root, "exporter"), (root / "box", "attnvgg_runtime")):
+    for base, package in ((root, "attnvgg_export"), (root / "box", "attnvgg_runtime")):
         graph |= {module_name(p, base): imports(p, base) for p in sorted((base / package).rglob("*.py"))}
     return graph
 
@@ -95,14 +102,14 @@ def layer(module: str) -> str:
 def layer_violations(graph: dict) -> list[str]:
     found = []
     for module, imported in graph.items():
-        if module in ENTRY_POINTS or module == "exporter":
+        if module in ENTRY_POINTS or module == "attnvgg_export":
             continue
         for target, _ in imported:
             if layer(module) == "box" and target.split(".")[0] in TOOLCHAIN:
                 found.append(f"{module} imports {target}: the box-side package imports nothing "
                              f"of the toolchain (it installs without it)")
                 continue
-            if not target.startswith(("exporter.", "attnvgg_runtime")) or target in ENTRY_POINTS:
+            if not target.startswith(("attnvgg_export.", "attnvgg_runtime")) or target in ENTRY_POINTS:
                 continue
             source, into = layer(module), layer(target)
             if into != source and into not in ALLOWED[source]:
@@ -155,7 +162,7 @@ def test_every_sub_package_imports_only_the_layers_below_it():
     assert layer_violations(import_graph(ROOT)) == []
 
 
-def test_no_module_of_the_exporter_is_in_an_import_cycle():
+def test_no_module_of_the_toolchain_is_in_an_import_cycle():
     assert cycles(import_graph(ROOT)) == []
 
 
@@ -165,7 +172,7 @@ def test_torch_is_imported_at_module_level_only_by_graphs_and_the_eager_reader()
 
 def _copy_tree(tmp_path: Path) -> Path:
     copy = tmp_path / "tree"
-    for part in ("exporter", "box/attnvgg_runtime"):
+    for part in ("attnvgg_export", "box/attnvgg_runtime"):
         shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
     return copy
 
@@ -179,17 +186,19 @@ def _planted(tmp_path: Path, module: str, line: str) -> Path:
 
 
 def test_the_rules_catch_a_forbidden_import_even_inside_a_function(tmp_path):
-    tree = _planted(tmp_path, "exporter.verify.structure", "from exporter.graphs.export import peak_rss_mib")
+    tree = _planted(tmp_path, "attnvgg_export.verify.structure",
+                    "from attnvgg_export.graphs.export import peak_rss_mib")
     assert layer_violations(import_graph(tree)) == [
-        "exporter.verify.structure imports exporter.graphs.export: verify/ may import only box, "
-        "common, manifest, report, runtime"]
+        "attnvgg_export.verify.structure imports attnvgg_export.graphs.export: verify/ may import only "
+        "box, calibration, common, manifest, models, report, runtime"]
 
 
 def test_the_rules_catch_the_box_package_importing_the_toolchain(tmp_path):
-    tree = _planted(tmp_path, "attnvgg_runtime.verify.measures", "from models import create_model")
+    tree = _planted(tmp_path, "attnvgg_runtime.verify.measures",
+                    "from attnvgg_export.models import create_model")
     assert layer_violations(import_graph(tree)) == [
-        "attnvgg_runtime.verify.measures imports models: the box-side package imports nothing of "
-        "the toolchain (it installs without it)"]
+        "attnvgg_runtime.verify.measures imports attnvgg_export.models: the box-side package imports "
+        "nothing of the toolchain (it installs without it)"]
 
 
 def test_the_rules_catch_a_cycle_made_by_a_deferred_import(tmp_path):
@@ -202,10 +211,10 @@ def test_the_rules_catch_a_cycle_made_by_a_deferred_import(tmp_path):
 
 def test_the_rules_catch_torch_imported_at_module_level(tmp_path):
     tree = _copy_tree(tmp_path)
-    path = tree / "exporter" / "verify" / "budgets.py"
+    path = tree / "attnvgg_export" / "verify" / "budgets.py"
     path.write_text("import torch\n" + path.read_text())
     assert torch_at_module_level(import_graph(tree)) == [
-        "exporter.verify.budgets imports torch at module level"]
+        "attnvgg_export.verify.budgets imports torch at module level"]
 
 
 @pytest.mark.parametrize("blocked", [("torch", "torchvision")])
@@ -213,7 +222,7 @@ def test_measures_budgets_and_cpu_readers_import_without_torch(blocked):
     """As in a venv without torch: torch cannot be imported at all (sys.modules[name] = None)."""
     script = (f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n"
               + "".join(f"import {m}\n" for m in TORCH_FREE)
-              + "from exporter.verify.budgets import load_tolerances\n"
+              + "from attnvgg_export.verify.budgets import load_tolerances\n"
               + "from attnvgg_runtime.verify.budgets import breaches\n"
               + "from attnvgg_runtime.verify.measures import metrics\n"
               + "import numpy as np\n"

@@ -1,5 +1,5 @@
 """The errors a box-side command reports to its user: each message says what is wrong and how to
-fix it. The toolchain's own errors (models.errors) derive from these."""
+fix it. The toolchain's own errors (attnvgg_export.models.errors) derive from these."""
 
 
 class ToolchainError(Exception):

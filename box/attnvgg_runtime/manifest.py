@@ -70,7 +70,7 @@ def artifact_entry(path: Path, root: Path, format: str, precision: str, target: 
 def int8_min_side(dynamic: dict) -> int:
     """The smallest H and W an int8 artifact is gated at, and so served at: INT8_MIN_SIDE (or the
     opt size, where smaller), rounded up to the declared multiple. Below it int8 is measured and
-    reported only (exporter/verify/cases.py says why)."""
+    reported only (attnvgg_export/verify/cases.py says why)."""
     side = min(INT8_MIN_SIDE, dynamic["height"]["opt"], dynamic["width"]["opt"])
     multiple = max(dynamic["height"].get("multiple_of", 1), dynamic["width"].get("multiple_of", 1))
     return -(-side // multiple) * multiple

@@ -44,7 +44,7 @@ step "classify $(basename "$PHOTO")" box -m attnvgg_runtime classify "$OUT/build
   --runtime onnxruntime
 
 # the planted copy is made natively (it needs onnx); the box must catch it
-.venv/bin/python -m exporter selftest --manifest "$BUILD/manifest.json" --plant "$PLANTED_BUG" \
+.venv/bin/attnvgg-export selftest --manifest "$BUILD/manifest.json" --plant "$PLANTED_BUG" \
   --into "$OUT/planted"
 set +e
 step "verify the planted copy ($PLANTED_BUG): must exit 1" box -m attnvgg_runtime verify \

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from onnxruntime.quantization.calibrate import load_tensors_data
 
-from calibration.calibrate import calibrate, check_method
-from calibration.data import ImageSet
-from calibration.errors import CalibrationDataError, CalibrationRangeError
-from models import ConfigError
+from attnvgg_export.calibration.calibrate import calibrate, check_method
+from attnvgg_export.calibration.data import ImageSet
+from attnvgg_export.calibration.errors import CalibrationDataError, CalibrationRangeError
+from attnvgg_export.models import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +84,8 @@ def test_streaming_ranges_are_onnx_runtimes_within_a_histogram_bin(fp32_graph, i
     batch (histograms are merged between calls, so the grouping of batches matters)."""
     import onnxruntime.quantization.calibrate as ort_calibrate
 
-    from calibration.calibrate import METHODS, candidate_tensors
-    from calibration.calibrate import calibrate as streaming
+    from attnvgg_export.calibration.calibrate import METHODS, candidate_tensors
+    from attnvgg_export.calibration.calibrate import calibrate as streaming
 
     ours = load_tensors_data(streaming(fp32_graph, images, tmp_path, method).ranges_path)
     reference = ort_calibrate.create_calibrator(
@@ -121,7 +121,7 @@ class _Reader:
 def test_histogram_settings_are_onnx_runtimes_defaults(fp32_graph, tmp_path):
     from onnxruntime.quantization.calibrate import create_calibrator
 
-    from calibration.calibrate import HISTOGRAM_SETTINGS, METHODS
+    from attnvgg_export.calibration.calibrate import HISTOGRAM_SETTINGS, METHODS
 
     for method, settings in HISTOGRAM_SETTINGS.items():
         calibrator = create_calibrator(fp32_graph, ["Conv"], str(tmp_path / f"{method}.onnx"),
@@ -138,9 +138,9 @@ def test_calibration_memory_does_not_grow_with_the_number_of_images(fp32_graph, 
     script = (
         "import resource, sys, numpy as np\n"
         "from pathlib import Path\n"
-        "from calibration.calibrate import calibrate\n"
-        "from calibration.data import ImageSet\n"
-        "from exporter.graphs.allocator import keep_freed_memory\n"
+        "from attnvgg_export.calibration.calibrate import calibrate\n"
+        "from attnvgg_export.calibration.data import ImageSet\n"
+        "from attnvgg_export.graphs.allocator import keep_freed_memory\n"
         + ("assert keep_freed_memory()\n" if allocator == "keep freed memory" else "") +
         "n = int(sys.argv[1])\n"
         "rng = np.random.default_rng(0)\n"
@@ -163,7 +163,7 @@ def test_calibration_memory_does_not_grow_with_the_number_of_images(fp32_graph, 
 
 
 def _percentile_collector(growth_bound):
-    from calibration.calibrate import HISTOGRAM_SETTINGS, UniformHistogramCollector
+    from attnvgg_export.calibration.calibrate import HISTOGRAM_SETTINGS, UniformHistogramCollector
 
     return UniformHistogramCollector(method="percentile", scenario="same", growth_bound=growth_bound,
                                      **HISTOGRAM_SETTINGS["percentile"])
@@ -209,7 +209,7 @@ def test_a_growth_bound_too_small_fails_instead_of_returning_inexact_ranges():
 
 
 def test_growth_bound_counts_larger_images_by_their_pixels():
-    from calibration.calibrate import growth_bound
+    from attnvgg_export.calibration.calibrate import growth_bound
 
     def images(n, h, w):
         return ImageSet(np.zeros((n, 3, h, w), np.float32), None, "x")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calibration.data import (
+from attnvgg_export.calibration.data import (
     BUNDLED_PHOTOS,
     MIN_COUNTS,
     SPLITS,
@@ -14,8 +14,8 @@ from calibration.data import (
     load_image,
     resize_images,
 )
-from calibration.errors import CalibrationDataError
-from calibration.preprocessing import Preprocessing
+from attnvgg_export.calibration.errors import CalibrationDataError
+from attnvgg_export.calibration.preprocessing import Preprocessing
 
 PRE = Preprocessing.for_size(64, 64)
 SMALL = SplitCounts(calibration=24, tuning=8, heldout=8)
@@ -136,7 +136,7 @@ def test_an_undecodable_file_never_shifts_the_split_the_gate_rebuilds(tmp_path, 
 
 
 def test_crops_of_one_photograph_count_as_one_source():
-    from calibration.data import ImageSet
+    from attnvgg_export.calibration.data import ImageSet
 
     views = ImageSet(np.zeros((6, 3, 8, 8), np.float32), None, "bundled",
                      tuple(f"skimage-0.25/{name}:view{i}:seed2" for i, name in

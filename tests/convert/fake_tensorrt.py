@@ -1,4 +1,4 @@
-"""A test double of the tensorrt 11 Python module: the calls exporter.convert.tensorrt_plan and
+"""A test double of the tensorrt 11 Python module: the calls attnvgg_export.convert.tensorrt_plan and
 attnvgg_runtime.readers.tensorrt make, recorded, with the failure modes it must handle (parser errors,
 plans that do not load).
 

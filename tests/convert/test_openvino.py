@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
+from attnvgg_export.bench.bench import Row
+from attnvgg_export.bench.recommend import recommend
+from attnvgg_export.verify.gate import run_parity
 from attnvgg_runtime.manifest import ManifestError, read_manifest, sha256_file, verify_artifacts
 from attnvgg_runtime.readers.cpu import openvino_has_bf16
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from attnvgg_runtime.readers.openvino import OpenVinoRunner
-from exporter.bench.bench import Row
-from exporter.bench.recommend import recommend
-from exporter.verify.gate import run_parity
 from tests.conftest import copy_build
 
 
@@ -42,7 +42,7 @@ def test_the_fp32_ir_computes_what_the_onnx_graph_computes(engines_build):
 def test_the_int8_ir_is_the_u8s8_graph_that_every_x86_cpu_computes_alike(engines_build):
     """Signed int8 activations saturate in OpenVINO's int8 kernels on CPUs without VNNI, so the
     IR is made from the int8-cpu graph (unsigned activations), whatever the build machine has."""
-    from exporter.verify.structure import qdq_types
+    from attnvgg_export.verify.structure import qdq_types
 
     assert qdq_types(engines_build / "model.int8-cpu.onnx")["activation"] == {"uint8"}
     x = np.random.default_rng(0).standard_normal((2, 3, 96, 160), dtype=np.float32)

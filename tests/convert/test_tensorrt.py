@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
+from attnvgg_export.convert import tensorrt_plan as plan
 from attnvgg_runtime.readers import tensorrt as te
-from exporter.convert import tensorrt_plan as plan
 
 from .fake_tensorrt import FakeTensorRT, HostBuffers
 
@@ -26,9 +26,10 @@ def test_importing_the_exporter_does_not_need_tensorrt():
     import subprocess
 
     code = ("import sys; sys.modules['tensorrt'] = None\n"  # any `import tensorrt` now fails
-            "import exporter.cli, exporter.convert.engines, exporter.convert.tensorrt_plan, "
-            "attnvgg_runtime.readers.tensorrt, exporter.verify.gate, exporter.bench.bench, "
-            "exporter.convert.triton\nprint('ok')")
+            "import attnvgg_export.cli, attnvgg_export.convert.engines, "
+            "attnvgg_export.convert.tensorrt_plan, "
+            "attnvgg_runtime.readers.tensorrt, attnvgg_export.verify.gate, attnvgg_export.bench.bench, "
+            "attnvgg_export.convert.triton\nprint('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
@@ -180,12 +181,12 @@ def test_real_engine_builds_runs_and_matches_eager(exported, precision, tmp_path
     _require_tensorrt_gpu()
     import json
 
+    from attnvgg_export.calibration.calibrate import calibrate
+    from attnvgg_export.calibration.data import ImageSet
+    from attnvgg_export.graphs.fp16 import onnx_to_fp16
+    from attnvgg_export.graphs.quantize import Int8Target, onnx_to_int8
+    from attnvgg_export.runtime.eager import model_from_manifest, run_torch
     from attnvgg_runtime.verify.measures import compare
-    from calibration.calibrate import calibrate
-    from calibration.data import ImageSet
-    from exporter.graphs.fp16 import onnx_to_fp16
-    from exporter.graphs.quantize import Int8Target, onnx_to_int8
-    from exporter.runtime.eager import model_from_manifest, run_torch
 
     manifest_path = exported("se")
     manifest = json.loads(manifest_path.read_text())
@@ -212,7 +213,7 @@ def test_engines_stage_adds_plans_to_the_manifest(fake_trt, monkeypatch, precisi
     import shutil
     import socket
 
-    from exporter.convert.engines import build_engines
+    from attnvgg_export.convert.engines import build_engines
 
     root = tmp_path / "se"
     shutil.copytree(precision_build, root)
@@ -244,7 +245,7 @@ def test_engines_stage_without_tensorrt_records_the_cpu_backend(monkeypatch, pre
     import json
     import shutil
 
-    from exporter.convert.engines import build_engines
+    from attnvgg_export.convert.engines import build_engines
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     root = tmp_path / "se"
@@ -279,7 +280,7 @@ def test_the_backend_stamp_follows_what_auto_would_choose(monkeypatch):
     import importlib.util
     import os
 
-    from exporter.runtime import gpu_probe
+    from attnvgg_export.runtime import gpu_probe
 
     assert gpu_probe.probable_backend("ort") == "ort"
     assert gpu_probe.probable_backend("tensorrt") == "tensorrt"

@@ -6,7 +6,7 @@ import pytest
 
 SCRIPT = """
 import resource, sys, torch
-from exporter.graphs.allocator import keep_freed_memory
+from attnvgg_export.graphs.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 x, w = torch.randn(4, 16, 128, 128), torch.randn(64, 16, 3, 3)

@@ -7,13 +7,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-import models
-from attnvgg_runtime.files import OutputError
-from attnvgg_runtime.manifest import sha256_file
-from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
-from attnvgg_runtime.verify.measures import compare
-from exporter.graphs import export as export_stage
-from exporter.graphs.export import (
+from attnvgg_export import models
+from attnvgg_export.graphs import export as export_stage
+from attnvgg_export.graphs.export import (
     EXPORT_TOLERANCE,
     ExportConfig,
     VerificationError,
@@ -24,7 +20,11 @@ from exporter.graphs.export import (
     image_range,
     verification_shapes,
 )
-from exporter.runtime.eager import model_from_manifest, run_torch
+from attnvgg_export.runtime.eager import model_from_manifest, run_torch
+from attnvgg_runtime.files import OutputError
+from attnvgg_runtime.manifest import sha256_file
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from attnvgg_runtime.verify.measures import compare
 from tests.conftest import tiny_config
 
 
@@ -238,10 +238,10 @@ def test_full_size_se_exports_and_verifies(tmp_path):
     assert sorted(p.name for p in (tmp_path / "se").iterdir()) == ["manifest.json", "model.onnx"]
     # The fp16 graph of the full-size model, read by both runtimes (docs/precision.md: OpenVINO
     # read it 200x further from eager before the pool's bins became integer arithmetic).
+    from attnvgg_export.graphs.fp16 import onnx_to_fp16
+    from attnvgg_export.verify.budgets import load_tolerances
     from attnvgg_runtime.readers.openvino import OpenVinoRunner
     from attnvgg_runtime.verify.measures import metrics
-    from exporter.graphs.fp16 import onnx_to_fp16
-    from exporter.verify.budgets import load_tolerances
 
     fp16 = onnx_to_fp16(tmp_path / "se" / "model.onnx", tmp_path / "se" / "model.fp16.onnx")
     model = model_from_manifest(manifest)

@@ -2,14 +2,14 @@ import numpy as np
 import onnx
 import pytest
 
+from attnvgg_export.console import quiet
+from attnvgg_export.graphs.export import build_model
+from attnvgg_export.graphs.fp16 import onnx_to_fp16
+from attnvgg_export.models.layers import LinearAttention
+from attnvgg_export.runtime.eager import run_torch
+from attnvgg_export.verify.structure import FP32_OPS
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from attnvgg_runtime.verify.measures import compare
-from exporter.console import quiet
-from exporter.graphs.export import build_model
-from exporter.graphs.fp16 import onnx_to_fp16
-from exporter.runtime.eager import run_torch
-from exporter.verify.structure import FP32_OPS
-from models.layers import LinearAttention
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.numerics
@@ -35,9 +35,9 @@ def test_fp16_graph_is_finite_and_close_at_the_largest_declared_size(exported, v
 def test_both_readers_compute_the_fp16_graph_within_its_budget(exported, variant, tmp_path):
     """ONNX Runtime and OpenVINO read the same fp16 graph; both must be within the fp16 budget
     of eager at shapes where the adaptive pool's bins are uneven (3x10 and 2x14 feature maps)."""
+    from attnvgg_export.verify.budgets import load_tolerances
     from attnvgg_runtime.readers.openvino import OpenVinoRunner
     from attnvgg_runtime.verify.measures import metrics
-    from exporter.verify.budgets import load_tolerances
 
     fp16 = onnx_to_fp16(exported(variant).parent / "model.onnx", tmp_path / "model.fp16.onnx")
     model = build_model(tiny_config(variant))[0]
@@ -85,7 +85,7 @@ def test_full_width_linear_attention_in_fp16_at_448_stays_finite(tmp_path):
     test_export; this keeps the 448 check to the part where fp16 can overflow.)"""
     import torch
 
-    import models
+    from attnvgg_export import models
 
     stage = models.create_model("la").features[:5]
     assert isinstance(stage[4], LinearAttention) and stage[4].out_proj.in_channels == 64

@@ -1,7 +1,7 @@
 """The precision stage end to end, on the trained digits fixture (benchmarks/digits.py).
 
 Every threshold here comes from the fixture's own measured accuracy, the stage's own targets or
-the gate's budgets (exporter/verify/tolerances.toml), never from one machine's result: what a model
+the gate's budgets (attnvgg_export/verify/tolerances.toml), never from one machine's result: what a model
 computes in int8 or fp16 differs between AVX2, AVX-512 VNNI and AMX kernels."""
 
 import json
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from attnvgg_export.graphs.precision import FP16_TOLERANCE, build_precision_graphs
+from attnvgg_export.graphs.quantize import quantizable_nodes
+from attnvgg_export.verify.budgets import load_tolerances
 from attnvgg_runtime.manifest import FORMATS, PRECISIONS, TARGETS, sha256_file
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from benchmarks import digits
 from benchmarks.planted_bugs import scale_range
-from exporter.graphs.precision import FP16_TOLERANCE, build_precision_graphs
-from exporter.graphs.quantize import quantizable_nodes
-from exporter.verify.budgets import load_tolerances
 from tests.conftest import copy_build
 
 pytestmark = pytest.mark.numerics
@@ -110,7 +110,7 @@ def test_second_run_reuses_the_calibration_cache(digits_build, tmp_path):
 
 
 def test_calibrating_a_share_at_the_largest_size_adds_those_images(precision_build, tmp_path):
-    from exporter.graphs.precision import PrecisionConfig
+    from attnvgg_export.graphs.precision import PrecisionConfig
 
     root = copy_build(precision_build, tmp_path)
     build_precision_graphs(root / "manifest.json", PrecisionConfig(
@@ -132,7 +132,7 @@ def test_the_split_is_recorded_and_the_fallback_tunes_on_its_own_images(digits_b
 
 
 def test_a_missed_fallback_target_fails_the_build_and_keeps_the_record(precision_build, tmp_path):
-    from exporter.graphs.precision import FallbackTargetError, PrecisionConfig
+    from attnvgg_export.graphs.precision import FallbackTargetError, PrecisionConfig
 
     root = copy_build(precision_build, tmp_path)
     config = PrecisionConfig(calib_source="noise", calib_count=16, tuning_count=8, heldout_count=8,
@@ -144,7 +144,7 @@ def test_a_missed_fallback_target_fails_the_build_and_keeps_the_record(precision
     assert not fallback["int8-trt"]["met"] and not fallback["int8-cpu"]["met"]
     # noise has no labels: accuracy cannot aim the fallback, and the report says so
     assert fallback["int8-trt"]["accuracy"] is None
-    from exporter.report.report import format_fallback
+    from attnvgg_export.report.report import format_fallback
     assert "no labelled tuning images" in "\n".join(
         format_fallback(json.loads((root / "manifest.json").read_text())["calibration"]))
 
@@ -164,8 +164,8 @@ show a drop within one point: with none changed the interval reaches 1.53).
     fixture: no margin at all."""
     from dataclasses import replace
 
+    from attnvgg_export.report.report import format_fallback
     from attnvgg_runtime.verify.accuracy import drop_verdict
-    from exporter.report.report import format_fallback
 
     root = copy_build(digits_build.manifest.parent, tmp_path)
     scale_range(root, "max_pool2d_3", 0.03)  # the input of features.28
@@ -201,7 +201,7 @@ show a drop within one point: with none changed the interval reaches 1.53).
 
 
 def test_the_accuracy_aim_keeps_layers_by_share_each_only_if_it_lowers_the_drop():
-    from exporter.graphs.fallback import _aim_at_accuracy
+    from attnvgg_export.graphs.fallback import _aim_at_accuracy
 
     # 100 images; the all-int8 drop is 15 points (over budget with confidence): layer b costs
     # 9, a costs 6, c nothing alone (and in float with others it costs a point: it must not stay)
@@ -238,8 +238,8 @@ def test_the_gate_holds_a_trained_build_to_top1_where_images_are_enough_to_measu
         digits_build, tmp_path):
     """Trained weights: the gate's top-1/top-5 budgets apply. On 248 held-out digits a budget of
     95% allows 12 disagreements; on a corner's 8 images it would allow none, so there it is
-    reported, not gated (exporter.verify.budgets.resolvable)."""
-    from exporter.verify.gate import run_parity
+    reported, not gated (attnvgg_export.verify.budgets.resolvable)."""
+    from attnvgg_export.verify.gate import run_parity
 
     root = copy_build(digits_build.manifest.parent, tmp_path)
     report = run_parity(root / "manifest.json", log=lambda *_: None)
@@ -247,7 +247,7 @@ def test_the_gate_holds_a_trained_build_to_top1_where_images_are_enough_to_measu
     assert report.passed, "\n".join(report.failures())
     budget = load_tolerances("se")["int8"]
     for entry in report.artifacts:
-        if entry.skipped:  # OpenVINO on signed int8 without VNNI (exporter.verify.gate)
+        if entry.skipped:  # OpenVINO on signed int8 without VNNI (attnvgg_export.verify.gate)
             assert entry.label == "model.int8-trt.onnx [openvino]"
             continue
         heldout = entry.cases["heldout"]
@@ -286,8 +286,8 @@ def test_the_fallback_decides_as_on_any_cpu(digits_build, tmp_path, monkeypatch)
     own arithmetic, which no CPU changes: the same decision with or without VNNI. (Before int8
     was read exactly, this CPU-independent reading and an AVX2 CPU's disagreed: the TensorRT
     graph missed its target with six layers in float on AVX2 where exact arithmetic needs two.)"""
-    from exporter.graphs import fallback, precision
-    from exporter.verify import explain
+    from attnvgg_export.graphs import fallback, precision
+    from attnvgg_export.verify import explain
 
     root = copy_build(digits_build.manifest.parent, tmp_path)
     monkeypatch.setattr(precision, "OnnxRuntimeRunner", QdqReferenceRunner)

@@ -4,16 +4,16 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from attnvgg_export.calibration.calibrate import calibrate
+from attnvgg_export.calibration.data import ImageSet
+from attnvgg_export.graphs.export import build_model
+from attnvgg_export.graphs.fallback import FallbackGoal, quantize_with_fallback
+from attnvgg_export.graphs.quantize import Int8Target, onnx_to_int8, quantizable_nodes
+from attnvgg_export.verify.budgets import load_tolerances
+from attnvgg_export.verify.cases import ShapeCase
+from attnvgg_export.verify.structure import qdq_types, tensorrt_qdq_violations, weights_past_seven_bits
 from attnvgg_runtime.readers import run_batches
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
-from calibration.calibrate import calibrate
-from calibration.data import ImageSet
-from exporter.graphs.export import build_model
-from exporter.graphs.fallback import FallbackGoal, quantize_with_fallback
-from exporter.graphs.quantize import Int8Target, onnx_to_int8, quantizable_nodes
-from exporter.verify.budgets import load_tolerances
-from exporter.verify.cases import ShapeCase
-from exporter.verify.structure import qdq_types, tensorrt_qdq_violations, weights_past_seven_bits
 from tests.conftest import tiny_config
 
 
@@ -154,7 +154,7 @@ def test_fallback_keeps_sensitive_layers_in_float_until_the_target(exported, ima
 
 @pytest.mark.parametrize("variant", ["se", "la", "sa"])
 def test_calibration_collects_exactly_the_tensors_that_get_a_qdq_pair(quantized, exported, variant):
-    from calibration.calibrate import candidate_tensors
+    from attnvgg_export.calibration.calibrate import candidate_tensors
 
     wanted = set(candidate_tensors(exported(variant).parent / "model.onnx"))
     for path in quantized[variant].values():

@@ -13,6 +13,11 @@ import pytest
 from google.protobuf import text_format
 from PIL import Image
 
+from attnvgg_export.calibration.data import load_image
+from attnvgg_export.calibration.preprocessing import Preprocessing
+from attnvgg_export.convert.triton import manifest_to_triton
+from attnvgg_export.runtime.eager import model_from_manifest, run_torch
+from attnvgg_export.verify.gate import run_parity
 from attnvgg_runtime import classify
 from attnvgg_runtime.manifest import (
     SCHEMA_VERSION,
@@ -23,11 +28,6 @@ from attnvgg_runtime.manifest import (
     write_manifest,
 )
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
-from calibration.data import load_image
-from calibration.preprocessing import Preprocessing
-from exporter.convert.triton import manifest_to_triton
-from exporter.runtime.eager import model_from_manifest, run_torch
-from exporter.verify.gate import run_parity
 from tests.conftest import copy_build
 
 REPO = Path(__file__).resolve().parents[2]

@@ -4,11 +4,11 @@ passed for the bytes listed now."""
 
 import json
 
+from attnvgg_export.bench.recommend import gate_passed
+from attnvgg_export.convert.engines import build_engines
+from attnvgg_export.manifest.lifecycle import DERIVED_FILES, passing_verdict
+from attnvgg_export.verify.gate import run_parity
 from attnvgg_runtime.manifest import read_manifest, write_manifest
-from exporter.bench.recommend import gate_passed
-from exporter.convert.engines import build_engines
-from exporter.manifest.lifecycle import DERIVED_FILES, passing_verdict
-from exporter.verify.gate import run_parity
 from tests.conftest import copy_build
 
 
@@ -63,7 +63,7 @@ def test_a_new_gate_run_keeps_a_recommendation_only_while_it_passes(engines_buil
     def recommend(path: str) -> None:
         manifest = read_manifest(root / "manifest.json")
         manifest["bench"] = {"recommended": {"1": {"onnxruntime-cpu": {
-            "row": f"onnxruntime {path}", "artifact": path, "precision": "fp32"}}}}
+            "row": f"onnxruntime {path}", "artifact": path, "reader": "onnxruntime", "precision": "fp32"}}}}
         write_manifest(root / "manifest.json", manifest)
 
     recommend("model.onnx")
@@ -77,3 +77,10 @@ def test_a_new_gate_run_keeps_a_recommendation_only_while_it_passes(engines_buil
     assert after["bench"] is None and not (root / "bench.json").exists()
     assert any("names an artifact this run did not pass" in line for line in lines)
     assert {v["path"] for v in after["parity"]["gate"]["verdicts"]} == {"model.onnx"}
+    # a recommendation that does not say which reader timed it is not taken on its word
+    recommend("model.onnx")
+    manifest = read_manifest(root / "manifest.json")
+    del manifest["bench"]["recommended"]["1"]["onnxruntime-cpu"]["reader"]
+    write_manifest(root / "manifest.json", manifest)
+    run_parity(root / "manifest.json", log=lambda *_: None, only={"model.onnx"})
+    assert read_manifest(root / "manifest.json")["bench"] is None

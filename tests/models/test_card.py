@@ -1,6 +1,6 @@
 import pytest
 
-from models.card import card_markdown, model_card
+from attnvgg_export.models.card import card_markdown, model_card
 
 
 def test_se_card_matches_the_published_parameter_figures():

@@ -4,8 +4,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import models
-from models.layers import (
+from attnvgg_export import models
+from attnvgg_export.models.layers import (
     ExportableAdaptiveAvgPool2d,
     LinearAttention,
     SEBlock,

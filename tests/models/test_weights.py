@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torchvision.models import vgg16 as torchvision_vgg16
 
-import models
-from models.weights import torchvision_conv_indices
+from attnvgg_export import models
+from attnvgg_export.models.weights import torchvision_conv_indices
 
 
 def _convs(model):

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from attnvgg_export.verify.structure import weights_past_seven_bits
 from attnvgg_runtime import classify
 from attnvgg_runtime.manifest import read_manifest
 from attnvgg_runtime.readers import run_batches
@@ -26,7 +27,6 @@ from attnvgg_runtime.readers.cpu import (
 )
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from attnvgg_runtime.readers.openvino import OpenVinoRunner
-from exporter.verify.structure import weights_past_seven_bits
 
 pytestmark = pytest.mark.kernels
 EMULATED = os.environ.get("ATTNVGG_QEMU_CPU")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from attnvgg_export.calibration.errors import CalibrationDataError
+from attnvgg_export.calibration.evaluation import load_eval_set
+from attnvgg_export.calibration.preprocessing import Preprocessing
 from attnvgg_runtime.verify.accuracy import class_moves, drop_interval, judge_drop
-from calibration.errors import CalibrationDataError
-from calibration.evaluation import load_eval_set
-from calibration.preprocessing import Preprocessing
 
 PRE = Preprocessing.for_size(32, 32)
 
@@ -113,7 +113,7 @@ def _folder(root, classes=("cat", "dog"), per_class=3):
 
 def test_an_image_folder_streams_in_batches_and_skips_undecodable_files_by_name(tmp_path,
                                                                              monkeypatch):
-    from calibration import evaluation
+    from attnvgg_export.calibration import evaluation
 
     hashed = []
     monkeypatch.setattr(evaluation, "sha256_file",
@@ -171,8 +171,8 @@ def test_eval_dir_on_the_trained_fixture_passes_clean_and_catches_a_bug(
     # on them too: the fixture has no other unseen digits; the statistics are what is tested)
     import json
 
+    from attnvgg_export.verify.gate import run_parity
     from benchmarks import digits
-    from exporter.verify.gate import run_parity
     from tests.conftest import copy_build
 
     pixels, labels = digits.digit_images()
@@ -198,7 +198,9 @@ def test_eval_dir_on_the_trained_fixture_passes_clean_and_catches_a_bug(
     bad = run_parity(root / "manifest.json", log=lambda *_: None, only=int8, eval_dir=full)
     judged = bad.artifacts[0].accuracy
     assert judged["verdict"] == "over budget" and judged["low"] > 2 * judged["budget"], judged
-    assert any("accuracy on EVAL_DIR" in f and "over budget" in f for f in bad.failures())
+    assert any("EVAL_DIR: top-1" in f and "over budget" in f for f in bad.failures())
+    finding = next(f for f in bad.artifacts[0].failures if f.case == "EVAL_DIR")
+    assert finding.check == "accuracy_drop_max" and finding.measured == judged["drop"]
     assert judged["moves"] and sum(m["lost"] for m in judged["moves"]) == judged["lost"]
 
 
@@ -207,8 +209,8 @@ def test_a_drop_the_images_cannot_resolve_is_reported_and_fails_only_when_strict
     breach: a drop within budget by its point estimate whose interval the images cannot resolve
     is reported (with the images that would resolve it), and fails under STRICT_ACCURACY only; a
     point estimate over budget fails either way."""
+    from attnvgg_export.verify.evaluate import LabelledReference, judge_on_labels
     from attnvgg_runtime.verify.check import ArtifactParity
-    from exporter.verify.evaluate import LabelledReference, judge_on_labels
 
     def judged(lost: int, gained: int, strict: bool) -> ArtifactParity:
         artifact, eager, labels = _paired(600, lost=lost, gained=gained)
@@ -223,7 +225,7 @@ def test_a_drop_the_images_cannot_resolve_is_reported_and_fails_only_when_strict
     assert unresolved.accuracy["images_needed"] > 600 and unresolved.accuracy["warning"]
     assert unresolved.warnings and "accuracy on EVAL_DIR" in unresolved.warnings[0]
     strict = judged(lost=6, gained=2, strict=True)
-    assert not strict.passed and "STRICT_ACCURACY" in strict.failures[0]
+    assert not strict.passed and "STRICT_ACCURACY" in strict.failures[0].message
     over = judged(lost=9, gained=1, strict=False)  # +1.33 points, not resolved either
     assert over.accuracy["verdict"] == "not resolvable" and not over.passed
 
@@ -238,9 +240,12 @@ def test_the_held_out_accuracy_follows_eval_dirs_rule():
     assert (one["lost"], one["gained"]) == (1, 0) and breaches(one, budget, trained=True) == []
     artifact, eager, labels = _paired(248, lost=15, gained=0)
     many = metrics(artifact, eager, labels)
-    assert breaches(many, budget, trained=True) == [
+    found = breaches(many, budget, trained=True)
+    assert [f.message for f in found] == [
         "accuracy drop 6.05 points, 95% interval [3.70, 9.74] on 248 images (15 lost, 0 gained; "
         "budget 1.00): over budget"]
+    assert (found[0].check, found[0].budget) == ("accuracy_drop_max", 0.01)
+    assert found[0].measured == pytest.approx(15 / 248) and found[0].margin == pytest.approx(0.01 * 248 / 15)
     artifact, eager, labels = _paired(248, lost=3, gained=0)  # +1.21 points: by its estimate
-    assert breaches(metrics(artifact, eager, labels), budget, trained=True)[0].endswith(
+    assert breaches(metrics(artifact, eager, labels), budget, trained=True)[0].message.endswith(
         "not resolvable, by its point estimate")

@@ -10,15 +10,15 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from attnvgg_export.cli import main
+from attnvgg_export.models import ConfigError
+from attnvgg_export.verify.budgets import load_tolerances
+from attnvgg_export.verify.cases import shape_cases
+from attnvgg_export.verify.gate import run_parity
 from attnvgg_runtime.manifest import ManifestError, read_manifest, sha256_file, write_manifest
 from attnvgg_runtime.readers.cpu import openvino_int8_has_vnni
 from attnvgg_runtime.verify.budgets import breaches, budget_margin, resolvable
 from attnvgg_runtime.verify.measures import metrics
-from exporter.cli import main
-from exporter.verify.budgets import load_tolerances
-from exporter.verify.cases import shape_cases
-from exporter.verify.gate import run_parity
-from models import ConfigError
 from tests.conftest import copy_build
 
 
@@ -266,10 +266,11 @@ def test_nan_always_fails_and_agreement_is_gated_only_for_trained_weights():
     shuffled = reference[:, ::-1].copy()
     budget = {"rel_l2_max": 10.0, "cosine_min": -1.0, "top1_min": 0.99}
     assert breaches(metrics(shuffled, reference), budget, trained=False) == []
-    assert any("top1" in b for b in breaches(metrics(shuffled, reference), budget, trained=True))
+    assert any(b.check == "top1_min" for b in breaches(metrics(shuffled, reference), budget, trained=True))
     poisoned = reference.copy()
     poisoned[0, 0] = np.nan
-    assert "NaN or Inf in the outputs" in breaches(metrics(poisoned, reference), budget, False)
+    found = breaches(metrics(poisoned, reference), budget, False)
+    assert "NaN or Inf in the outputs" in [b.message for b in found]
 
 
 def test_agreement_is_gated_only_where_the_images_can_resolve_the_budget():
@@ -286,7 +287,7 @@ def test_agreement_is_gated_only_where_the_images_can_resolve_the_budget():
     assert resolvable("top5_min", few, budget)  # one class of 5 x 8 is 2.5%, inside 15%
     assert breaches(few, budget, trained=True) == []
     # a budget of perfection is measurable on any number of images
-    assert any("top1" in b for b in breaches(few, {"top1_min": 1.0}, trained=True))
+    assert any(b.check == "top1_min" for b in breaches(few, {"top1_min": 1.0}, trained=True))
 
 
 def test_agreement_counts_independent_images_not_crops():
@@ -310,7 +311,7 @@ def test_budget_margin_is_the_tightest_ratio_of_allowed_to_measured_error():
 
 
 def test_shape_cases_aggregate_over_images_and_gate_int8_only_at_sides_of_64_px():
-    from calibration.data import ImageSet
+    from attnvgg_export.calibration.data import ImageSet
 
     dynamic = {"batch": {"min": 1, "opt": 1, "max": 32}, "height": {"min": 32, "opt": 224, "max": 448},
                "width": {"min": 32, "opt": 224, "max": 448}}
@@ -379,7 +380,8 @@ def test_one_bad_image_does_not_hide_in_the_aggregate():
     budget = load_tolerances("se")["int8"]
     assert result["rel_l2"] < budget["rel_l2_max"] and result["cosine"] > budget["cosine_min"]
     assert result["rel_l2_image"] == pytest.approx(0.3)
-    assert breaches(result, budget, trained=False) == ["worst image's rel L2 0.3 (budget 0.24)"]
+    found = breaches(result, budget, trained=False)
+    assert [str(b) for b in found] == ["worst image's rel L2 0.3 (budget 0.24)"]
     # a low-confidence image (logits a tenth of the others') with the same absolute error as the
     # others is no bad image: measured against the median image's norm, it reads as they do
     outputs = eager + 0.05 * rng.standard_normal((64, 10))
@@ -400,8 +402,9 @@ def test_readers_that_disagree_are_reported_as_such():
     same = {e.label: logits for e in entries}
     assert reader_disagreement(entries, same, {"rel_l2_max": 5e-3}) is None
     off = {entries[0].label: logits, entries[1].label: logits * 1.17}
-    message = reader_disagreement(entries, off, {"rel_l2_max": 5e-3})
-    assert message and message.startswith("readers disagree: onnxruntime and openvino differ")
+    finding = reader_disagreement(entries, off, {"rel_l2_max": 5e-3})
+    assert finding and finding.message.startswith("readers disagree: onnxruntime and openvino differ")
+    assert finding.check == "agreement_max" and finding.measured == pytest.approx(0.17 / 1.17)
     assert entries[1].checks["readers agree"]["margin"] == pytest.approx(5e-3 / (0.17 / 1.17))
     # int8: two correct readers round differently at every requantization, so they are held to
     # a multiple of their own error against eager; 0.06 apart with 0.08 each passes (the AMX
@@ -410,7 +413,8 @@ def test_readers_that_disagree_are_reported_as_such():
     apart = {entries[0].label: logits, entries[1].label: logits * 1.06}
     assert reader_disagreement(readers("int8", 0.08), apart, int8) is None
     wrong = readers("int8", 0.02)
-    assert "1.6 x the smaller reader's rel L2 against eager 0.02" in reader_disagreement(wrong, apart, int8)
+    finding = reader_disagreement(wrong, apart, int8)
+    assert "1.6 x the smaller reader's rel L2 against eager 0.02" in finding.message
     assert wrong[1].checks["readers agree"]["margin"] == pytest.approx((1.6 * 0.02 + 1e-4) / (0.06 / 1.06))
 
 
@@ -429,9 +433,11 @@ def test_a_converted_artifact_is_held_to_its_conversion_redone_and_to_its_source
 
     assert judged(logits)[0] == []  # the file is what its conversion makes, exactly
     found, entry = judged(logits * 1.001)  # a damaged file cannot hide in rounding noise
-    assert len(found) == 1 and "not what its conversion makes" in found[0]
+    assert len(found) == 1 and "not what its conversion makes" in found[0].message
+    assert found[0].check == "derived_max" and found[0].margin < 1
     assert entry.cases["heldout"]["rel_l2_vs_reconverted"] == pytest.approx(1e-3)
     # a conversion that lost accuracy: 15% farther from eager than its source, and more
     found, entry = judged(logits, mine=(0.08 * 1.2, 0.1))
-    assert len(found) == 1 and "farther from eager than model.int8-cpu.onnx" in found[0]
+    assert len(found) == 1 and "farther from eager than model.int8-cpu.onnx" in found[0].message
+    assert found[0].check == "derived_excess_max"
     assert judged(logits, mine=(0.08 * 1.1, 0.1 * 1.1))[0] == []

@@ -92,7 +92,12 @@ def test_verify_fails_naming_artifact_reader_and_shape_when_an_artifact_is_subtl
     assert "model.onnx [onnxruntime, onnxruntime" in result.stdout
     assert "heldout: rel_l2" in result.stdout and "FAIL" in result.stdout
     report = json.loads((root / "verify.json").read_text())
-    failed = {(r["path"], r["reader"]): r["failures"] for r in report["results"] if r["failures"]}
+    failed = {(r["path"], r["reader"]): [f["message"] for f in r["failures"]]
+              for r in report["results"] if r["failures"]}
+    # a failed check is a record: which case, which check, measured against what
+    fp32 = next(f for r in report["results"] if (r["path"], r["reader"]) == ("model.onnx", "onnxruntime")
+                for f in r["failures"] if f["case"] == "heldout" and f["check"] == "rel_l2_max")
+    assert fp32["measured"] > fp32["budget"] == 1e-4 and fp32["margin"] < 1
     assert {("model.onnx", "onnxruntime"), ("model.onnx", "openvino")} <= set(failed)
     # and what was converted from it is no longer what its conversion makes: the box sees that
     # the graph and its converted files are out of step, each named

@@ -3,7 +3,7 @@
 Every reader is a callable from an NCHW float32 batch to the output logits: ONNX Runtime
 (onnxruntime.py), OpenVINO (openvino.py), TensorRT (tensorrt.py), and any of the CPU readers in
 a qemu child that emulates another CPU (emulated.py); the reference, eager PyTorch, is the
-toolchain's (exporter/runtime/eager.py). Readers know nothing of budgets. A
+toolchain's (attnvgg_export/runtime/eager.py). Readers know nothing of budgets. A
 runtime is imported on first use, through ``runtime_module``: importing a reader never pulls in
 another runtime (nor torch), so a target box needs only the runtimes it runs.
 """

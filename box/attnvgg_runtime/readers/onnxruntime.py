@@ -12,7 +12,7 @@ from attnvgg_runtime.readers.cpu import exact_int8_options
 
 INSTALL_HINT = ("install the runtime wheel's [onnxruntime] extra (pip install onnxruntime; onnxruntime-gpu "
                 "on Linux x86_64)")
-# The level an .ort model's graph is optimized at when it is saved (exporter.convert.ort_format):
+# The level an .ort model's graph is optimized at when it is saved (attnvgg_export.convert.ort_format):
 # QDQ groups fused into QLinearConv/QGemm, Conv+activation fusion, constant folding. "all" would
 # add an NCHWc layout specific to the saving machine's CPU.
 ORT_SAVED_LEVEL = "ORT_ENABLE_EXTENDED"

@@ -25,7 +25,7 @@ def reader_name(artifact: dict) -> str:
 
 
 def converted_model(source: str | Path):
-    """``source`` ONNX as OpenVINO's converter makes it into an IR (exporter.convert.openvino_ir
+    """``source`` ONNX as OpenVINO's converter makes it into an IR (attnvgg_export.convert.openvino_ir
     saves exactly this): not what ``Core.read_model`` makes of the same file, whose numerics differ
     (the converter folds and fuses the int8 graph otherwise)."""
     ov = runtime_module("openvino", INSTALL_HINT)

@@ -1,5 +1,5 @@
 """The TensorRT reader: loads a plan and runs it on device buffers (GPU machines with tensorrt
-only); exporter.convert.tensorrt_plan builds the plans. tensorrt is imported on first use
+only); attnvgg_export.convert.tensorrt_plan builds the plans. tensorrt is imported on first use
 (attnvgg_runtime.readers.runtime_module): importing this module works on machines without it.
 Its device buffers are torch CUDA tensors, hence the package's [tensorrt] extra brings torch.
 

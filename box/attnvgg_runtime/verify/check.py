@@ -1,5 +1,5 @@
 """One artifact under every reader that judges it, against eager's outputs and against each other:
-the per-artifact check that the gate (exporter.verify.gate, on the build machine) and the target
+the per-artifact check that the gate (attnvgg_export.verify.gate, on the build machine) and the target
 box's verifier (attnvgg_runtime.verify.on_box, from the golden I/O, without torch) both run.
 
 - each reader, each case: the measures against eager (attnvgg_runtime.verify.measures) judged by the
@@ -25,6 +25,7 @@ from attnvgg_runtime.errors import ReaderUnavailable
 from attnvgg_runtime.readers import reader_version, run_batches
 from attnvgg_runtime.readers.emulated import emulated_cpu
 from attnvgg_runtime.verify.budgets import DRIFT_FLOOR, breaches, budget_margin, heldout_accuracy
+from attnvgg_runtime.verify.findings import Finding, error_margin
 from attnvgg_runtime.verify.measures import metrics, relative_l2
 from attnvgg_runtime.verify.readers import (
     RECONVERTED,
@@ -56,7 +57,7 @@ class ArtifactParity:
     precision: str
     reader: str = "onnxruntime"  # the runtime that ran it: onnxruntime, openvino, tensorrt
     cases: dict[str, dict] = field(default_factory=dict)  # case name -> metrics
-    failures: list[str] = field(default_factory=list)
+    failures: list[Finding] = field(default_factory=list)  # the checks it failed, as records
     skipped: str | None = None  # what this machine cannot compute: reported, not passed
     not_gated: str | None = None  # measured and reported, not judged here, and why (readers.not_gated_here)
     where: str | None = None  # for a failing graph: the module where its error passes the budget
@@ -90,7 +91,8 @@ class ArtifactParity:
         return measured <= allowed
 
     def to_json(self) -> dict:
-        return self.__dict__ | {"passed": self.passed, "margin": self.margin}
+        return self.__dict__ | {"failures": [f.to_json() for f in self.failures], "passed": self.passed,
+                                "margin": self.margin}
 
 
 def check_reading(artifact: dict, reader: str, root: Path, manifest: dict, cases: dict[str, Case],
@@ -108,7 +110,8 @@ def check_reading(artifact: dict, reader: str, root: Path, manifest: dict, cases
         entry.skipped = str(e).splitlines()[0]
         return entry, None
     except Exception as e:  # any other artifact that does not load fails
-        entry.failures.append(f"cannot be loaded: {type(e).__name__}: {str(e).strip()[:300]}")
+        entry.failures.append(Finding("loads", f"cannot be loaded: {type(e).__name__}: "
+                                              f"{str(e).strip()[:300]}"))
         return entry, None
     entry.not_gated = not_gated_here(artifact, reader)
     if entry.not_gated:
@@ -117,7 +120,8 @@ def check_reading(artifact: dict, reader: str, root: Path, manifest: dict, cases
         try:
             result_outputs = run_batches(runner, case.images, case.batch)
         except Exception as e:  # a runtime error at a declared shape is a breach, not a crash
-            entry.failures.append(f"{name}: fails to run: {str(e).strip().splitlines()[-1][:240]}")
+            entry.failures.append(Finding("runs", f"fails to run: {str(e).strip().splitlines()[-1][:240]}",
+                                          case=name))
             continue
         if name == "heldout" and outputs is not None:
             outputs[entry.label] = result_outputs
@@ -132,15 +136,15 @@ def check_reading(artifact: dict, reader: str, root: Path, manifest: dict, cases
             entry.record("drift from the build's figure", result["rel_l2"] - built,
                          built * budget["drift_max"] + DRIFT_FLOOR)
         entry.checks[f"{name} against eager"] = {"margin": margin if margin != float("inf") else None}
-        entry.failures += [f"{name}: {b}" for b in breaches(
+        entry.failures += [b.in_case(name) for b in breaches(
             result, budget, trained, built if name == "heldout" else None)]
         accuracy = heldout_accuracy(result, budget)
-        if accuracy and accuracy["warning"]:
+        if accuracy and accuracy["warning"] and name == "heldout":  # corners: failures only
             entry.warnings.append(f"{name}: {accuracy['warning']}")
     return entry, runner
 
 
-def reader_disagreement(entries: list[ArtifactParity], outputs: dict, budget: dict) -> str | None:
+def reader_disagreement(entries: list[ArtifactParity], outputs: dict, budget: dict) -> Finding | None:
     """Two readers of one graph that compute different things: past ``agreement_max`` (fp32,
     fp16: far tighter than the budget against eager), or for int8 past ``agreement_factor`` times
     the smaller of the two readers' own rel L2 against eager (two correct readers of one int8
@@ -162,13 +166,15 @@ def reader_disagreement(entries: list[ArtifactParity], outputs: dict, budget: di
         basis = f"agreement budget {allowed:.4g}"
     if second.record("readers agree", between, allowed):
         return None
-    return (f"readers disagree: {first.reader} and {second.reader} differ by rel L2 "
-            f"{between:.4g} on the held-out images (allowed {allowed:.4g}: {basis}); one of "
-            f"them does not compute what the graph says (see docs/precision.md)")
+    check = "agreement_factor" if "agreement_factor" in budget else "agreement_max"
+    return Finding(check, f"readers disagree: {first.reader} and {second.reader} differ by rel L2 "
+                   f"{between:.4g} on the held-out images (allowed {allowed:.4g}: {basis}); one of "
+                   f"them does not compute what the graph says (see docs/precision.md)",
+                   measured=between, budget=allowed, margin=error_margin(between, allowed))
 
 
 def derived_difference(entry: ArtifactParity, artifact: dict, ours: np.ndarray | None,
-                       reconverted: np.ndarray | None, source: dict | None, budget: dict) -> list[str]:
+                       reconverted: np.ndarray | None, source: dict | None, budget: dict) -> list[Finding]:
     """A converted artifact's held-out outputs (``ours``) against the same conversion done again
     on this box (``reconverted``), and its source's held-out measures against eager (``source``:
     the metrics of the source graph under the same reader) against its own."""
@@ -180,9 +186,11 @@ def derived_difference(entry: ArtifactParity, artifact: dict, ours: np.ndarray |
         entry.cases["heldout"]["rel_l2_vs_reconverted"] = between
         allowed = budget.get("derived_max", 1e-5)
         if not entry.record("the conversion redone", between, allowed):
-            found.append(f"differs from {RECONVERTED[artifact['format']]} ({artifact['source']}) "
-                         f"by rel L2 {between:.4g} on the held-out images (derived budget "
-                         f"{allowed:.4g}): the file is not what its conversion makes")
+            found.append(Finding(
+                "derived_max", f"differs from {RECONVERTED[artifact['format']]} ({artifact['source']}) "
+                f"by rel L2 {between:.4g} on the held-out images (derived budget {allowed:.4g}): the "
+                f"file is not what its conversion makes", measured=between, budget=allowed,
+                margin=error_margin(between, allowed)))
     if source is not None and "derived_excess_max" in budget:
         excess = budget["derived_excess_max"]
         mine = entry.cases["heldout"]
@@ -192,10 +200,12 @@ def derived_difference(entry: ArtifactParity, artifact: dict, ours: np.ndarray |
             allowed = excess * source[key] + DRIFT_FLOOR
             if not entry.record(f"no farther from eager than its source ({name})",
                                 mine[key] - source[key], allowed):
-                found.append(f"farther from eager than {artifact['source']}, the graph it was "
-                             f"converted from: {name} {mine[key]:.4g} against {source[key]:.4g} "
-                             f"(allowed {source[key] + allowed:.4g}: {100 * excess:g}% more): the "
-                             f"conversion lost accuracy")
+                found.append(Finding(
+                    "derived_excess_max", f"farther from eager than {artifact['source']}, the graph "
+                    f"it was converted from: {name} {mine[key]:.4g} against {source[key]:.4g} (allowed "
+                    f"{source[key] + allowed:.4g}: {100 * excess:g}% more): the conversion lost accuracy",
+                    measured=mine[key] - source[key], budget=allowed,
+                    margin=error_margin(mine[key] - source[key], allowed)))
     return found
 
 
@@ -240,9 +250,9 @@ def check_artifact(artifact: dict, root: Path, manifest: dict, cases: dict[str, 
             reconverted = run_batches(reconversion_runner(artifact, root, manifest, entry.reader),
                                       heldout.images, heldout.batch)
         except Exception as e:  # the conversion must be repeatable where the artifact runs
-            entry.failures.append(f"its conversion could not be redone here "
-                                  f"({RECONVERTED[artifact['format']]}): {type(e).__name__}: "
-                                  f"{str(e).strip()[:240]}")
+            entry.failures.append(Finding(
+                "reconversion", f"its conversion could not be redone here "
+                f"({RECONVERTED[artifact['format']]}): {type(e).__name__}: {str(e).strip()[:240]}"))
             reconverted = None
         source = None  # its source's error against eager, under the same reader and precision
         if listed(manifest, artifact["source"])["precision"] == artifact["precision"]:

@@ -40,13 +40,16 @@ class GoldenCase:
     batch: int
     iterations: int
     int8_gated: bool
+    # the images' labels where the gate's case had them and none repeats: the box then judges
+    # top-1 by the paired accuracy drop, as the gate did (attnvgg_runtime.verify.budgets)
+    labels: list[int] | None = None
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
 
 
 def golden_selection(cases: dict) -> dict[str, int]:
-    """How many images of each of the gate's cases (exporter.verify.cases) go into golden/: whole
+    """How many images of each of the gate's cases (attnvgg_export.verify.cases) go into golden/: whole
     batches of the case's size."""
     chosen = {}
     for name, case in cases.items():
@@ -74,7 +77,9 @@ def write_golden(root: Path, cases: dict, references: dict[str, np.ndarray]) -> 
             feeds.append({"input": np.ascontiguousarray(images[start:start + case.batch])})
             results.append(IterationResult({"logits": outputs[start:start + case.batch]},
                                            runner_name=GOLDEN_RUNNER))
-        record.append(GoldenCase(name, case.batch, count // case.batch, case.int8_gated).to_json())
+        unrepeated = case.labels is not None and count <= len(case.images)
+        labels = [int(v) for v in case.labels[:count]] if unrepeated else None
+        record.append(GoldenCase(name, case.batch, count // case.batch, case.int8_gated, labels).to_json())
     folder = Path(root) / GOLDEN_DIR
     folder.mkdir(exist_ok=True)
     files = {}
@@ -102,7 +107,8 @@ def _decode(value):
 
 def read_golden(root: Path, record: dict) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
     """case name -> (its input batches, eager's outputs for them, concatenated), from the files
-    the manifest's ``golden`` record lists, refused where their sha256 differs."""
+    the manifest's ``golden`` record lists, refused where their sha256 differs. (The cases'
+    labels, where recorded, are in the record: ``cases[i]["labels"]``.)"""
     for key in ("inputs", "outputs"):
         path = Path(root) / record[key]["path"]
         if not path.is_file() or sha256_file(path) != record[key]["sha256"]:

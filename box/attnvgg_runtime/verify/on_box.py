@@ -88,8 +88,10 @@ def verify_build(manifest_path: Path, log=print, restriction: Restriction = Rest
     artifacts = [a for a in manifest["artifacts"] if restriction.takes(a)]
     if not artifacts:
         raise ManifestError(f"no artifact of {manifest_path} matches {restriction.artifacts}")
-    gated = {c["name"]: c["int8_gated"] for c in record["cases"]}
-    cases = {name: Case(np.concatenate(batches), len(batches[0]), reference, int8_gated=gated[name])
+    recorded = {c["name"]: c for c in record["cases"]}
+    cases = {name: Case(np.concatenate(batches), len(batches[0]), reference,
+                        labels=_labels(recorded[name], len(reference)),
+                        int8_gated=recorded[name]["int8_gated"])
              for name, (batches, reference) in golden.items()}
     cpu = cpu_identity()
     saturate = int8_products_saturate()
@@ -142,6 +144,11 @@ def verify_build(manifest_path: Path, log=print, restriction: Restriction = Rest
             + ": install a runtime that reads them (pip install 'attnvgg-runtime[onnxruntime]' or "
               "[openvino]) or widen --reader/--artifact")
     return report
+
+
+def _labels(case: dict, images: int) -> np.ndarray | None:
+    """A golden case's labels (where the gate had them), for its first ``images``."""
+    return None if case.get("labels") is None else np.asarray(case["labels"][:images])
 
 
 def _first_images(batches: list, reference, images: int | None) -> tuple[list, object]:

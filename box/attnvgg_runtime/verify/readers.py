@@ -72,7 +72,7 @@ def not_gated_here(artifact: dict, reader: str) -> str | None:
 def signed_int8_activations(artifact: dict) -> bool:
     """An int8 ONNX graph whose activations are quantized to signed int8 (the int8-trt graph), as
     the manifest records it (`activations`, schema 1.5, read from the graph at build time by
-    exporter.verify.structure.qdq_types). Older manifests: the graph that carries
+    attnvgg_export.verify.structure.qdq_types). Older manifests: the graph that carries
     `exact_int8_session_options`, the one with 8-bit weights and signed activations."""
     if artifact["format"] != "onnx" or artifact["precision"] != "int8":
         return False

@@ -1,0 +1,3 @@
+from attnvgg_export.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""Stage: speed. Latency percentiles and throughput per artifact and batch size, with speedups
+over eager PyTorch measured in the same run (this machine is noisy: only same-run ratios count),
+and achieved MAC/s against this machine's peak from a GEMM microbenchmark."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from attnvgg_export.bench.peaks import gemm_peak_gmacs, openvino_gemm_peak_gmacs, torch_bf16_peak_gmacs
+from attnvgg_export.bench.recommend import gate_passed, recommend
+from attnvgg_export.models.card import model_card
+from attnvgg_export.report.report import (
+    LATENCY_PNG,
+    format_bench,
+    format_recommendation,
+    plot_latency,
+    write_report,
+)
+from attnvgg_export.runtime.eager import eager_runner, model_from_manifest
+from attnvgg_runtime.files import write_text_atomic
+from attnvgg_runtime.manifest import read_manifest, write_manifest
+from attnvgg_runtime.readers.cpu import cpu_identity, exact_int8_options, openvino_has_bf16
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from attnvgg_runtime.readers.openvino import OpenVinoRunner, precision_hint, reader_name
+from attnvgg_runtime.timing import BenchConfig, latency
+
+
+@dataclass
+class Row:
+    """One thing a user could pick: a runtime on an artifact (or eager PyTorch)."""
+
+    load: Callable[[], Callable[[np.ndarray], object]]  # made when measured, then released
+    precision: str
+    runtime: str  # eager, torch.compile, onnxruntime, openvino, tensorrt
+    artifact: str | None = None
+    target: str | None = None
+    runtime_options: dict | None = None
+
+
+def bench_rows(manifest: dict, root: Path, config: BenchConfig, bf16: bool) -> dict[str, Row]:
+    """name -> Row. eager fp32 first: every speedup is over it."""
+    model = model_from_manifest(manifest)
+    rows = {"eager fp32": Row(lambda: eager_runner(model), "fp32", "eager")}
+    if bf16:
+        rows["eager bf16 autocast"] = Row(lambda: eager_runner(model, bf16=True), "bf16", "eager")
+    if config.torch_compile:
+        rows["torch.compile fp32"] = Row(lambda: eager_runner(model, compiled=True), "fp32",
+                                         "torch.compile")
+    trusted = manifest.get("tensorrt", {}).get("version_compatible", False)
+    for a in manifest["artifacts"]:
+        path, options = root / a["path"], a.get("runtime_options")
+        if a["target"] in ("onnxruntime-cpu", "any") and a["format"] in ("onnx", "ort"):
+            # as the gate measured it and the consumer runs it (exact int8 where recorded)
+            exact = "exact_int8_session_options" in a
+            rows[f"onnxruntime {a['path']}"] = Row(
+                lambda p=path, e=exact: OnnxRuntimeRunner(p, exact_int8=e), a["precision"],
+                "onnxruntime", a["path"], "onnxruntime-cpu", (exact_int8_options() if exact else {}) or None)
+        elif a["format"] == "openvino-ir" and (a["precision"] != "bf16" or bf16):
+            hint, runtime = precision_hint(a), reader_name(a)  # as the gate names it
+            rows[f"{runtime} {a['path']}"] = Row(lambda p=path, h=hint: OpenVinoRunner(p, h),
+                                                 a["precision"], runtime, a["path"], "openvino-cpu",
+                                                 options)
+        elif a["format"] == "plan":
+            from attnvgg_runtime.readers.tensorrt import (
+                TensorRTRunner,  # tensorrt only where a plan is listed
+            )
+
+            rows[f"tensorrt {a['path']}"] = Row(
+                lambda p=path: TensorRTRunner(p, host_code_allowed=trusted), a["precision"],
+                "tensorrt", a["path"], "tensorrt")
+    return rows
+
+
+def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print) -> Path:
+    config = config or BenchConfig()
+    manifest_path = Path(manifest_path)
+    root = manifest_path.parent
+    manifest = read_manifest(manifest_path)
+    dyn = manifest["dynamic"]
+    height, width = dyn["height"]["opt"], dyn["width"]["opt"]
+    macs_per_image = None
+    if height == width:
+        spec = manifest["model"]
+        macs_per_image = model_card(spec["variant"], height, spec["num_classes"],
+                                    spec["model_width"]).macs["total"]
+    cpu = cpu_identity()
+    bf16 = openvino_has_bf16()
+    # GEMM probes of two libraries at two sizes (cache effects differ); the limit a row's share
+    # is of is the best of them and of the rows themselves (peaks.machine_limits)
+    peak_seconds = min(1.0, config.seconds_per_case)
+    probes = {"onnxruntime": [gemm_peak_gmacs(n, peak_seconds) for n in (1024, 2048)],
+              "openvino": [openvino_gemm_peak_gmacs(n, peak_seconds) for n in (1024, 2048)]}
+    probes = {lib: {k: max(p[k] for p in runs) for k in runs[0]} for lib, runs in probes.items()}
+    if bf16:
+        probes["torch"] = {"bf16": max(torch_bf16_peak_gmacs(n, peak_seconds) for n in (1024, 2048))}
+    log(f"machine: {cpu['model']} ({', '.join(cpu['isa'])}); GEMM probes: "
+        + "; ".join(f"{lib} " + ", ".join(f"{k} {v:.0f}" for k, v in p.items())
+                    for lib, p in probes.items()) + " GMAC/s")
+    rows = bench_rows(manifest, root, config, bf16)
+    results: dict[str, dict] = {}
+    inputs = {b: np.random.default_rng(b).standard_normal((b, 3, height, width), dtype=np.float32)
+              for b in config.batches}
+    progress = tqdm(total=len(rows) * len(config.batches), desc="benchmarking", unit="case")
+    for name, row in rows.items():  # one runtime loaded at a time: memory stays that of one
+        try:
+            runner = row.load()
+        except Exception as e:  # torch.compile can fail on some stacks: record why, go on
+            results[name] = {str(b): {"error": str(e).splitlines()[0][:200]} for b in config.batches}
+            progress.update(len(config.batches))
+            continue
+        for batch, x in inputs.items():
+            try:
+                result = latency(lambda x=x, run=runner: run(x), config)
+            except Exception as e:
+                results.setdefault(name, {})[str(batch)] = {"error": str(e).splitlines()[0][:200]}
+                progress.update()
+                continue
+            result["images_per_s"] = batch / (result["p50_ms"] / 1000)
+            if macs_per_image:
+                result["gmacs_per_s"] = macs_per_image * result["images_per_s"] / 1e9
+            results.setdefault(name, {})[str(batch)] = result
+            progress.update()
+        del runner
+    progress.close()
+    for batch in map(str, config.batches):
+        eager = results["eager fp32"][batch]["p50_ms"]
+        for name in results:
+            if "p50_ms" in results[name].get(batch, {}):
+                results[name][batch]["speedup_vs_eager"] = eager / results[name][batch]["p50_ms"]
+    passed = gate_passed(manifest)
+    recommended = recommend(results, rows, passed, config.batches)
+    bench = {"input": [height, width], "threads": os.cpu_count(), "cpu": cpu, "gemm_probes": probes,
+             "macs_per_image": macs_per_image, "gate_checked": passed is not None,
+             "rows": {name: {"runtime": r.runtime, "artifact": r.artifact, "precision": r.precision,
+                             "target": r.target} for name, r in rows.items()},
+             "results": results, "recommended": recommended}
+    write_text_atomic(root / "bench.json", json.dumps(bench, indent=2) + "\n")
+    manifest["bench"] = {
+        "cpu": cpu, "recommended": recommended,
+        "results": {name: {b: {k: round(v, 3) for k, v in r.items() if k in
+                               ("p50_ms", "speedup_vs_eager", "images_per_s")}
+                           for b, r in per_batch.items()} for name, per_batch in results.items()}}
+    write_manifest(manifest_path, manifest)
+    plot_latency(root / LATENCY_PNG, bench)
+    write_report(root)
+    log(format_bench(bench))
+    log(format_recommendation(bench))
+    return root / "bench.json"

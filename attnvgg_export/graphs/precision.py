@@ -1,0 +1,270 @@
+"""Stage: the verified fp32 graph -> fp16 graph, calibration, two int8 graphs with layer
+fallback, and ONNX Runtime CPU models; every graph measured against eager PyTorch."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from attnvgg_export.calibration.calibrate import DEFAULT_METHOD, calibrate, check_method
+from attnvgg_export.calibration.data import (
+    DEFAULT_COUNTS,
+    NOISE,
+    DataSplit,
+    ImageSet,
+    SplitCounts,
+    check_fits_range,
+    load_data_split,
+    resize_images,
+)
+from attnvgg_export.calibration.preprocessing import Preprocessing
+from attnvgg_export.convert.ort_format import onnx_to_ort
+from attnvgg_export.graphs.export import peak_rss_mib
+from attnvgg_export.graphs.fallback import FALLBACK_METRICS, FallbackGoal, quantize_with_fallback
+from attnvgg_export.graphs.fp16 import onnx_to_fp16
+from attnvgg_export.graphs.quantize import Int8Target, QuantizationError
+from attnvgg_export.manifest.lifecycle import forget_verdicts
+from attnvgg_export.models import ConfigError, ToolchainError
+from attnvgg_export.runtime.eager import model_from_manifest, run_torch
+from attnvgg_export.verify.budgets import load_tolerances
+from attnvgg_export.verify.cases import shape_cases
+from attnvgg_export.verify.structure import activation_type
+from attnvgg_runtime.manifest import (
+    artifact_entry,
+    declare_served_ranges,
+    read_manifest,
+    write_manifest,
+)
+from attnvgg_runtime.readers import run_batches
+from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+from attnvgg_runtime.verify.accuracy import drop_verdict
+from attnvgg_runtime.verify.measures import accuracy, compare, metrics
+
+log = logging.getLogger(__name__)
+
+FP16_TOLERANCE = 1e-2  # relative max error of the fp16 graph against eager fp32
+
+
+class FallbackTargetError(ToolchainError):
+    """An int8 graph missed its fallback target even with the most sensitive layers in float."""
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    calib_source: str | None = None  # folder, .npy/.npz, None (bundled photos) or "noise"
+    calib_count: int = DEFAULT_COUNTS.calibration
+    tuning_count: int = DEFAULT_COUNTS.tuning  # the fallback chooses its layers on these
+    heldout_count: int = DEFAULT_COUNTS.heldout  # the gate measures on these; nothing else sees them
+    method: str = DEFAULT_METHOD
+    metric: str = "margin"  # "margin" (the gate's budgets), or "top1" / "cosine" agreement
+    margin_target: float = 1.2  # "margin": every budget 1.2 times the error, at every shape case
+    agreement_target: float = 0.99  # "top1" / "cosine": agreement at the opt size
+    tolerances: Path | None = None  # the gate's budgets (default: attnvgg_export/verify/tolerances.toml)
+    max_fallback: int = 6  # layers in float, of both aims together
+    accuracy_aim: bool = True  # with labelled tuning images: aim at the top-1 drop first
+    largest_share: float = 0.0  # share of the calibration images resized to the largest size
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_method(self.method)
+        if not 0 < self.agreement_target <= 1:
+            raise ConfigError(f"agreement target {self.agreement_target} must be in (0, 1]")
+        if self.margin_target <= 0:
+            raise ConfigError(f"--margin-target {self.margin_target} must be > 0 (1.0: exactly "
+                              f"at the gate's budgets)")
+        if self.metric not in FALLBACK_METRICS:
+            raise ConfigError(f"fallback metric {self.metric!r} must be one of {FALLBACK_METRICS}")
+        if min(self.calib_count, self.tuning_count, self.heldout_count) < 1:
+            raise ConfigError("calibration, tuning and held-out counts must be >= 1")
+        if not 0 <= self.largest_share < 1:
+            raise ConfigError(f"--calib-largest-share {self.largest_share} must be in [0, 1)")
+
+    @property
+    def counts(self) -> SplitCounts:
+        return SplitCounts(self.calib_count, self.tuning_count, self.heldout_count)
+
+
+def check_fp16_at_max_size(fp16: Path, eager_model, manifest: dict, seed: int, log=print) -> None:
+    """fp16 must stay finite and close where sums are largest: the largest declared H x W."""
+    dyn = manifest["dynamic"]
+    shape = (1, 3, dyn["height"]["max"], dyn["width"]["max"])
+    x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+    c = compare(OnnxRuntimeRunner(fp16)(x), run_torch(eager_model, x), shape, FP16_TOLERANCE)
+    log(f"  fp16 at the largest declared size: {c.describe()}")
+    if not c.passed:
+        fp16.unlink(missing_ok=True)
+        raise QuantizationError(f"the fp16 graph is not within tolerance at {c.describe()}")
+
+
+def _fallback_goal(manifest: dict, tuning: ImageSet, eager_model,
+                   config: PrecisionConfig) -> FallbackGoal:
+    cases = shape_cases(manifest["dynamic"], tuning, "tuning", noise=config.calib_source == NOISE,
+                        seed=config.seed + 1)
+    opt = cases["tuning"].images.shape[2:]
+    # the max batch at the opt size repeats the tuning images at their size: measured once
+    cases = ({n: c for n, c in cases.items() if c.gates("int8")
+              and (n == "tuning" or c.images.shape[2:] != opt)} if config.metric == "margin"
+             else {"tuning": cases["tuning"]})
+    references = {name: run_batches(lambda x: run_torch(eager_model, x), case.images, case.batch)
+                  for name, case in cases.items()}
+    budget = load_tolerances(manifest["variant"], config.tolerances)["int8"]
+    target = config.margin_target if config.metric == "margin" else config.agreement_target
+    trained = bool(manifest["model"]["checkpoint"])
+    aimed = config.accuracy_aim and trained and tuning.labels is not None
+    return FallbackGoal(config.metric, target, cases, references, budget, trained,
+                        budget.get("accuracy_drop_max") if aimed else None)
+
+
+def _load_data(manifest: dict, config: PrecisionConfig) -> tuple[DataSplit, list[ImageSet]]:
+    """The three-way split at the opt size, and the calibration images: a share of them, if
+    asked, resized to the largest declared size. Ranges depend on resolution: a tiny random-init
+    graph calibrated only at 64x64 clipped at 448x448 (the parity gate caught it); but widening
+    the ranges for 448 cost the digits fixture 2.3 points at its opt size, so it is opt-in
+    (docs/precision.md)."""
+    pre = Preprocessing.from_json(manifest["preprocessing"])
+    dyn = manifest["dynamic"]
+    split = load_data_split(config.calib_source, pre, config.counts, config.seed)
+    largest = (dyn["height"]["max"], dyn["width"]["max"])
+    calibration = [split.calibration]
+    at_largest = int(len(split.calibration) * config.largest_share)
+    if at_largest and largest != tuple(pre.crop):
+        images = split.calibration.images
+        calibration = [ImageSet(images[at_largest:], None, split.calibration.source),
+                       ImageSet(resize_images(images[:at_largest], *largest), None,
+                                f"{split.calibration.source}, resized to {largest[0]}x{largest[1]}")]
+    for images in (*calibration, split.tuning, split.heldout):
+        check_fits_range(images.images, (dyn["height"]["min"], dyn["height"]["max"]),
+                         (dyn["width"]["min"], dyn["width"]["max"]), images.source)
+    return split, calibration
+
+
+def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=print) -> Path:
+    """fp16, int8-trt, int8-cpu graphs and engines/ort models beside ``manifest_path``."""
+    manifest_path = Path(manifest_path)
+    root = manifest_path.parent
+    manifest = read_manifest(manifest_path)
+    fp32 = root / "model.onnx"
+    timings: dict[str, float] = {}
+
+    start = stage_start = time.perf_counter()
+    data, calibration = _load_data(manifest, config)
+    for note in data.notes:
+        log(f"data: {note}")
+    log(f"data: {len(data.calibration)} calibration, {len(data.tuning)} tuning (layer fallback), "
+        f"{len(data.heldout)} held-out images (parity), disjoint")
+    heldout = data.heldout.images
+    eager_model = model_from_manifest(manifest)
+    reference = run_batches(lambda x: run_torch(eager_model, x), heldout)
+    goal = _fallback_goal(manifest, data.tuning, eager_model, config)
+    timings["data_and_eager"] = time.perf_counter() - start
+
+    forget_verdicts(manifest_path, manifest, log)  # before any artifact is rewritten
+    start = time.perf_counter()
+    fp16 = onnx_to_fp16(fp32, root / "model.fp16.onnx")
+    check_fp16_at_max_size(fp16, eager_model, manifest, config.seed, log)
+    timings["fp16"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    ranges = calibrate(fp32, calibration, root / "calib", config.method)
+    timings["calibration"] = time.perf_counter() - start
+    sizes = " + ".join(f"{len(c)} at {c.images.shape[2]}x{c.images.shape[3]}" for c in calibration)
+    log(f"calibration: {ranges.method} on {sizes} images from {data.calibration.source}"
+        f" ({'cached' if ranges.cached else f'{ranges.seconds:.1f} s'})")
+
+    start = time.perf_counter()
+    fallback = {}
+    for target in Int8Target:
+        fallback[target.value] = quantize_with_fallback(
+            fp32, root / target.filename, ranges, target, goal, eager_model, config.max_fallback, log)
+    timings["quantize"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    ort_dir = root / "engines" / "ort"
+    ort_fp32 = onnx_to_ort(fp32, ort_dir / "model.fp32.ort")
+    ort_int8 = onnx_to_ort(root / Int8Target.CPU.filename, ort_dir / "model.int8-cpu.ort")
+    timings["ort_models"] = time.perf_counter() - start
+
+    trt_exact = Int8Target.TENSORRT.exact_int8_options
+    artifacts = {
+        "fp32-onnx": (fp32, "onnx", "fp32", "any"),
+        "fp16-onnx": (fp16, "onnx", "fp16", "tensorrt"),
+        "int8-trt-onnx": (root / Int8Target.TENSORRT.filename, "onnx", "int8", "tensorrt", None,
+                          trt_exact, None, activation_type(root / Int8Target.TENSORRT.filename)),
+        "int8-cpu-onnx": (root / Int8Target.CPU.filename, "onnx", "int8", "onnxruntime-cpu", None,
+                          None, None, activation_type(root / Int8Target.CPU.filename)),
+        "fp32-ort": (ort_fp32, "ort", "fp32", "onnxruntime-cpu", None, None, fp32),
+        "int8-cpu-ort": (ort_int8, "ort", "int8", "onnxruntime-cpu", None, None,
+                         root / Int8Target.CPU.filename),
+    }
+    start = time.perf_counter()
+    labels = data.heldout.labels
+    parity = {}
+    if labels is not None:
+        parity["eager-fp32"] = {"accuracy": accuracy(reference, labels), "images": len(heldout)}
+    # The reduced-precision graphs, measured on the held-out images once here: the figures the
+    # gate's drift check holds them to. (fp32 is verified at export; .ort files are their .onnx
+    # graphs optimized; the gate measures all of them.)
+    for name in ("fp16-onnx", "int8-trt-onnx", "int8-cpu-onnx"):
+        path = artifacts[name][0]
+        outputs = run_batches(OnnxRuntimeRunner(path, exact_int8=name == "int8-trt-onnx"), heldout)
+        c = compare(outputs, reference, heldout.shape, FP16_TOLERANCE)
+        m = metrics(outputs, reference, labels)
+        parity[name] = {"path": path.relative_to(root).as_posix(), "rel_max": c.rel_max,
+                        "rel_l2": m["rel_l2"], "cosine": m["cosine"], "finite": m["finite"],
+                        "top1_agreement": m["top1"], "images": m["images"],
+                        **({k: m[k] for k in ("accuracy", "lost", "gained")} if labels is not None
+                           else {})}
+        log(f"  {name}: cosine {m['cosine']:.5f}, rel max err {c.rel_max:.2e}, "
+            f"top-1 agreement {m['top1']:.3f}")
+        aimed = fallback.get(name.removesuffix("-onnx"))
+        if aimed is not None and aimed.accuracy is not None:
+            # the tuning images chose the layers; the disjoint held-out images confirm the drop
+            confirmed = drop_verdict(m["lost"], m["gained"], m["images"], aimed.accuracy["budget"])
+            aimed.accuracy["confirmed"] = {"images": m["images"], "lost": m["lost"],
+                                           "gained": m["gained"], **confirmed}
+            log(f"  {name}: top-1 drop on the held-out images {100 * confirmed['drop']:+.2f} "
+                f"points, 95% interval [{100 * confirmed['low']:+.2f}, {100 * confirmed['high']:+.2f}]"
+                f": {confirmed['verdict']}")
+
+    timings["heldout"] = time.perf_counter() - start
+
+    manifest["artifacts"] = [artifact_entry(p, root, *rest) for p, *rest in artifacts.values()]
+    declare_served_ranges(manifest)  # int8: the sizes its verdict covers
+    manifest["data_split"] = data.record()
+    manifest["calibration"] = {
+        "source": data.calibration.source, "method": ranges.method, "images": ranges.count,
+        "heldout_images": len(heldout), "ranges": ranges.ranges_path.relative_to(root).as_posix(),
+        "cached": ranges.cached, "notes": list(data.notes),
+        "fallback": {k: v.to_json() for k, v in fallback.items()},
+    }
+    manifest["parity"]["heldout-vs-eager"] = parity
+    # "total": the stage from reading its data to here (Python's start and imports not counted)
+    timings["total"] = time.perf_counter() - stage_start
+    manifest["calibration"]["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    manifest["calibration"]["peak_rss_mib"] = round(peak_rss_mib())
+    write_manifest(manifest_path, manifest)
+    log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
+        + f"; peak memory {peak_rss_mib():.0f} MiB")
+    missed = [r for r in fallback.values() if not r.met]
+    if missed:  # the graphs and the manifest stay for inspection; the build (and the gate) fail
+        dynamic = manifest["dynamic"]
+        opt = f"{dynamic['height']['opt']}x{dynamic['width']['opt']}"
+        edges = [hint for r in missed if (hint := r.range_hint(opt))]
+        declared = (f"H {dynamic['height']['min']}-{dynamic['height']['max']}, "
+                    f"W {dynamic['width']['min']}-{dynamic['width']['max']}")
+        raise FallbackTargetError(
+            "; ".join(f"{r.target}: {r.describe()} (target: {r.metric} >= {r.goal}) with "
+                      f"{len(r.fallen_back)} layers in float" for r in missed)
+            + (f". int8 misses its budget only at the edge of the declared range ({declared}): "
+               f"{'; '.join(edges)}. Declare the sizes the model serves (make HEIGHT_RANGE=MIN,OPT,MAX "
+               f"WIDTH_RANGE=MIN,OPT,MAX, or export --height/--width), e.g. up to the largest side "
+               f"where it held; or calibrate" if edges else ". Calibrate")
+            + f" on more representative images (CALIB_DIR; --calib-largest-share "
+              f"for graphs served far from their opt size), try another --method, allow more "
+              f"layers in float (--max-fallback, now {config.max_fallback}), or lower "
+              f"--{'margin' if config.metric == 'margin' else 'agreement'}-target")
+    return manifest_path

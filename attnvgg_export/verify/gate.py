@@ -1,0 +1,339 @@
+"""Stage: parity, the CI gate. Every artifact against eager PyTorch fp32, on held-out real
+images and at shapes across the declared range (cases), against the budgets (budgets,
+tolerances.toml), by the measures (measures), with each graph's structure checked (structure).
+
+Running (attnvgg_export.runtime) and judging are separate; the gate verdict is data (ParityReport),
+written to parity.json and parity.junit.xml, and the CLI turns it into an exit code."""
+
+from __future__ import annotations
+
+import json
+import socket
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from attnvgg_export.calibration.data import NOISE
+from attnvgg_export.manifest.lifecycle import invalidate_recommendation, recommendation_still_passes
+from attnvgg_export.models import ConfigError
+from attnvgg_export.report.report import write_report
+from attnvgg_export.runtime.eager import model_from_manifest, run_torch
+from attnvgg_export.verify.budgets import changed_budgets, load_tolerances
+from attnvgg_export.verify.cases import ShapeCase, heldout_images, shape_cases
+from attnvgg_export.verify.evaluate import EVAL_CASE, eager_on_labels, judge_on_labels
+from attnvgg_export.verify.explain import EXPLAIN_IMAGES, first_past, module_errors, write_explain_json
+from attnvgg_export.verify.structure import static_violations
+from attnvgg_runtime.files import atomic_path, write_text_atomic
+from attnvgg_runtime.manifest import INT8_MIN_SIDE, read_manifest, verify_artifacts, write_manifest
+from attnvgg_runtime.readers import run_batches
+from attnvgg_runtime.readers.cpu import cpu_identity
+from attnvgg_runtime.readers.emulated import emulated_cpu
+from attnvgg_runtime.verify.check import ArtifactParity, Case, check_artifact
+from attnvgg_runtime.verify.findings import Finding
+from attnvgg_runtime.verify.golden import write_golden
+
+
+@dataclass
+class ParityReport:
+    variant: str
+    trained: bool
+    artifacts: list[ArtifactParity]
+    heldout: dict = field(default_factory=dict)  # what the held-out set is, and its sha256
+    shapes: list[str] = field(default_factory=list)
+    budgets: dict = field(default_factory=dict)  # precision -> the effective budget
+    cpu: dict = field(default_factory=cpu_identity)  # the kernels' CPU: model, ISA, emulated
+    budgets_changed: list[str] = field(default_factory=list)  # keys a user's file changed
+    evaluation: dict | None = None  # EVAL_DIR: what the labelled set was
+    strict_accuracy: bool = False  # "not resolvable" on EVAL_DIR fails too
+
+    @property
+    def verified(self) -> int:
+        """Readings made and judged here (not skipped)."""
+        return sum(1 for a in self.artifacts if not a.skipped)
+
+    @property
+    def passed(self) -> bool:
+        """Every reading passed, and there was at least one: a gate that read nothing proves
+        nothing and does not pass."""
+        return self.verified > 0 and all(a.passed for a in self.artifacts)
+
+    def warnings(self) -> list[str]:
+        """What passed without being proven: accuracy these images cannot resolve, readings
+        measured but not gated on this CPU."""
+        return [f"{a.label}: {w}" for a in self.artifacts for w in a.warnings]
+
+    def failures(self) -> list[str]:
+        found = [f"{a.label}: {f}" + (f"; {a.where}" if a.where else "")
+                 for a in self.artifacts for f in a.failures]
+        if not self.verified:
+            found.append(f"nothing was verified: {len(self.artifacts)} readings, every one skipped "
+                         f"on this machine ({'; '.join(self.skipped()) or 'no artifact was read'})")
+        return found
+
+    def failure_records(self) -> list[dict]:
+        """Every failed check, with the artifact and reader it is about (the manifest's record)."""
+        return [{"path": a.path, "reader": a.reader, **f.to_json()}
+                for a in self.artifacts for f in a.failures]
+
+    def skipped(self) -> list[str]:
+        return [f"{a.label}: {a.skipped}" for a in self.artifacts if a.skipped]
+
+    def verdicts(self) -> list[dict]:
+        """Per artifact and reader, the verdict and what it is bound to: the bytes (sha256), the
+        reader and its version. A skipped entry is no passing verdict."""
+        return [{"path": a.path, "sha256": a.sha256, "reader": a.reader,
+                 "reader_version": a.reader_version, "passed": a.passed and not a.skipped,
+                 "skipped": a.skipped} for a in self.artifacts]
+
+    def to_json(self) -> dict:
+        return {"variant": self.variant, "trained_weights": self.trained, "passed": self.passed,
+                "heldout": self.heldout, "shapes": self.shapes, "emulated_cpu": emulated_cpu(),
+                "cpu": self.cpu, "budgets": self.budgets, "budgets_changed": self.budgets_changed,
+                "not_verified": self.skipped(), "warnings": self.warnings(),
+                "evaluation": self.evaluation,
+                "strict_accuracy": self.strict_accuracy,
+                "artifacts": [a.to_json() for a in self.artifacts]}
+
+
+FALLBACK_ARTIFACTS = {"int8-trt": ("model.int8-trt.onnx",),
+                      "int8-cpu": ("model.int8-cpu.onnx", "engines/ort/model.int8-cpu.ort")}
+
+
+def built_here(manifest: dict) -> bool:
+    """Whether this machine built the manifest's TensorRT plans: then a gate that cannot run them
+    (no GPU visible) fails rather than skips. A build copied from a GPU machine skips them."""
+    return (manifest.get("backend", {}).get("used") == "tensorrt"
+            and manifest.get("tensorrt", {}).get("host", socket.gethostname()) == socket.gethostname())
+
+
+def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
+               only: set[str] | None = None, cases: set[str] | None = None,
+               eval_dir: str | Path | None = None, strict_accuracy: bool = False,
+               images: int | None = None) -> ParityReport:
+    """The gate. ``only``: check just these artifact paths (the self-test's planted bugs);
+    ``cases``: just these shape cases (the emulated run of `make test-isa`, where every kernel
+    runs ~30 times slower). The verdict then covers only them. ``eval_dir``: EVAL_DIR, labelled
+    images on which every artifact's accuracy drop is judged with its interval
+    (attnvgg_export.verify.evaluate); ``strict_accuracy``: a drop that those images cannot resolve
+    fails too (by default it is reported, and fails only where its point estimate is over).
+    ``images``: only the first N held-out images (the corners follow them): what fits an emulated
+    CPU in CI (`make test-isa`); the verdict then covers only them."""
+    manifest_path = Path(manifest_path)
+    root = manifest_path.parent
+    verify_artifacts(manifest_path)  # missing or edited artifacts are refused before anything runs
+    manifest = read_manifest(manifest_path)
+    budgets = load_tolerances(manifest["variant"], tolerances)
+    changed = changed_budgets(manifest["variant"], tolerances)
+    missing = sorted({a["precision"] for a in manifest["artifacts"]} - set(budgets))
+    if missing:
+        raise ConfigError(f"no parity budget for precision {', '.join(missing)}: add a "
+                          f"[precision.{missing[0]}] section to {tolerances or 'the tolerances'}")
+    trained = bool(manifest["model"]["checkpoint"])
+    heldout = heldout_images(manifest)
+    if images is not None:
+        heldout = heldout.first(images)
+    all_cases = shape_cases(manifest["dynamic"], heldout,
+                            noise=manifest["data_split"]["source"] == NOISE)
+    unknown = (cases or set()) - set(all_cases)
+    if unknown:
+        raise ConfigError(f"no shape case {sorted(unknown)} in this build; its cases: "
+                          f"{', '.join(all_cases)}")
+    cases = {name: case for name, case in all_cases.items()  # held-out: drift, errors, explain
+             if cases is None or name in cases | {"heldout"}}
+    if only:
+        listed = {a["path"] for a in manifest["artifacts"]}
+        if only - listed:
+            raise ConfigError(f"no artifact {sorted(only - listed)} in {manifest_path}; it lists "
+                              f"{', '.join(sorted(listed))}")
+    model = model_from_manifest(manifest)
+    references = {name: run_batches(lambda x: run_torch(model, x), case.images, case.batch)
+                  for name, case in cases.items()}
+    if len(cases) == len(all_cases) and only is None and images is None:  # the whole gate's inputs travel
+        manifest["golden"] = write_golden(root, cases, references) | {
+            "trained_weights": trained,
+            "budgets": {p: budgets[p] for p in sorted({a["precision"] for a in manifest["artifacts"]})}}
+    if changed:
+        log(f"budgets from {tolerances} that differ from the defaults: {'; '.join(changed)}")
+    if emulated_cpu():
+        log(f"readers run as an emulated {emulated_cpu()} CPU (qemu-x86_64; "
+            f"attnvgg_runtime.readers.emulated)")
+    log(f"parity against eager PyTorch fp32 on {len(heldout)} held-out images from "
+        f"{heldout.distinct_sources()} distinct sources ({heldout.source}; "
+        f"never used for calibration or tuning) and at {len(cases) - 1} corner shapes "
+        f"({', '.join(f'{n} on {len(c.images)} images' for n, c in list(cases.items())[1:])}; "
+        f"int8 gated where every side is at least {INT8_MIN_SIDE} px); "
+        + ("trained weights: top-1/top-5 budgets apply" if trained else
+           "random-init weights: top-1/top-5 reported, not gated"))
+    missed = {target: report for target, report in
+              manifest.get("calibration", {}).get("fallback", {}).items() if not report["met"]}
+    labelled = eager_on_labels(eval_dir, manifest, model, log) if eval_dir else None
+    # the precision stage measured each graph with ONNX Runtime on every held-out image; drift is
+    # judged against that (not on a subset of the images, whose figure is another)
+    built_rel_l2 = {r["path"]: r["rel_l2"] for r in
+                    manifest["parity"].get("heldout-vs-eager", {}).values() if "rel_l2" in r} \
+        if images is None else {}
+    checked = {name: Case(case.images, case.batch, references[name], case.labels, case.sources,
+                          case.int8_gated) for name, case in cases.items()}
+    with_labels = (lambda entry, runner: judge_on_labels(entry, runner, labelled, entry.budget, log,
+                                                          strict_accuracy)) if labelled else None
+    results, heldout_outputs = [], {}
+    for artifact in manifest["artifacts"]:
+        if only is not None and artifact["path"] not in only:
+            continue
+        entries = check_artifact(artifact, root, manifest, checked, budgets[artifact["precision"]],
+                                 trained, heldout_outputs, built_rel_l2.get(artifact["path"]),
+                                 with_labels)
+        entries[0].failures += [Finding("structure", v)
+                                for v in static_violations(root / artifact["path"], artifact)]
+        for entry in entries:
+            if entry.skipped and entry.reader == "tensorrt" and built_here(manifest):
+                entry.failures.append(Finding(
+                    "gpu_visible", f"cannot be verified: {entry.skipped}; but this machine built the plans "
+                    f"(backend.used tensorrt): its GPU must be visible to the gate "
+                    f"(CUDA_VISIBLE_DEVICES, the driver)"))
+                entry.skipped = None
+            for target, report in missed.items():
+                if artifact["path"] in FALLBACK_ARTIFACTS[target]:
+                    entry.failures.append(Finding(
+                        "fallback_target", f"the layer fallback missed its target: {report['metric']} "
+                        f"{report['final']:.4f} < {report['goal']} on the tuning set",
+                        measured=report["final"], budget=report["goal"]))
+            results.append(entry)
+    exact = {a["path"] for a in manifest["artifacts"] if "exact_int8_session_options" in a}
+    explain_graphs(results, root, model, cases, budgets, log, exact)
+    for entry in results:
+        _log_entry(entry, log)
+    errors = {label: (outputs - references["heldout"]).ravel()
+              for label, outputs in heldout_outputs.items() if outputs is not None}
+    report = ParityReport(manifest["variant"], trained, results,
+                          {"images": len(heldout), "distinct_sources": heldout.distinct_sources(),
+                           "source": heldout.source, "ids_sha256": heldout.ids_sha256()}, list(cases),
+                          {p: budgets[p] for p in sorted({a.precision for a in results})},
+                          budgets_changed=changed,
+                          evaluation=labelled.record if labelled else None,
+                          strict_accuracy=strict_accuracy)
+    write_parity_files(root, report, error_histograms(errors))
+    manifest["parity"]["gate"] = {"passed": report.passed, "failures": report.failure_records(),
+                                  "skipped": report.skipped(), "warnings": report.warnings(),
+                                  "verdicts": report.verdicts(),
+                                  "cpu": report.cpu, "budgets": report.budgets,
+                                  "budgets_changed": changed, "file": "parity.json",
+                                  "junit": "parity.junit.xml"}
+    if not recommendation_still_passes(manifest):  # it was chosen by the previous verdicts
+        removed = invalidate_recommendation(root, manifest)
+        log(f"  the speed recommendation names an artifact this run did not pass; removed "
+            f"{', '.join(removed)} (`make bench` chooses again)")
+    write_manifest(manifest_path, manifest)
+    write_report(root)
+    return report
+
+
+def explain_graphs(results: list[ArtifactParity], root: Path, model, cases: dict[str, ShapeCase],
+                   budgets: dict, log, exact: set[str] = frozenset()) -> dict:
+    """Module-by-module error (attnvgg_export.explain) of every reduced-precision graph on held-out
+    images, for the report, and of every failing graph on the images of the case it fails first,
+    whose failure then names the module where the error first grows past its budget."""
+    explained = {}
+    for entry in results:
+        graph = entry.path.endswith(".onnx") and entry.reader == "onnxruntime"
+        if not graph or (entry.precision == "fp32" and entry.passed) or entry.skipped:
+            continue
+        try:
+            explained[entry.path] = module_errors(root / entry.path, model,
+                                                  cases["heldout"].images[:EXPLAIN_IMAGES],
+                                                  exact_int8=entry.path in exact)
+            if entry.passed:
+                continue
+            failing = next((name for name in cases if any(f.case == name for f in entry.failures)),
+                           "heldout")
+            errors = explained[entry.path] if failing == "heldout" else module_errors(
+                root / entry.path, model, cases[failing].images[:EXPLAIN_IMAGES],
+                exact_int8=entry.path in exact)
+        except Exception as e:  # a graph that does not load has failed already; say why not
+            log(f"  {entry.path}: no module-by-module error ({str(e).splitlines()[0][:160]})")
+            continue
+        budget = budgets[entry.precision].get("rel_l2_max", 0.0)
+        first = first_past(errors, budget)
+        images = f"{EXPLAIN_IMAGES} images at {failing}"
+        entry.where = (f"error first grows past the rel L2 budget {budget:g} at {first.module} "
+                       f"({first.kind}, rel L2 {first.rel_l2:.3g} on {images})" if first else
+                       f"no module's output passes the rel L2 budget {budget:g} on {images}")
+    write_explain_json(root, explained, EXPLAIN_IMAGES)
+    return explained
+
+
+def _log_entry(entry: ArtifactParity, log) -> None:
+    if entry.skipped:
+        log(f"  {entry.label}: SKIPPED, not verified ({entry.skipped})")
+        return
+    gated = [r for r in entry.cases.values() if r.get("gated", True)]
+    worst = max(gated, key=lambda r: r["rel_l2"], default=None)
+    summary = (f" (worst rel L2 {worst['rel_l2']:.2e}, min cosine "
+               f"{min(r['cosine'] for r in gated):.5f})" if worst else "")
+    summary += "".join(f"; {name} reported, not gated (int8 below {INT8_MIN_SIDE} px a side): rel L2 "
+                       f"{r['rel_l2']:.3f}, min cosine {r['cosine']:.4f}"
+                       for name, r in entry.cases.items() if not r.get("gated", True))
+    log(f"  {entry.label}: {'ok' if entry.passed else 'FAIL'}{summary}"
+        + "".join(f"\n    {f}" for f in entry.failures) + (f"\n    {entry.where}" if entry.where else ""))
+
+
+def error_histograms(errors: dict[str, np.ndarray]) -> dict:
+    """|artifact - eager| per logit, counted in shared log-spaced bins, one row per reader of an
+    artifact: what parity.json keeps, and the report plots (the report reads files only)."""
+    finite = {k: np.abs(v[np.isfinite(v)]) for k, v in errors.items()}
+    top = max((float(v.max()) for v in finite.values() if v.size), default=1.0)
+    edges = np.logspace(-12, np.log10(max(top, 1e-11)) + 0.1, 60)
+    return {"edges": edges.tolist(),
+            "counts": {k: np.histogram(np.maximum(v, 1e-12), edges)[0].tolist()
+                       for k, v in finite.items()}}
+
+
+def write_parity_files(root: Path, report: ParityReport, histograms: dict | None = None) -> None:
+    """parity.json (with the error histograms the report plots), and JUnit XML: per artifact and
+    reader, a test case per input case and one for what concerns the artifact as a whole
+    (loading, readers' agreement, fallback target)."""
+    data = report.to_json() | ({"error_histograms": histograms} if histograms else {})
+    write_text_atomic(root / "parity.json", json.dumps(data, indent=2) + "\n")
+    suite = ET.Element("testsuite", name=f"parity-{report.variant}")
+    counts = {"tests": 0, "failures": 0, "skipped": 0}
+    if not report.verified:  # a gate that read nothing fails, in JUnit too
+        ET.SubElement(ET.SubElement(suite, "testcase", classname="parity", name="anything verified"),
+                      "failure", message=report.failures()[-1])
+        counts["tests"] += 1
+        counts["failures"] += 1
+    for artifact in report.artifacts:
+        whole = ET.SubElement(suite, "testcase", classname=artifact.label, name="artifact")
+        counts["tests"] += 1
+        if artifact.warnings:  # passed, not proven: shown by a CI dashboard without parity.json
+            properties = ET.SubElement(whole, "properties")
+            for warning in artifact.warnings:
+                ET.SubElement(properties, "property", name="warning", value=warning)
+        if artifact.skipped:
+            ET.SubElement(whole, "skipped", message=artifact.skipped)
+            counts["skipped"] += 1
+        accuracy = [str(f) for f in artifact.failures if f.case == EVAL_CASE]
+        general = [str(f) for f in artifact.failures if f.case is None]
+        if general:
+            ET.SubElement(whole, "failure", message="; ".join(general))
+            counts["failures"] += 1
+        if artifact.warnings:
+            ET.SubElement(whole, "system-out").text = "".join(f"WARNING: {w}\n" for w in artifact.warnings)
+        if artifact.accuracy is not None:
+            case = ET.SubElement(suite, "testcase", classname=artifact.label, name="accuracy")
+            counts["tests"] += 1
+            if accuracy:
+                ET.SubElement(case, "failure", message="; ".join(accuracy))
+                counts["failures"] += 1
+        for name, result in artifact.cases.items():
+            case = ET.SubElement(suite, "testcase", classname=artifact.label, name=name)
+            counts["tests"] += 1
+            failed = [str(f) for f in artifact.failures if f.case == name]
+            if failed:
+                ET.SubElement(case, "failure", message="; ".join(failed)).text = json.dumps(result)
+                counts["failures"] += 1
+    for key, value in counts.items():
+        suite.set(key, str(value))
+    with atomic_path(root / "parity.junit.xml") as tmp:
+        ET.ElementTree(suite).write(tmp, encoding="utf-8", xml_declaration=True)
