@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attnvgg_runtime.errors import ToolchainError
+from attnvgg_runtime.manifest import Artifact
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Speed:
 @dataclass(frozen=True)
 class BuildResult:
     manifest: Path
-    artifacts: tuple[dict, ...]  # the manifest's entries: path, format, precision, target, sha256
+    artifacts: tuple[Artifact, ...]  # the manifest's entries (attnvgg_runtime.manifest.Artifact)
     verdicts: tuple[Verdict, ...]
     speed: tuple[Speed, ...]
     ship: dict[str, Speed]  # per target: the fastest artifact at batch 1 that passed the gate
@@ -97,7 +98,7 @@ def read_result(manifest_path: str | Path) -> BuildResult:
                   if "p50_ms" in r)
     ship = {target: Speed(r["row"], r["artifact"], r["precision"], 1, r["p50_ms"], r["speedup_vs_eager"])
             for target, r in (bench.get("recommended") or {}).get("1", {}).items()}
-    return BuildResult(manifest_path, tuple(manifest["artifacts"]), verdicts, speed, ship,
+    return BuildResult(manifest_path, tuple(manifest.artifacts), verdicts, speed, ship,
                        parity.get("cpu") or bench.get("cpu") or {})
 
 

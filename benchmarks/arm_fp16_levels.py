@@ -22,7 +22,7 @@ from attnvgg_runtime.manifest import read_manifest
 from attnvgg_runtime.verify.golden import read_golden
 
 root, cpu = Path(sys.argv[1]), sys.argv[2]
-batches, reference = read_golden(root, read_manifest(root / "manifest.json")["golden"])["heldout"]
+batches, reference = read_golden(root, read_manifest(root / "manifest.json").golden)["heldout"]
 images, reference = batches[0][:2], reference[:2]
 for level, config in (("ORT_ENABLE_ALL", {}), ("ORT_ENABLE_BASIC", {}), ("ORT_DISABLE_ALL", {}),
                       ("ORT_ENABLE_ALL", {"session.enable_cpu_fp16": "0"})):

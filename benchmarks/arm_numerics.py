@@ -35,16 +35,16 @@ def read(build: Path, out: Path) -> None:
     from attnvgg_runtime.manifest import read_manifest
     from attnvgg_runtime.probe import box_identity
     from attnvgg_runtime.verify.golden import read_golden
-    from attnvgg_runtime.verify.readers import listed, runner_for
+    from attnvgg_runtime.verify.readers import runner_for
 
     manifest = read_manifest(build / "manifest.json")
-    batches, reference = read_golden(build, manifest["golden"])["heldout"]
+    batches, reference = read_golden(build, manifest.golden)["heldout"]
     images = np.concatenate(batches)[:IMAGES]
     arrays = {"reference": reference[:IMAGES]}
     seconds = {}
     for path, reader in PAIRS:
         start = time.perf_counter()
-        runner = runner_for(listed(manifest, path), build, manifest, reader)
+        runner = runner_for(manifest.artifact(path), build, manifest, reader)
         arrays[f"{path}|{reader}"] = runner(images)
         seconds[f"{path}|{reader}"] = time.perf_counter() - start
         print(f"{path} [{reader}]: {seconds[f'{path}|{reader}']:.1f} s", flush=True)

@@ -31,8 +31,8 @@ from attnvgg_runtime.timing import BenchConfig, latency
 from attnvgg_runtime.verify.measures import metrics
 
 
-def graphs(root: Path, manifest: dict, folder: Path) -> dict[str, Path]:
-    calib = manifest["calibration"]
+def graphs(root: Path, manifest, folder: Path) -> dict[str, Path]:
+    calib = manifest.calibration
     ranges = CalibrationResult(root / calib["ranges"], calib["method"], calib["images"], True, 0.0)
     excluded = [r["node"] for r in calib["fallback"]["int8-cpu"]["fallen_back"]]
     eight_bit = onnx_to_int8(root / "model.onnx", folder / "model.int8-cpu-8bit.onnx", ranges,

@@ -54,8 +54,8 @@ def zero_channels(root: Path, layer: str, fraction: float) -> None:
     tensor.CopyFrom(numpy_helper.from_array(scales, tensor.name))
     onnx.save(model, str(path))
     manifest = read_manifest(root / "manifest.json")
-    entry = next(a for a in manifest["artifacts"] if a["path"] == "model.int8-cpu.onnx")
-    entry["sha256"], entry["bytes"] = sha256_file(path), path.stat().st_size
+    entry = manifest.artifact("model.int8-cpu.onnx")
+    entry.sha256, entry.bytes = sha256_file(path), path.stat().st_size
     write_manifest(root / "manifest.json", manifest)
 
 

@@ -26,7 +26,7 @@ def test_the_docs_example_builds_a_model_in_memory_and_reads_back_a_typed_result
     assert isinstance(result, attnvgg_export.BuildResult) and result.passed
     assert result.manifest == Path("build/api/se/manifest.json") and result.report.is_file()
     assert (tmp_path / "build/api/se/model.safetensors").is_file()  # the model, written first
-    paths = {a["path"] for a in result.artifacts}
+    paths = {a.path for a in result.artifacts}
     assert {"model.onnx", "model.fp16.onnx", "model.int8-cpu.onnx"} <= paths
     assert {v.path for v in result.verdicts} == paths and all(v.sha256 for v in result.verdicts)
     assert {"onnxruntime-cpu", "openvino-cpu"} <= set(result.ship)

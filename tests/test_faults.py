@@ -103,7 +103,7 @@ def test_killed_during_calibration_then_completes(tmp_path):
     result = make(tmp_path, "precision", "VARIANT=se")
     assert result.returncode == 0, result.stderr[-2000:]
     assert stages_run(result) == ["precision"]  # export was not redone
-    assert {a["path"] for a in read_manifest(folder / "manifest.json")["artifacts"]} >= {
+    assert {a.path for a in read_manifest(folder / "manifest.json").artifacts} >= {
         "model.int8-trt.onnx", "model.int8-cpu.onnx"}
 
 
@@ -156,8 +156,8 @@ def test_rebuilds_only_what_changed(tmp_path):
     assert new_weights.returncode == 0, new_weights.stderr[-2000:]
     assert stages_run(new_weights) == ["export", "precision"]
     manifest = read_manifest(tmp_path / "se" / "manifest.json")
-    assert manifest["model"]["checkpoint_sha256"] == sha256_file(checkpoint)
-    assert manifest["data_split"]["source"] == str(calib)
+    assert manifest.model["checkpoint_sha256"] == sha256_file(checkpoint)
+    assert manifest.data_split["source"] == str(calib)
 
 
 @pytest.mark.slow  # whole builds through make: `make test-slow`, in CI
@@ -172,7 +172,7 @@ def test_two_variants_built_at_once_do_not_clash(tmp_path):
     for variant in ("se", "vgg16"):
         verify_artifacts(tmp_path / variant / "manifest.json")
         manifest = read_manifest(tmp_path / variant / "manifest.json")
-        assert manifest["variant"] == variant and len(manifest["artifacts"]) == 6
+        assert manifest.variant == variant and len(manifest.artifacts) == 6
 
 
 def test_full_disk_is_a_clear_error_and_previous_artifacts_stay_intact(tmp_path, monkeypatch):

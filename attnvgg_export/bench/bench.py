@@ -25,7 +25,7 @@ from attnvgg_export.report.report import (
 )
 from attnvgg_export.runtime.eager import eager_runner, model_from_manifest
 from attnvgg_runtime.files import write_text_atomic
-from attnvgg_runtime.manifest import read_manifest, write_manifest
+from attnvgg_runtime.manifest import Manifest, read_manifest, write_manifest
 from attnvgg_runtime.readers.cpu import cpu_identity, exact_int8_options, openvino_has_bf16
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from attnvgg_runtime.readers.openvino import OpenVinoRunner, precision_hint, reader_name
@@ -44,7 +44,7 @@ class Row:
     runtime_options: dict | None = None
 
 
-def bench_rows(manifest: dict, root: Path, config: BenchConfig, bf16: bool) -> dict[str, Row]:
+def bench_rows(manifest: Manifest, root: Path, config: BenchConfig, bf16: bool) -> dict[str, Row]:
     """name -> Row. eager fp32 first: every speedup is over it."""
     model = model_from_manifest(manifest)
     rows = {"eager fp32": Row(lambda: eager_runner(model), "fp32", "eager")}
@@ -53,28 +53,28 @@ def bench_rows(manifest: dict, root: Path, config: BenchConfig, bf16: bool) -> d
     if config.torch_compile:
         rows["torch.compile fp32"] = Row(lambda: eager_runner(model, compiled=True), "fp32",
                                          "torch.compile")
-    trusted = manifest.get("tensorrt", {}).get("version_compatible", False)
-    for a in manifest["artifacts"]:
-        path, options = root / a["path"], a.get("runtime_options")
-        if a["target"] in ("onnxruntime-cpu", "any") and a["format"] in ("onnx", "ort"):
+    trusted = (manifest.tensorrt or {}).get("version_compatible", False)
+    for a in manifest.artifacts:
+        path, options = root / a.path, a.runtime_options or None
+        if a.target in ("onnxruntime-cpu", "any") and a.format in ("onnx", "ort"):
             # as the gate measured it and the consumer runs it (exact int8 where recorded)
-            exact = "exact_int8_session_options" in a
-            rows[f"onnxruntime {a['path']}"] = Row(
-                lambda p=path, e=exact: OnnxRuntimeRunner(p, exact_int8=e), a["precision"],
-                "onnxruntime", a["path"], "onnxruntime-cpu", (exact_int8_options() if exact else {}) or None)
-        elif a["format"] == "openvino-ir" and (a["precision"] != "bf16" or bf16):
+            exact = a.exact_int8_session_options is not None
+            rows[f"onnxruntime {a.path}"] = Row(
+                lambda p=path, e=exact: OnnxRuntimeRunner(p, exact_int8=e), a.precision,
+                "onnxruntime", a.path, "onnxruntime-cpu", (exact_int8_options() if exact else {}) or None)
+        elif a.format == "openvino-ir" and (a.precision != "bf16" or bf16):
             hint, runtime = precision_hint(a), reader_name(a)  # as the gate names it
-            rows[f"{runtime} {a['path']}"] = Row(lambda p=path, h=hint: OpenVinoRunner(p, h),
-                                                 a["precision"], runtime, a["path"], "openvino-cpu",
+            rows[f"{runtime} {a.path}"] = Row(lambda p=path, h=hint: OpenVinoRunner(p, h),
+                                                 a.precision, runtime, a.path, "openvino-cpu",
                                                  options)
-        elif a["format"] == "plan":
+        elif a.format == "plan":
             from attnvgg_runtime.readers.tensorrt import (
                 TensorRTRunner,  # tensorrt only where a plan is listed
             )
 
-            rows[f"tensorrt {a['path']}"] = Row(
-                lambda p=path: TensorRTRunner(p, host_code_allowed=trusted), a["precision"],
-                "tensorrt", a["path"], "tensorrt")
+            rows[f"tensorrt {a.path}"] = Row(
+                lambda p=path: TensorRTRunner(p, host_code_allowed=trusted), a.precision,
+                "tensorrt", a.path, "tensorrt")
     return rows
 
 
@@ -83,11 +83,11 @@ def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print)
     manifest_path = Path(manifest_path)
     root = manifest_path.parent
     manifest = read_manifest(manifest_path)
-    dyn = manifest["dynamic"]
+    dyn = manifest.dynamic
     height, width = dyn["height"]["opt"], dyn["width"]["opt"]
     macs_per_image = None
     if height == width:
-        spec = manifest["model"]
+        spec = manifest.model
         macs_per_image = model_card(spec["variant"], height, spec["num_classes"],
                                     spec["model_width"]).macs["total"]
     cpu = cpu_identity()
@@ -142,7 +142,7 @@ def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print)
                              "target": r.target} for name, r in rows.items()},
              "results": results, "recommended": recommended}
     write_text_atomic(root / "bench.json", json.dumps(bench, indent=2) + "\n")
-    manifest["bench"] = {
+    manifest.bench = {
         "cpu": cpu, "recommended": recommended,
         "results": {name: {b: {k: round(v, 3) for k, v in r.items() if k in
                                ("p50_ms", "speedup_vs_eager", "images_per_s")}

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from attnvgg_export.manifest.lifecycle import passing_verdict
+from attnvgg_runtime.manifest import Manifest
 
 
-def gate_passed(manifest: dict) -> set[tuple[str, str]] | None:
+def gate_passed(manifest: Manifest) -> set[tuple[str, str]] | None:
     """(artifact, reader) pairs the gate passed for the bytes the manifest lists now, or None
     where no gate verdict stands (never run, or removed by a stage that rewrote artifacts)."""
-    gate = manifest.get("parity", {}).get("gate")
+    gate = (manifest.parity or {}).get("gate")
     if not gate or "verdicts" not in gate:
         return None
     return {(v["path"], v["reader"]) for v in gate["verdicts"]
-            for a in manifest["artifacts"] if a["path"] == v["path"]
+            for a in manifest.artifacts if a.path == v["path"]
             if passing_verdict(manifest, a, v["reader"])}
 
 

@@ -11,6 +11,8 @@ from attnvgg_export.convert.openvino_ir import BF16_OPTIONS, onnx_to_openvino_ir
 from attnvgg_export.convert.tensorrt_plan import EngineConfig, onnx_to_plan, resolve_backend
 from attnvgg_export.manifest.lifecycle import forget_verdicts
 from attnvgg_runtime.manifest import (
+    Artifact,
+    Manifest,
     ManifestError,
     artifact_entry,
     declare_served_ranges,
@@ -21,17 +23,17 @@ from attnvgg_runtime.manifest import (
 from attnvgg_runtime.readers.cpu import openvino_has_bf16
 
 
-def graph_path(manifest: dict, root: Path, precision: str, target: str) -> Path:
+def graph_path(manifest: Manifest, root: Path, precision: str, target: str) -> Path:
     """The ONNX graph of ``precision`` for ``target`` that the manifest lists."""
-    found = [a["path"] for a in manifest["artifacts"]
-             if a["format"] == "onnx" and a["precision"] == precision and a["target"] == target]
+    found = [a.path for a in manifest.artifacts
+             if a.format == "onnx" and a.precision == precision and a.target == target]
     if not found:
         raise ManifestError(f"the manifest lists no {precision} ONNX graph for {target}: run the "
                             f"precision stage first (make engine runs every stage)")
     return root / found[0]
 
 
-def openvino_artifacts(root: Path, manifest: dict, log=print) -> list[dict]:
+def openvino_artifacts(root: Path, manifest: Manifest, log=print) -> list[Artifact]:
     """engines/openvino/: the fp32 IR (and, where this CPU computes bf16, the same IR listed as
     bf16 with OpenVINO's bf16 inference precision) and the int8 IR, on every machine."""
     folder = root / "engines" / "openvino"
@@ -45,7 +47,7 @@ def openvino_artifacts(root: Path, manifest: dict, log=print) -> list[dict]:
                                       BF16_OPTIONS))
     entries.append(artifact_entry(int8, root, "openvino-ir", "int8", "openvino-cpu",
                                   source=int8_graph))
-    listed = ", ".join(f"{e['path']} ({e['precision']})" for e in entries)
+    listed = ", ".join(f"{e.path} ({e.precision})" for e in entries)
     log(f"  OpenVINO IR: {listed}")
     return entries
 
@@ -57,10 +59,10 @@ def build_engines(manifest_path: Path, backend: str = "auto", log=print) -> Path
     chosen, why = resolve_backend(backend)
     log(why)
     forget_verdicts(manifest_path, manifest, log)  # before any artifact is rewritten
-    manifest["backend"] = {"requested": backend, "used": chosen, "why": why}
-    manifest["artifacts"] = [a for a in manifest["artifacts"]
-                             if a["format"] not in ("plan", "openvino-ir")]
-    manifest["artifacts"] += openvino_artifacts(root, manifest, log)
+    manifest.backend = {"requested": backend, "used": chosen, "why": why}
+    manifest.artifacts = [a for a in manifest.artifacts
+                             if a.format not in ("plan", "openvino-ir")]
+    manifest.artifacts += openvino_artifacts(root, manifest, log)
     if chosen == "tensorrt":
         trt_dir = root / "engines" / "trt"
         config = EngineConfig(timing_cache=trt_dir / "timing.cache")
@@ -68,11 +70,11 @@ def build_engines(manifest_path: Path, backend: str = "auto", log=print) -> Path
             graph = graph_path(manifest, root, name, "tensorrt")
             # an int8 plan's profile starts where its verdict does (manifest.served_range)
             report = onnx_to_plan(graph, trt_dir / f"{name}.plan",
-                                  served_range(manifest["dynamic"], name), config)
-            manifest["artifacts"].append(artifact_entry(report.plan, root, "plan", name, "tensorrt",
+                                  served_range(manifest.dynamic, name), config)
+            manifest.artifacts.append(artifact_entry(report.plan, root, "plan", name, "tensorrt",
                                                         source=graph))
             log(f"  built {report.plan} (layer info: {report.layers.name})")
-        manifest["tensorrt"] = {"version": report.tensorrt_version, "gpu": report.gpu,
+        manifest.tensorrt = {"version": report.tensorrt_version, "gpu": report.gpu,
                                 "compute_capability": report.compute_capability,
                                 "version_compatible": config.version_compatible,
                                 "host": socket.gethostname()}  # the gate fails, not skips, here

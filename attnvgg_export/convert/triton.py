@@ -12,23 +12,23 @@ import shutil
 from pathlib import Path
 
 from attnvgg_runtime.files import ensure_writable_dir, write_text_atomic
-from attnvgg_runtime.manifest import read_manifest, served_range, verify_artifacts
+from attnvgg_runtime.manifest import Artifact, Manifest, read_manifest, served_range, verify_artifacts
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "plan": ("tensorrt_plan", "model.plan"),
              "openvino-ir": ("openvino", "model.xml")}  # openvino is a backend, not a platform
 DTYPES = {"float32": "TYPE_FP32"}
 
 
-def model_name(variant: str, artifact: dict) -> str:
-    stem = Path(artifact["path"]).stem.removeprefix("model").lstrip(".") or "fp32"
-    if artifact.get("runtime_options"):  # the fp32 IR listed again to run in bf16
-        stem = artifact["precision"]
-    return f"{variant}_{artifact['format']}_{stem}".replace(".", "_").replace("-", "_")
+def model_name(variant: str, artifact: Artifact) -> str:
+    stem = Path(artifact.path).stem.removeprefix("model").lstrip(".") or "fp32"
+    if artifact.runtime_options:  # the fp32 IR listed again to run in bf16
+        stem = artifact.precision
+    return f"{variant}_{artifact.format}_{stem}".replace(".", "_").replace("-", "_")
 
 
-def config_pbtxt(name: str, platform: str, manifest: dict, options: dict | None = None,
+def config_pbtxt(name: str, platform: str, manifest: Manifest, options: dict | None = None,
                  precision: str = "fp32") -> str:
-    dyn = served_range(manifest["dynamic"], precision)  # int8: from its min_side
+    dyn = served_range(manifest.dynamic, precision)  # int8: from its min_side
     batch = dyn["batch"]
     preferred = sorted({b for b in (batch["opt"], min(8, batch["max"]), batch["max"]) if b > 1})
     params = "\n".join(
@@ -43,16 +43,16 @@ def config_pbtxt(name: str, platform: str, manifest: dict, options: dict | None 
 max_batch_size: {batch["max"]}
 input [
   {{
-    name: "{manifest["input"]["name"]}"
-    data_type: {DTYPES[manifest["input"]["dtype"]]}
+    name: "{manifest.input["name"]}"
+    data_type: {DTYPES[manifest.input["dtype"]]}
     dims: [ 3, -1, -1 ]
   }}
 ]
 output [
   {{
-    name: "{manifest["output"]["name"]}"
-    data_type: {DTYPES[manifest["output"]["dtype"]]}
-    dims: [ {manifest["num_classes"]} ]
+    name: "{manifest.output["name"]}"
+    data_type: {DTYPES[manifest.output["dtype"]]}
+    dims: [ {manifest.num_classes} ]
   }}
 ]
 dynamic_batching {{
@@ -79,18 +79,18 @@ def manifest_to_triton(manifest_path: Path, repository: Path, log=print) -> list
     manifest = read_manifest(manifest_path)
     repository = ensure_writable_dir(repository)
     written = []
-    for artifact in manifest["artifacts"]:
-        if artifact["format"] not in PLATFORMS:
+    for artifact in manifest.artifacts:
+        if artifact.format not in PLATFORMS:
             continue  # ORT format files are for ONNX Runtime's own edge builds
-        platform, filename = PLATFORMS[artifact["format"]]
-        name = model_name(manifest["variant"], artifact)
+        platform, filename = PLATFORMS[artifact.format]
+        name = model_name(manifest.variant, artifact)
         version = ensure_writable_dir(repository / name / "1")
-        files = [(artifact["path"], filename)]
-        if "weights" in artifact:  # an IR's .bin goes beside its .xml (the .bin first)
-            files.insert(0, (artifact["weights"]["path"], Path(filename).with_suffix(".bin").name))
+        files = [(artifact.path, filename)]
+        if artifact.weights is not None:  # an IR's .bin goes beside its .xml (the .bin first)
+            files.insert(0, (artifact.weights.path, Path(filename).with_suffix(".bin").name))
         for source, target in files:
             _place(manifest_path.parent / source, version / target)
         written.append(write_text_atomic(repository / name / "config.pbtxt", config_pbtxt(
-            name, platform, manifest, artifact.get("runtime_options"), artifact["precision"])))
+            name, platform, manifest, artifact.runtime_options or None, artifact.precision)))
         log(f"  {name}: {platform}")
     return written

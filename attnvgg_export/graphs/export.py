@@ -29,7 +29,7 @@ from attnvgg_export.runtime.eager import eager_model, run_torch
 from attnvgg_export.verify.cases import declared_corners
 from attnvgg_runtime.files import atomic_path, ensure_writable_dir
 from attnvgg_runtime.manifest import (
-    SCHEMA_VERSION,
+    Manifest,
     artifact_entry,
     sha256_file,
     tool_versions,
@@ -360,45 +360,44 @@ def export(config: ExportConfig, out_dir: Path, log=print) -> ExportReport:
     return export_model(model, config, out_dir, weights, log)
 
 
-def export_manifest(config: ExportConfig, report: ExportReport, out_dir: Path) -> dict:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "variant": config.variant,
-        "num_classes": config.num_classes,
-        "weights": report.weights,
-        "model": {"variant": config.variant, "num_classes": config.num_classes,
-                  "model_width": config.model_width, "seed": config.seed,
-                  "checkpoint": str(config.checkpoint) if config.checkpoint else None,
-                  "checkpoint_sha256": sha256_file(config.checkpoint) if config.checkpoint else None,
-                  "reset_head": config.reset_head,
-                  "attention_memory_budget": config.attention_memory_budget},
-        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", 3, "height", "width"]},
-        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", config.num_classes]},
-        **({"labels": list(config.labels)} if config.labels else {}),
-        "dynamic": {"batch": config.batch.to_json(), "height": config.height.to_json(),
-                    "width": config.width.to_json()},
-        "preprocessing": Preprocessing.for_size(config.height.opt, config.width.opt).to_json(),
-        "artifacts": [artifact_entry(report.onnx_path, out_dir, "onnx", "fp32", "any")],
-        "export": {
+def export_manifest(config: ExportConfig, report: ExportReport, out_dir: Path) -> Manifest:
+    return Manifest(
+        variant=config.variant,
+        num_classes=config.num_classes,
+        weights=report.weights,
+        model={"variant": config.variant, "num_classes": config.num_classes,
+               "model_width": config.model_width, "seed": config.seed,
+               "checkpoint": str(config.checkpoint) if config.checkpoint else None,
+               "checkpoint_sha256": sha256_file(config.checkpoint) if config.checkpoint else None,
+               "reset_head": config.reset_head,
+               "attention_memory_budget": config.attention_memory_budget},
+        input={"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", 3, "height", "width"]},
+        output={"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", config.num_classes]},
+        labels=list(config.labels) if config.labels else None,
+        dynamic={"batch": config.batch.to_json(), "height": config.height.to_json(),
+                 "width": config.width.to_json()},
+        preprocessing=Preprocessing.for_size(config.height.opt, config.width.opt).to_json(),
+        artifacts=[artifact_entry(report.onnx_path, out_dir, "onnx", "fp32", "any")],
+        export={
             "exporter": "torch.onnx (dynamo)", "opset": config.opset,
             "simplified": report.simplified, "simplify_note": report.simplify_note,
             "op_counts": report.op_counts,
             "timings_s": {k: round(v, 2) for k, v in report.timings_s.items()},
             "peak_rss_mib": round(report.peak_rss_mib),
         },
-        "parity": {"onnx-fp32-vs-eager": {
+        parity={"onnx-fp32-vs-eager": {
             "passed": all(c.passed for c in report.checks),
             "worst_rel_max": max(c.rel_max for c in report.checks),
             "checks": [c.to_json() for c in report.checks]}},
-        "bench": None,
-        "versions": tool_versions(),
-    }
+        bench=None,
+        versions=tool_versions(),
+    )
 
 
 def export_to_folder(config: ExportConfig, out_dir: Path, log=print) -> Path:
     """The `export` stage: out_dir/model.onnx and out_dir/manifest.json. Returns the manifest.
     Whatever an earlier build left of verdicts and reports in ``out_dir`` goes first."""
-    removed = invalidate_verdicts(Path(out_dir), {}) if Path(out_dir).is_dir() else []
+    removed = invalidate_verdicts(Path(out_dir), None) if Path(out_dir).is_dir() else []
     if removed:
         log(f"removed what an earlier build derived from its artifacts: {', '.join(removed)}")
     report = export(config, out_dir, log)

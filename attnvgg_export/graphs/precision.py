@@ -34,6 +34,7 @@ from attnvgg_export.verify.budgets import load_tolerances
 from attnvgg_export.verify.cases import shape_cases
 from attnvgg_export.verify.structure import activation_type
 from attnvgg_runtime.manifest import (
+    Manifest,
     artifact_entry,
     declare_served_ranges,
     read_manifest,
@@ -88,9 +89,9 @@ class PrecisionConfig:
         return SplitCounts(self.calib_count, self.tuning_count, self.heldout_count)
 
 
-def check_fp16_at_max_size(fp16: Path, eager_model, manifest: dict, seed: int, log=print) -> None:
+def check_fp16_at_max_size(fp16: Path, eager_model, manifest: Manifest, seed: int, log=print) -> None:
     """fp16 must stay finite and close where sums are largest: the largest declared H x W."""
-    dyn = manifest["dynamic"]
+    dyn = manifest.dynamic
     shape = (1, 3, dyn["height"]["max"], dyn["width"]["max"])
     x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
     c = compare(OnnxRuntimeRunner(fp16)(x), run_torch(eager_model, x), shape, FP16_TOLERANCE)
@@ -100,9 +101,9 @@ def check_fp16_at_max_size(fp16: Path, eager_model, manifest: dict, seed: int, l
         raise QuantizationError(f"the fp16 graph is not within tolerance at {c.describe()}")
 
 
-def _fallback_goal(manifest: dict, tuning: ImageSet, eager_model,
+def _fallback_goal(manifest: Manifest, tuning: ImageSet, eager_model,
                    config: PrecisionConfig) -> FallbackGoal:
-    cases = shape_cases(manifest["dynamic"], tuning, "tuning", noise=config.calib_source == NOISE,
+    cases = shape_cases(manifest.dynamic, tuning, "tuning", noise=config.calib_source == NOISE,
                         seed=config.seed + 1)
     opt = cases["tuning"].images.shape[2:]
     # the max batch at the opt size repeats the tuning images at their size: measured once
@@ -111,22 +112,22 @@ def _fallback_goal(manifest: dict, tuning: ImageSet, eager_model,
              else {"tuning": cases["tuning"]})
     references = {name: run_batches(lambda x: run_torch(eager_model, x), case.images, case.batch)
                   for name, case in cases.items()}
-    budget = load_tolerances(manifest["variant"], config.tolerances)["int8"]
+    budget = load_tolerances(manifest.variant, config.tolerances)["int8"]
     target = config.margin_target if config.metric == "margin" else config.agreement_target
-    trained = bool(manifest["model"]["checkpoint"])
+    trained = bool(manifest.model["checkpoint"])
     aimed = config.accuracy_aim and trained and tuning.labels is not None
     return FallbackGoal(config.metric, target, cases, references, budget, trained,
                         budget.get("accuracy_drop_max") if aimed else None)
 
 
-def _load_data(manifest: dict, config: PrecisionConfig) -> tuple[DataSplit, list[ImageSet]]:
+def _load_data(manifest: Manifest, config: PrecisionConfig) -> tuple[DataSplit, list[ImageSet]]:
     """The three-way split at the opt size, and the calibration images: a share of them, if
     asked, resized to the largest declared size. Ranges depend on resolution: a tiny random-init
     graph calibrated only at 64x64 clipped at 448x448 (the parity gate caught it); but widening
     the ranges for 448 cost the digits fixture 2.3 points at its opt size, so it is opt-in
     (docs/precision.md)."""
-    pre = Preprocessing.from_json(manifest["preprocessing"])
-    dyn = manifest["dynamic"]
+    pre = Preprocessing.from_json(manifest.preprocessing)
+    dyn = manifest.dynamic
     split = load_data_split(config.calib_source, pre, config.counts, config.seed)
     largest = (dyn["height"]["max"], dyn["width"]["max"])
     calibration = [split.calibration]
@@ -232,26 +233,26 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
 
     timings["heldout"] = time.perf_counter() - start
 
-    manifest["artifacts"] = [artifact_entry(p, root, *rest) for p, *rest in artifacts.values()]
+    manifest.artifacts = [artifact_entry(p, root, *rest) for p, *rest in artifacts.values()]
     declare_served_ranges(manifest)  # int8: the sizes its verdict covers
-    manifest["data_split"] = data.record()
-    manifest["calibration"] = {
+    manifest.data_split = data.record()
+    manifest.calibration = {
         "source": data.calibration.source, "method": ranges.method, "images": ranges.count,
         "heldout_images": len(heldout), "ranges": ranges.ranges_path.relative_to(root).as_posix(),
         "cached": ranges.cached, "notes": list(data.notes),
         "fallback": {k: v.to_json() for k, v in fallback.items()},
     }
-    manifest["parity"]["heldout-vs-eager"] = parity
+    manifest.parity["heldout-vs-eager"] = parity
     # "total": the stage from reading its data to here (Python's start and imports not counted)
     timings["total"] = time.perf_counter() - stage_start
-    manifest["calibration"]["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
-    manifest["calibration"]["peak_rss_mib"] = round(peak_rss_mib())
+    manifest.calibration["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    manifest.calibration["peak_rss_mib"] = round(peak_rss_mib())
     write_manifest(manifest_path, manifest)
     log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
         + f"; peak memory {peak_rss_mib():.0f} MiB")
     missed = [r for r in fallback.values() if not r.met]
     if missed:  # the graphs and the manifest stay for inspection; the build (and the gate) fail
-        dynamic = manifest["dynamic"]
+        dynamic = manifest.dynamic
         opt = f"{dynamic['height']['opt']}x{dynamic['width']['opt']}"
         edges = [hint for r in missed if (hint := r.range_hint(opt))]
         declared = (f"H {dynamic['height']['min']}-{dynamic['height']['max']}, "

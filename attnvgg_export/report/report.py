@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from attnvgg_runtime.files import atomic_path, write_text_atomic
-from attnvgg_runtime.manifest import read_manifest, write_manifest
+from attnvgg_runtime.manifest import Manifest, read_manifest, write_manifest
 from attnvgg_runtime.probe import class_of
 from attnvgg_runtime.verify.findings import Finding
 
@@ -367,7 +367,7 @@ def format_fallback(calibration: dict) -> list[str]:
 
 
 
-def _summary_section(manifest: dict, parity: dict | None, bench: dict | None) -> list[str]:
+def _summary_section(manifest: Manifest, parity: dict | None, bench: dict | None) -> list[str]:
     """One screen first: per target, what to ship (the fastest artifact at batch 1 that passed
     the gate), its verdict and margin, its speed against eager, and what was not verified here."""
     cpu = (parity or bench or {}).get("cpu", {})
@@ -381,7 +381,7 @@ def _summary_section(manifest: dict, parity: dict | None, bench: dict | None) ->
     recommended = ((bench or {}).get("recommended") or {}).get("1", {})
     for target in TARGET_NAMES:
         chosen = recommended.get(target)
-        if target == "tensorrt" and not any(a["format"] == "plan" for a in manifest["artifacts"]):
+        if target == "tensorrt" and not any(a.format == "plan" for a in manifest.artifacts):
             lines.append(f"| {TARGET_NAMES[target]} | no plan built: no NVIDIA GPU and tensorrt here | | "
                          f"| | | the plans: build on the GPU box (`make engine`), then `attnvgg-runtime "
                          f"verify` there (docs/tensorrt.md) |")
@@ -417,19 +417,19 @@ def write_report(root: Path) -> Path:
     manifest = read_manifest(manifest_path)
     parity = json.loads((root / "parity.json").read_text()) if (root / "parity.json").is_file() else None
     bench = json.loads((root / "bench.json").read_text()) if (root / "bench.json").is_file() else None
-    lines = [f"# {manifest['variant']}: deployment report", "",
+    lines = [f"# {manifest.variant}: deployment report", "",
              *_summary_section(manifest, parity, bench),
              "## Artifacts", "",
-             f"Weights: {manifest['weights']}. Input `{manifest['input']['name']}` "
-             f"{manifest['input']['shape']}, declared ranges "
+             f"Weights: {manifest.weights}. Input `{manifest.input['name']}` "
+             f"{manifest.input['shape']}, declared ranges "
              + ", ".join(f"{k} {v['min']}-{v['max']} (opt {v['opt']})"
-                         for k, v in manifest["dynamic"].items()) + ".", "",
+                         for k, v in manifest.dynamic.items()) + ".", "",
              "| artifact | format | precision | target | MB |", "|---|---|---|---|---|"]
-    lines += [f"| {a['path']} | {a['format']} | {a['precision']} | {a['target']} | "
-              f"{a['bytes'] / 1e6:.1f} |" for a in manifest["artifacts"]]
+    lines += [f"| {a.path} | {a.format} | {a.precision} | {a.target} | "
+              f"{a.bytes / 1e6:.1f} |" for a in manifest.artifacts]
     lines.append("")
-    if manifest.get("calibration", {}).get("fallback"):
-        lines += format_fallback(manifest["calibration"])
+    if (manifest.calibration or {}).get("fallback"):
+        lines += format_fallback(manifest.calibration)
     if parity is not None:
         if parity.get("error_histograms"):
             plot_error_histograms(root / ERRORS_PNG, parity["error_histograms"])
@@ -451,6 +451,6 @@ def write_report(root: Path) -> Path:
                   "### Recommended", "", format_recommendation(bench), "",
                   f"![latency]({LATENCY_PNG})", ""]
     path = write_text_atomic(root / "report.md", "\n".join(lines))
-    manifest["report"] = "report.md"
+    manifest.report = "report.md"
     write_manifest(manifest_path, manifest)
     return path

@@ -13,7 +13,7 @@ from torch import nn
 
 from attnvgg_export import models
 from attnvgg_runtime.files import sha256_file
-from attnvgg_runtime.manifest import ManifestError
+from attnvgg_runtime.manifest import Manifest, ManifestError
 from attnvgg_runtime.readers import Runner
 
 
@@ -60,10 +60,10 @@ def eager_model(variant: str, num_classes: int, model_width: float = 1.0, seed: 
     return model, report.summary()
 
 
-def model_from_manifest(manifest: dict) -> nn.Module:
+def model_from_manifest(manifest: Manifest) -> nn.Module:
     """The eager model a manifest's artifacts were exported from, refused where its checkpoint
     changed since the build."""
-    spec = dict(manifest["model"])
+    spec = dict(manifest.model)
     checkpoint = spec.pop("checkpoint")
     recorded = spec.pop("checkpoint_sha256", None)
     if checkpoint and recorded and Path(checkpoint).is_file() and sha256_file(checkpoint) != recorded:

@@ -10,7 +10,7 @@ import numpy as np
 
 from attnvgg_export.calibration.data import ImageSet, SplitCounts, load_data_split, resize_images
 from attnvgg_export.calibration.preprocessing import Preprocessing
-from attnvgg_runtime.manifest import ManifestError, int8_min_side
+from attnvgg_runtime.manifest import Manifest, ManifestError, int8_min_side
 
 
 def declared_corners(dynamic: dict) -> list[tuple[int, int, int]]:
@@ -76,14 +76,14 @@ def shape_cases(dynamic: dict, images: ImageSet, name: str = "heldout", noise: b
     return cases
 
 
-def heldout_images(manifest: dict) -> ImageSet:
+def heldout_images(manifest: Manifest) -> ImageSet:
     """Exactly the held-out set the precision stage set aside, rebuilt from the manifest's record
     and checked by the sha256 of its image identities."""
-    record = manifest.get("data_split")
+    record = manifest.data_split
     if record is None:
         raise ManifestError("the manifest records no calibration/tuning/held-out split (a build "
                             "older than schema 1.1); rebuild it with `make engine`")
-    pre = Preprocessing.from_json(manifest["preprocessing"])
+    pre = Preprocessing.from_json(manifest.preprocessing)
     split = load_data_split(record["source"], pre, SplitCounts(**record["counts"]), record["seed"],
                             subsets=("heldout",))
     if split.heldout.ids_sha256() != record["ids_sha256"]["heldout"]:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from attnvgg_export.calibration.evaluation import EvalSet, load_eval_set
 from attnvgg_export.calibration.preprocessing import Preprocessing
 from attnvgg_export.runtime.eager import run_torch
+from attnvgg_runtime.manifest import Manifest
 from attnvgg_runtime.verify.accuracy import class_moves, judge_drop
 from attnvgg_runtime.verify.findings import Finding, error_margin
 
@@ -47,10 +48,10 @@ def _run_over(eval_set: EvalSet, pre: Preprocessing, batch: int, run,
     return np.concatenate(outputs), np.concatenate(labels)
 
 
-def eager_on_labels(eval_dir: str | Path, manifest: dict, model, log=print) -> LabelledReference:
-    eval_set = load_eval_set(eval_dir, manifest["num_classes"], manifest.get("labels"))
-    pre = Preprocessing.from_json(manifest["preprocessing"])
-    batch = min(EVAL_BATCH, manifest["dynamic"]["batch"]["max"])
+def eager_on_labels(eval_dir: str | Path, manifest: Manifest, model, log=print) -> LabelledReference:
+    eval_set = load_eval_set(eval_dir, manifest.num_classes, manifest.labels)
+    pre = Preprocessing.from_json(manifest.preprocessing)
+    batch = min(EVAL_BATCH, manifest.dynamic["batch"]["max"])
     eager, labels = _run_over(eval_set, pre, batch, lambda x: run_torch(model, x),
                               "eager on EVAL_DIR")
     record = {"source": str(eval_dir), "images": len(labels), "classes": len(eval_set.class_names),

@@ -103,14 +103,15 @@ def explain_artifact(manifest_path: Path, artifact: str, images: int = 8, log=pr
     manifest_path = Path(manifest_path)
     verify_artifacts(manifest_path)
     manifest = read_manifest(manifest_path)
-    entry = next((a for a in manifest["artifacts"] if a["path"] == artifact), None)
-    graphs = [a["path"] for a in manifest["artifacts"] if a["format"] == "onnx"]
-    if entry is None or entry["format"] != "onnx":
+    entry = next((a for a in manifest.artifacts if a.path == artifact), None)
+    graphs = [a.path for a in manifest.artifacts if a.format == "onnx"]
+    if entry is None or entry.format != "onnx":
         raise ToolchainError(f"{artifact!r} is not an ONNX graph of {manifest_path}; explain one of "
                              f"{', '.join(graphs)} (an .ort model is its .onnx graph optimized)")
     heldout = heldout_images(manifest)
     errors = module_errors(manifest_path.parent / artifact, model_from_manifest(manifest),
-                           heldout.images[:images], exact_int8="exact_int8_session_options" in entry)
+                           heldout.images[:images],
+                           exact_int8=entry.exact_int8_session_options is not None)
     log(f"{artifact} against eager PyTorch fp32, module by module, on {min(images, len(heldout))} "
         f"held-out images; the ten modules that add the most error:\n")
     log(format_module_errors([asdict(e) for e in errors]))

@@ -26,7 +26,7 @@ from attnvgg_export.verify.evaluate import EVAL_CASE, eager_on_labels, judge_on_
 from attnvgg_export.verify.explain import EXPLAIN_IMAGES, first_past, module_errors, write_explain_json
 from attnvgg_export.verify.structure import static_violations
 from attnvgg_runtime.files import atomic_path, write_text_atomic
-from attnvgg_runtime.manifest import INT8_MIN_SIDE, read_manifest, verify_artifacts, write_manifest
+from attnvgg_runtime.manifest import INT8_MIN_SIDE, Manifest, read_manifest, verify_artifacts, write_manifest
 from attnvgg_runtime.readers import run_batches
 from attnvgg_runtime.readers.cpu import cpu_identity
 from attnvgg_runtime.readers.emulated import emulated_cpu
@@ -101,11 +101,11 @@ FALLBACK_ARTIFACTS = {"int8-trt": ("model.int8-trt.onnx",),
                       "int8-cpu": ("model.int8-cpu.onnx", "engines/ort/model.int8-cpu.ort")}
 
 
-def built_here(manifest: dict) -> bool:
+def built_here(manifest: Manifest) -> bool:
     """Whether this machine built the manifest's TensorRT plans: then a gate that cannot run them
     (no GPU visible) fails rather than skips. A build copied from a GPU machine skips them."""
-    return (manifest.get("backend", {}).get("used") == "tensorrt"
-            and manifest.get("tensorrt", {}).get("host", socket.gethostname()) == socket.gethostname())
+    return ((manifest.backend or {}).get("used") == "tensorrt"
+            and (manifest.tensorrt or {}).get("host", socket.gethostname()) == socket.gethostname())
 
 
 def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
@@ -124,18 +124,18 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
     root = manifest_path.parent
     verify_artifacts(manifest_path)  # missing or edited artifacts are refused before anything runs
     manifest = read_manifest(manifest_path)
-    budgets = load_tolerances(manifest["variant"], tolerances)
-    changed = changed_budgets(manifest["variant"], tolerances)
-    missing = sorted({a["precision"] for a in manifest["artifacts"]} - set(budgets))
+    budgets = load_tolerances(manifest.variant, tolerances)
+    changed = changed_budgets(manifest.variant, tolerances)
+    missing = sorted({a.precision for a in manifest.artifacts} - set(budgets))
     if missing:
         raise ConfigError(f"no parity budget for precision {', '.join(missing)}: add a "
                           f"[precision.{missing[0]}] section to {tolerances or 'the tolerances'}")
-    trained = bool(manifest["model"]["checkpoint"])
+    trained = bool(manifest.model["checkpoint"])
     heldout = heldout_images(manifest)
     if images is not None:
         heldout = heldout.first(images)
-    all_cases = shape_cases(manifest["dynamic"], heldout,
-                            noise=manifest["data_split"]["source"] == NOISE)
+    all_cases = shape_cases(manifest.dynamic, heldout,
+                            noise=manifest.data_split["source"] == NOISE)
     unknown = (cases or set()) - set(all_cases)
     if unknown:
         raise ConfigError(f"no shape case {sorted(unknown)} in this build; its cases: "
@@ -143,7 +143,7 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
     cases = {name: case for name, case in all_cases.items()  # held-out: drift, errors, explain
              if cases is None or name in cases | {"heldout"}}
     if only:
-        listed = {a["path"] for a in manifest["artifacts"]}
+        listed = {a.path for a in manifest.artifacts}
         if only - listed:
             raise ConfigError(f"no artifact {sorted(only - listed)} in {manifest_path}; it lists "
                               f"{', '.join(sorted(listed))}")
@@ -151,9 +151,9 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
     references = {name: run_batches(lambda x: run_torch(model, x), case.images, case.batch)
                   for name, case in cases.items()}
     if len(cases) == len(all_cases) and only is None and images is None:  # the whole gate's inputs travel
-        manifest["golden"] = write_golden(root, cases, references) | {
+        manifest.golden = write_golden(root, cases, references) | {
             "trained_weights": trained,
-            "budgets": {p: budgets[p] for p in sorted({a["precision"] for a in manifest["artifacts"]})}}
+            "budgets": {p: budgets[p] for p in sorted({a.precision for a in manifest.artifacts})}}
     if changed:
         log(f"budgets from {tolerances} that differ from the defaults: {'; '.join(changed)}")
     if emulated_cpu():
@@ -167,26 +167,26 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
         + ("trained weights: top-1/top-5 budgets apply" if trained else
            "random-init weights: top-1/top-5 reported, not gated"))
     missed = {target: report for target, report in
-              manifest.get("calibration", {}).get("fallback", {}).items() if not report["met"]}
+              (manifest.calibration or {}).get("fallback", {}).items() if not report["met"]}
     labelled = eager_on_labels(eval_dir, manifest, model, log) if eval_dir else None
     # the precision stage measured each graph with ONNX Runtime on every held-out image; drift is
     # judged against that (not on a subset of the images, whose figure is another)
     built_rel_l2 = {r["path"]: r["rel_l2"] for r in
-                    manifest["parity"].get("heldout-vs-eager", {}).values() if "rel_l2" in r} \
+                    manifest.parity.get("heldout-vs-eager", {}).values() if "rel_l2" in r} \
         if images is None else {}
     checked = {name: Case(case.images, case.batch, references[name], case.labels, case.sources,
                           case.int8_gated) for name, case in cases.items()}
     with_labels = (lambda entry, runner: judge_on_labels(entry, runner, labelled, entry.budget, log,
                                                           strict_accuracy)) if labelled else None
     results, heldout_outputs = [], {}
-    for artifact in manifest["artifacts"]:
-        if only is not None and artifact["path"] not in only:
+    for artifact in manifest.artifacts:
+        if only is not None and artifact.path not in only:
             continue
-        entries = check_artifact(artifact, root, manifest, checked, budgets[artifact["precision"]],
-                                 trained, heldout_outputs, built_rel_l2.get(artifact["path"]),
+        entries = check_artifact(artifact, root, manifest, checked, budgets[artifact.precision],
+                                 trained, heldout_outputs, built_rel_l2.get(artifact.path),
                                  with_labels)
         entries[0].failures += [Finding("structure", v)
-                                for v in static_violations(root / artifact["path"], artifact)]
+                                for v in static_violations(root / artifact.path, artifact)]
         for entry in entries:
             if entry.skipped and entry.reader == "tensorrt" and built_here(manifest):
                 entry.failures.append(Finding(
@@ -195,19 +195,19 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
                     f"(CUDA_VISIBLE_DEVICES, the driver)"))
                 entry.skipped = None
             for target, report in missed.items():
-                if artifact["path"] in FALLBACK_ARTIFACTS[target]:
+                if artifact.path in FALLBACK_ARTIFACTS[target]:
                     entry.failures.append(Finding(
                         "fallback_target", f"the layer fallback missed its target: {report['metric']} "
                         f"{report['final']:.4f} < {report['goal']} on the tuning set",
                         measured=report["final"], budget=report["goal"]))
             results.append(entry)
-    exact = {a["path"] for a in manifest["artifacts"] if "exact_int8_session_options" in a}
+    exact = {a.path for a in manifest.artifacts if a.exact_int8_session_options is not None}
     explain_graphs(results, root, model, cases, budgets, log, exact)
     for entry in results:
         _log_entry(entry, log)
     errors = {label: (outputs - references["heldout"]).ravel()
               for label, outputs in heldout_outputs.items() if outputs is not None}
-    report = ParityReport(manifest["variant"], trained, results,
+    report = ParityReport(manifest.variant, trained, results,
                           {"images": len(heldout), "distinct_sources": heldout.distinct_sources(),
                            "source": heldout.source, "ids_sha256": heldout.ids_sha256()}, list(cases),
                           {p: budgets[p] for p in sorted({a.precision for a in results})},
@@ -215,7 +215,7 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
                           evaluation=labelled.record if labelled else None,
                           strict_accuracy=strict_accuracy)
     write_parity_files(root, report, error_histograms(errors))
-    manifest["parity"]["gate"] = {"passed": report.passed, "failures": report.failure_records(),
+    manifest.parity["gate"] = {"passed": report.passed, "failures": report.failure_records(),
                                   "skipped": report.skipped(), "warnings": report.warnings(),
                                   "verdicts": report.verdicts(),
                                   "cpu": report.cpu, "budgets": report.budgets,

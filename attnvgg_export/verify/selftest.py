@@ -220,47 +220,47 @@ def planted_copy(root: Path, bug: Bug | None, folder: Path) -> tuple[Path, str]:
     manifest = read_manifest(root / "manifest.json")
     # every file the manifest lists once: an IR's weights file, and the fp32 IR listed again to
     # run in bf16
-    files = {a["path"] for a in manifest["artifacts"]}
-    files |= {a["weights"]["path"] for a in manifest["artifacts"] if "weights" in a}
+    files = {a.path for a in manifest.artifacts}
+    files |= {a.weights.path for a in manifest.artifacts if a.weights is not None}
     # and the golden I/O, so that a box's verify runs on the copy too (tests/test_box.py, make test-arm)
-    files |= {manifest["golden"][k]["path"] for k in ("inputs", "outputs") if manifest.get("golden")}
-    entry = next((a for a in manifest["artifacts"] if bug and a["path"] == bug.artifact), None)
-    record = entry and (entry["weights"] if "weights" in entry else entry)  # the file planted
-    rewritten = {record["path"], entry["path"]} if bug and bug.converter else {record and record["path"]}
+    files |= {manifest.golden[k]["path"] for k in ("inputs", "outputs") if manifest.golden}
+    entry = next((a for a in manifest.artifacts if bug and a.path == bug.artifact), None)
+    record = entry and (entry.weights if entry.weights is not None else entry)  # the file planted
+    rewritten = {record.path, entry.path} if bug and bug.converter else {record and record.path}
     for path in sorted(files - rewritten):
         _link_or_copy(root / path, folder / path)
     if bug is None:
         write_manifest(folder / "manifest.json", manifest)
         return folder / "manifest.json", "nothing"
-    planted = folder / record["path"]
-    if bug.in_converted_file and "source" not in entry:
+    planted = folder / record.path
+    if bug.in_converted_file and entry.source is None:
         raise SelfTestError(f"the manifest records no source graph for {bug.artifact} (a build "
                             f"before schema 1.4): rebuild with `make engine`")
     if bug.converter:  # the IR as the faulty converter makes it from its source
         from attnvgg_runtime.readers import runtime_module
         from attnvgg_runtime.readers.openvino import converted_model
 
-        source = onnx.load(str(root / entry["source"]))
+        source = onnx.load(str(root / entry.source))
         where = bug.plant(source)
-        misread = folder / f"misread-{Path(entry['source']).name}"
+        misread = folder / f"misread-{Path(entry.source).name}"
         onnx.save(source, str(misread))
         # saved as attnvgg_export.convert.openvino_ir saves an IR (weights kept in float32): were it
         # saved otherwise, the gate's reconversion check would say so, and the test asserts not
         runtime_module("openvino", "pip install openvino").save_model(
-            converted_model(misread), str(folder / entry["path"]), compress_to_fp16=False)
+            converted_model(misread), str(folder / entry.path), compress_to_fp16=False)
         misread.unlink()
-        xml = folder / entry["path"]
-        entry["sha256"], entry["bytes"] = sha256_file(xml), xml.stat().st_size
+        xml = folder / entry.path
+        entry.sha256, entry.bytes = sha256_file(xml), xml.stat().st_size
     elif bug.converted:
-        data, where = bug.plant((root / record["path"]).read_bytes(), onnx.load(str(root / entry["source"])))
+        data, where = bug.plant((root / record.path).read_bytes(), onnx.load(str(root / entry.source)))
         planted.parent.mkdir(parents=True, exist_ok=True)
         planted.write_bytes(data)
     else:
         model = onnx.load(str(root / bug.artifact))
         where = bug.plant(model)
         onnx.save(model, str(planted))
-    record["sha256"] = sha256_file(planted)
-    record["bytes"] = planted.stat().st_size
+    record.sha256 = sha256_file(planted)
+    record.bytes = planted.stat().st_size
     write_manifest(folder / "manifest.json", manifest)
     return folder / "manifest.json", where
 
@@ -303,7 +303,7 @@ def run_selftest(manifest_path: Path, log=print, converted_only: bool = False) -
     manifest_path = Path(manifest_path)
     root = manifest_path.parent
     verify_artifacts(manifest_path)
-    present = {a["path"] for a in read_manifest(manifest_path)["artifacts"]}
+    present = {a.path for a in read_manifest(manifest_path).artifacts}
     bugs = [b for b in BUGS if b.artifact in present and (b.in_converted_file or not converted_only)]
     cases = set() if converted_only else None
     baseline, _ = _gate_copy(root, None, {b.artifact for b in bugs}, cases)

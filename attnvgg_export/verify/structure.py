@@ -10,23 +10,25 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from attnvgg_runtime.manifest import Artifact
+
 # ops the fp16 graph keeps in float32: reductions over every pixel or token (ReduceMean in SE,
 # ReduceSum in linear attention: a sum over 50,176 positions overflows fp16's 65,504) and
 # Softmax, whose normaliser is such a sum too (attnvgg_export.graphs.fp16 blocks them)
 FP32_OPS = ("ReduceMean", "ReduceSum", "Softmax")
 
 
-def static_violations(path: Path, artifact: dict) -> list[str]:
+def static_violations(path: Path, artifact: Artifact) -> list[str]:
     """What a graph's structure must obey, whatever its numbers on these images: TensorRT's Q/DQ
     rules for the TensorRT int8 graph, 7-bit weights for the CPU int8 graph (else x86 CPUs
     without VNNI saturate, and this machine's verdict would not hold on them), float32 cast
     islands for the fp16 graph."""
-    if artifact["format"] != "onnx":
+    if artifact.format != "onnx":
         return []
     checks = {("int8", True): tensorrt_qdq_violations,
               ("int8", False): weights_past_seven_bits,  # else x86 without VNNI saturates
               ("fp16", True): fp16_violations}
-    check = checks.get((artifact["precision"], artifact["target"] == "tensorrt"))
+    check = checks.get((artifact.precision, artifact.target == "tensorrt"))
     if check is None:
         return []
     try:

@@ -26,7 +26,7 @@ def bench_box(manifest_path: Path, batches: tuple[int, ...] = (1, 8), seconds: f
     manifest_path = Path(manifest_path)
     verify_artifacts(manifest_path)
     manifest = read_manifest(manifest_path)
-    dyn = manifest["dynamic"]
+    dyn = manifest.dynamic
     config = BenchConfig(batches=batches, seconds_per_case=seconds, torch_compile=False)
     box = box_identity()
     rows = []
@@ -38,12 +38,12 @@ def bench_box(manifest_path: Path, batches: tuple[int, ...] = (1, 8), seconds: f
                     (size, 3, dyn["height"]["opt"], dyn["width"]["opt"])).astype(np.float32)
                 timing = latency(lambda x=x, run=run: run(x), config)
                 rows.append({"runtime": runtime, "reader_version": reader_version(runtime),
-                             "artifact": artifact["path"], "sha256": artifact["sha256"],
-                             "precision": artifact["precision"],
-                             "runtime_options": artifact.get("runtime_options", {}), "batch": size,
+                             "artifact": artifact.path, "sha256": artifact.sha256,
+                             "precision": artifact.precision,
+                             "runtime_options": artifact.runtime_options, "batch": size,
                              **timing})
-                log(f"batch {size}: {timing['p50_ms']:8.1f} ms  {runtime} {artifact['path']} "
-                    f"({artifact['precision']})")
+                log(f"batch {size}: {timing['p50_ms']:8.1f} ms  {runtime} {artifact.path} "
+                    f"({artifact.precision})")
     report = {"manifest": str(manifest_path), "box": box, "cpu": box["cpu"],
               "input": [dyn["height"]["opt"], dyn["width"]["opt"]], "rows": rows}
     path = write_text_atomic(manifest_path.parent / BOX_BENCH_JSON, json.dumps(report, indent=2) + "\n")

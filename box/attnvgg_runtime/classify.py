@@ -24,62 +24,56 @@ from PIL import Image
 from attnvgg_runtime.artifacts import RUNTIMES, installed_runtimes, load_runner, runnable
 from attnvgg_runtime.bench import read_box_bench
 from attnvgg_runtime.errors import ToolchainError
-from attnvgg_runtime.manifest import ManifestError, read_manifest
+from attnvgg_runtime.manifest import Artifact, Manifest, read_manifest
 from attnvgg_runtime.readers import reader_version
 from attnvgg_runtime.readers.cpu import cpu_identity
 from attnvgg_runtime.verdicts import box_verdict, gate_unverified_reason, reader_of
-
-SUPPORTED_SCHEMA = "1."  # major version 1
 
 
 class ConsumerError(ToolchainError):
     """The artifact cannot be run as asked; the message says why and what to do."""
 
 
-def load_manifest(path: str | Path) -> dict:
-    manifest = read_manifest(path)
-    if not str(manifest.get("schema_version", "")).startswith(SUPPORTED_SCHEMA):
-        raise ManifestError(f"{path}: schema_version {manifest.get('schema_version')!r} is not "
-                            f"1.x; this package reads manifest schema 1: install the attnvgg-runtime "
-                            f"release that matches the toolchain that built it")
-    return manifest
+def load_manifest(path: str | Path) -> Manifest:
+    """The manifest, typed (schema 1.x; another major version is refused, saying what to do)."""
+    return read_manifest(path)
 
 
 @dataclass(frozen=True)
 class Choice:
-    artifact: dict
+    artifact: Artifact
     runtime: str
     why: str
 
     def describe(self) -> str:
         a = self.artifact
-        return (f"running {a['path']} ({a['precision']}) under {reader_version(self.runtime)}: "
+        return (f"running {a.path} ({a.precision}) under {reader_version(self.runtime)}: "
                 f"{self.why}")
 
 
-def default_runtime(manifest: dict) -> str:
+def default_runtime(manifest: Manifest) -> str:
     """openvino where it is installed and the build has OpenVINO IR, else onnxruntime."""
-    has_ir = any(a["format"] == "openvino-ir" for a in manifest["artifacts"])
+    has_ir = any(a.format == "openvino-ir" for a in manifest.artifacts)
     return "openvino" if has_ir and "openvino" in installed_runtimes() else "onnxruntime"
 
 
-def pick_artifact(manifest: dict, precision: str, runtime: str = "onnxruntime") -> dict:
+def pick_artifact(manifest: Manifest, precision: str, runtime: str = "onnxruntime") -> Artifact:
     """The artifact of ``precision`` that ``runtime`` serves (ORT format before ONNX)."""
-    candidates = [a for a in runnable(manifest, runtime) if a["precision"] == precision]
+    candidates = [a for a in runnable(manifest, runtime) if a.precision == precision]
     if not candidates:
-        available = sorted({(a["precision"], a["target"]) for a in manifest["artifacts"]})
+        available = sorted({(a.precision, a.target) for a in manifest.artifacts})
         raise ConsumerError(f"no {precision} artifact for {RUNTIMES[runtime][0]}; the build has "
                             f"{available}")
-    return sorted(candidates, key=lambda a: a["format"] != "ort")[0]
+    return sorted(candidates, key=lambda a: a.format != "ort")[0]
 
 
-def _usable(manifest: dict, root: Path, artifact: dict, runtime: str, cpu_model: str) -> bool:
+def _usable(manifest: Manifest, root: Path, artifact: Artifact, runtime: str, cpu_model: str) -> bool:
     reader = reader_of(artifact, runtime)
     mine = box_verdict(root, artifact, reader, cpu_model)
     return gate_unverified_reason(manifest, artifact, reader) is None and (mine is None or mine["passed"])
 
 
-def choose(manifest_path: Path, manifest: dict, runtime: str | None = None,
+def choose(manifest_path: Path, manifest: Manifest, runtime: str | None = None,
            precision: str | None = None) -> Choice:
     """Which artifact to run here, and why: ``precision`` where asked; else the fastest at batch 1
     in this box's own bench (box-bench.json, for these bytes, on this CPU model) among those that
@@ -97,12 +91,12 @@ def choose(manifest_path: Path, manifest: dict, runtime: str | None = None,
                       f"--precision {precision} asked for")
     box = read_box_bench(root, cpu)
     if box:
-        current = {(a["path"], a["precision"]): a for a in manifest["artifacts"]}
+        current = {(a.path, a.precision): a for a in manifest.artifacts}
         timed = []
         for row in box["rows"]:
             artifact = current.get((row["artifact"], row["precision"]))
             if (row["batch"] == 1 and row["runtime"] in runtimes and artifact is not None
-                    and artifact["sha256"] == row["sha256"]
+                    and artifact.sha256 == row["sha256"]
                     and _usable(manifest, root, artifact, row["runtime"], cpu)):
                 timed.append((row["p50_ms"], row["runtime"], artifact))
         timed.sort(key=lambda t: t[:2])
@@ -111,13 +105,13 @@ def choose(manifest_path: Path, manifest: dict, runtime: str | None = None,
             return Choice(artifact, chosen_runtime,
                           f"the fastest at batch 1 ({ms:.1f} ms) of {len(timed)} verified rows this "
                           f"box's own bench timed ({root / 'box-bench.json'}, {cpu})")
-    recommended = (manifest.get("bench") or {}).get("recommended", {}).get("1", {})
-    build_cpu = (manifest.get("bench") or {}).get("cpu", {}).get("model", "an unrecorded CPU")
+    recommended = (manifest.bench or {}).get("recommended", {}).get("1", {})
+    build_cpu = (manifest.bench or {}).get("cpu", {}).get("model", "an unrecorded CPU")
     for candidate in runtimes:
         entry = recommended.get(RUNTIMES[candidate][0])
         if entry:
-            artifact = next(a for a in manifest["artifacts"] if a["path"] == entry["artifact"]
-                            and a["precision"] == entry["precision"])
+            artifact = next(a for a in manifest.artifacts if a.path == entry["artifact"]
+                            and a.precision == entry["precision"])
             where = ("the build machine's CPU is this box's model" if build_cpu == cpu else
                      f"timed on the build machine ({build_cpu}), not here: `attnvgg-runtime bench "
                      f"{manifest_path}` times this box and classify then chooses by it")
@@ -128,7 +122,7 @@ def choose(manifest_path: Path, manifest: dict, runtime: str | None = None,
                   "not been timed")
 
 
-def check_verdict(manifest_path: Path, manifest: dict, artifact: dict, runtime: str,
+def check_verdict(manifest_path: Path, manifest: Manifest, artifact: Artifact, runtime: str,
                   allow_unverified: bool, warn=print) -> None:
     """Refuse ``artifact`` under ``runtime`` unless the build's gate passed it for its bytes and
     this box's own verify did not fail it; with ``allow_unverified``, run it and say so."""
@@ -141,8 +135,8 @@ def check_verdict(manifest_path: Path, manifest: dict, artifact: dict, runtime: 
                   f"{mine['file']}); `attnvgg-runtime verify` passing it again lifts this")
     if reason is None:
         return
-    what = (f"{artifact['path']} under {runtime} has no passing verdict for its bytes "
-            f"(sha256 {artifact['sha256'][:12]}...): {reason}")
+    what = (f"{artifact.path} under {runtime} has no passing verdict for its bytes "
+            f"(sha256 {artifact.sha256[:12]}...): {reason}")
     if not allow_unverified:
         raise ConsumerError(f"refusing to run it: {what}. Run `make parity` on the build (or "
                             f"choose another artifact), or pass --allow-unverified to run it "
@@ -193,15 +187,15 @@ class Classifier:
         check_verdict(self.manifest_path, self.manifest, self.choice.artifact, self.choice.runtime,
                       allow_unverified, warn)
         self.run = load_runner(self.manifest_path, self.choice.artifact, self.choice.runtime)
-        self.labels = self.manifest.get("labels") or [str(i) for i in range(self.manifest["num_classes"])]
+        self.labels = self.manifest.labels or [str(i) for i in range(self.manifest.num_classes)]
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         artifact = self.choice.artifact
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ConsumerError(f"expected an NCHW batch with 3 channels, got shape {batch.shape}")
-        if min(batch.shape[2:]) < artifact.get("min_side", 0):  # outside what its verdict covers
-            raise ConsumerError(f"{artifact['path']} is verified only for H and W >= "
-                                f"{artifact['min_side']} (min_side); the input is "
+        if min(batch.shape[2:]) < (artifact.min_side or 0):  # outside what its verdict covers
+            raise ConsumerError(f"{artifact.path} is verified only for H and W >= "
+                                f"{artifact.min_side} (min_side); the input is "
                                 f"{batch.shape[2]}x{batch.shape[3]}: use --precision fp32")
         return self.run(np.ascontiguousarray(batch, dtype=np.float32))
 
@@ -212,7 +206,7 @@ class Classifier:
         return [[(self.labels[i], float(p[i])) for i in np.argsort(-p)[:top]] for p in probabilities]
 
     def classify_files(self, images: list[Path], top: int = 5) -> list[list[tuple[str, float]]]:
-        pre = self.manifest["preprocessing"]
+        pre = self.manifest.preprocessing
         return self.classify_array(np.stack([preprocess(Path(p), pre) for p in images]), top)
 
 

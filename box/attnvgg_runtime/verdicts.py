@@ -8,28 +8,29 @@ import json
 from pathlib import Path
 
 from attnvgg_runtime.errors import ToolchainError
+from attnvgg_runtime.manifest import Artifact, Manifest
 
 VERIFY_JSON = "verify.json"
 VERIFY_FORMAT = 2  # 1: one run's results, the CPU at the top; 2: every run's, newest first
 HISTORY_PER_KEY = 20  # results kept per (path, sha256, reader and version, CPU)
 
 
-def reader_of(artifact: dict, runtime: str) -> str:
+def reader_of(artifact: Artifact, runtime: str) -> str:
     """The gate's name for ``runtime`` reading ``artifact`` (the bf16 entry is "openvino-bf16")."""
-    bf16 = artifact.get("runtime_options", {}).get("INFERENCE_PRECISION_HINT") == "bf16"
+    bf16 = artifact.runtime_options.get("INFERENCE_PRECISION_HINT") == "bf16"
     return "openvino-bf16" if runtime == "openvino" and bf16 else runtime
 
 
-def gate_unverified_reason(manifest: dict, artifact: dict, reader: str) -> str | None:
+def gate_unverified_reason(manifest: Manifest, artifact: Artifact, reader: str) -> str | None:
     """Why the build's gate did not pass ``artifact`` under ``reader`` for the bytes the manifest
     lists now (its sha256), or None where it did (manifest schema 1.3: parity.gate.verdicts)."""
-    gate = (manifest.get("parity") or {}).get("gate")
+    gate = (manifest.parity or {}).get("gate")
     if not gate or "verdicts" not in gate:
         return "the build's gate has not run on these artifacts (`make parity`)"
-    mine = [v for v in gate["verdicts"] if v["path"] == artifact["path"] and v["reader"] == reader]
+    mine = [v for v in gate["verdicts"] if v["path"] == artifact.path and v["reader"] == reader]
     if not mine:
         return f"the gate has no verdict for it under {reader}"
-    current = [v for v in mine if v["sha256"] == artifact["sha256"]]
+    current = [v for v in mine if v["sha256"] == artifact.sha256]
     if not current:
         return "the gate judged other bytes than the manifest lists now"
     if any(v["passed"] and not v.get("skipped") for v in current):
@@ -74,13 +75,13 @@ def merge_history(history: list[dict], run: list[dict]) -> list[dict]:
     return kept
 
 
-def box_verdict(root: Path, artifact: dict, reader: str, cpu_model: str) -> dict | None:
+def box_verdict(root: Path, artifact: Artifact, reader: str, cpu_model: str) -> dict | None:
     """This box's own latest verdict on ``artifact`` under ``reader`` (verify.json beside the
     manifest), reached for these bytes on a CPU of this model, whatever run reached it and
     whatever the reader's version: {"passed": bool, "file", "when", "reader_version",
     "restricted"}; None where the box has not checked it."""
     for r in read_box_history(root):  # newest first
-        if (r["path"] == artifact["path"] and r["reader"] == reader and r["sha256"] == artifact["sha256"]
+        if (r["path"] == artifact.path and r["reader"] == reader and r["sha256"] == artifact.sha256
                 and r.get("cpu") == cpu_model and r.get("unread") is None):
             return {"passed": r["passed"], "file": str(Path(root) / VERIFY_JSON), "when": r.get("when"),
                     "reader_version": r.get("reader_version"), "restricted": r.get("restricted")}

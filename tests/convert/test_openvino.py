@@ -1,6 +1,5 @@
 """OpenVINO as an edge target: IR artifacts in the manifest, gated, benchmarked, recommended."""
 
-import json
 
 import numpy as np
 import pytest
@@ -8,7 +7,13 @@ import pytest
 from attnvgg_export.bench.bench import Row
 from attnvgg_export.bench.recommend import recommend
 from attnvgg_export.verify.gate import run_parity
-from attnvgg_runtime.manifest import ManifestError, read_manifest, sha256_file, verify_artifacts
+from attnvgg_runtime.manifest import (
+    ManifestError,
+    read_manifest,
+    sha256_file,
+    verify_artifacts,
+    write_manifest,
+)
 from attnvgg_runtime.readers.cpu import openvino_has_bf16
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from attnvgg_runtime.readers.openvino import OpenVinoRunner
@@ -17,18 +22,18 @@ from tests.conftest import copy_build
 
 def test_engines_stage_writes_fp32_and_int8_ir_with_their_weights(engines_build):
     manifest = read_manifest(engines_build / "manifest.json")
-    ir = [a for a in manifest["artifacts"] if a["format"] == "openvino-ir"]
-    assert {(a["path"], a["precision"]) for a in ir} >= {
+    ir = [a for a in manifest.artifacts if a.format == "openvino-ir"]
+    assert {(a.path, a.precision) for a in ir} >= {
         ("engines/openvino/model.fp32.xml", "fp32"), ("engines/openvino/model.int8.xml", "int8")}
     for a in ir:
-        assert a["target"] == "openvino-cpu"
-        assert a["weights"]["sha256"] == sha256_file(engines_build / a["weights"]["path"])
-        assert a["weights"]["bytes"] > a["bytes"]  # the weights are in the .bin
-    bf16 = [a for a in ir if a["precision"] == "bf16"]
+        assert a.target == "openvino-cpu"
+        assert a.weights.sha256 == sha256_file(engines_build / a.weights.path)
+        assert a.weights.bytes > a.bytes  # the weights are in the .bin
+    bf16 = [a for a in ir if a.precision == "bf16"]
     assert len(bf16) == int(openvino_has_bf16())  # listed where this CPU computes bf16
     for a in bf16:
-        assert a["path"] == "engines/openvino/model.fp32.xml"
-        assert a["runtime_options"] == {"INFERENCE_PRECISION_HINT": "bf16"}
+        assert a.path == "engines/openvino/model.fp32.xml"
+        assert a.runtime_options == {"INFERENCE_PRECISION_HINT": "bf16"}
     assert not list((engines_build / "engines" / "openvino").glob(".*"))  # no temporaries left
 
 
@@ -149,15 +154,15 @@ def test_consumer_runs_the_ir_it_picks_and_matches_openvino(engines_build, tmp_p
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 260, 3), np.uint8)).save(image)
     assert classify.default_runtime(manifest) == "openvino"
     chosen = classify.pick_artifact(manifest, "int8", "openvino")
-    assert chosen["path"] == "engines/openvino/model.int8.xml"
+    assert chosen.path == "engines/openvino/model.int8.xml"
     results = classify.classify(root / "manifest.json", [image], "int8", runtime="openvino")
-    batch = classify.preprocess(image, manifest["preprocessing"])[None]
-    logits = OpenVinoRunner(root / chosen["path"], "f32")(batch)
+    batch = classify.preprocess(image, manifest.preprocessing)[None]
+    logits = OpenVinoRunner(root / chosen.path, "f32")(batch)
     probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     for label, p in results[0]:
         assert abs(p - probabilities[0, int(label)]) < 1e-5
-    manifest["bench"] = {"recommended": {"1": {"openvino-cpu": {
+    manifest.bench = {"recommended": {"1": {"openvino-cpu": {
         "artifact": "engines/openvino/model.fp32.xml", "precision": "fp32"}}}}
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(root / "manifest.json", manifest)
     choice = classify.choose(root / "manifest.json", manifest, "openvino")
-    assert choice.artifact["precision"] == "fp32" and "the build's recommendation" in choice.why
+    assert choice.artifact.precision == "fp32" and "the build's recommendation" in choice.why

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from attnvgg_export.convert import tensorrt_plan as plan
+from attnvgg_runtime.manifest import Manifest
 from attnvgg_runtime.readers import tensorrt as te
 
 from .fake_tensorrt import FakeTensorRT, HostBuffers
@@ -201,7 +202,7 @@ def test_real_engine_builds_runs_and_matches_eager(exported, precision, tmp_path
     report = plan.onnx_to_plan(graph, tmp_path / f"{precision}.plan", manifest["dynamic"],
                              plan.EngineConfig(timing_cache=tmp_path / "timing.cache"))
     runner = te.TensorRTRunner(report.plan)
-    model = model_from_manifest(manifest)
+    model = model_from_manifest(Manifest.from_json(manifest))
     for shape in [(1, 3, 224, 224), (4, 3, 96, 160), (2, 3, 448, 448)]:
         x = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
         result = compare(runner(x), run_torch(model, x), shape, 1e-2 if precision == "fp16" else 0.2)

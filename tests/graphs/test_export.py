@@ -22,7 +22,7 @@ from attnvgg_export.graphs.export import (
 )
 from attnvgg_export.runtime.eager import model_from_manifest, run_torch
 from attnvgg_runtime.files import OutputError
-from attnvgg_runtime.manifest import sha256_file
+from attnvgg_runtime.manifest import Manifest, sha256_file
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from attnvgg_runtime.verify.measures import compare
 from tests.conftest import tiny_config
@@ -53,7 +53,7 @@ def test_every_variant_exports_and_matches_eager_across_its_range(exported, vari
     assert any(224 not in s[2:] for s in shapes)  # non-224
     assert manifest["export"]["simplified"] is True
     results = _check_against_eager(exported(variant).parent / "model.onnx",
-                                   model_from_manifest(manifest), shapes)
+                                   model_from_manifest(Manifest.from_json(manifest)), shapes)
     assert all(r.passed for r in results), [r.describe() for r in results]
 
 
@@ -79,7 +79,7 @@ def test_the_recheck_and_the_export_verification_catch_a_graph_off_by_0_1_percen
     weight = next(i for i in model.graph.initializer if i.name == conv.input[1])
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.001, weight.name))
     onnx.save(model, str(tmp_path / "off.onnx"))
-    eager = model_from_manifest(manifest)
+    eager = model_from_manifest(Manifest.from_json(manifest))
     shapes = [(2, 3, 64, 96)]
     assert not any(r.passed for r in _check_against_eager(tmp_path / "off.onnx", eager, shapes))
     x = np.random.default_rng(0).standard_normal(shapes[0], dtype=np.float32)
@@ -244,7 +244,7 @@ def test_full_size_se_exports_and_verifies(tmp_path):
     from attnvgg_runtime.verify.measures import metrics
 
     fp16 = onnx_to_fp16(tmp_path / "se" / "model.onnx", tmp_path / "se" / "model.fp16.onnx")
-    model = model_from_manifest(manifest)
+    model = model_from_manifest(Manifest.from_json(manifest))
     budget = load_tolerances("se")["fp16"]["rel_l2_max"]
     for shape in [(1, 3, 96, 320)]:  # 3x10 feature maps: uneven pooling bins
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
@@ -268,9 +268,9 @@ def test_a_checkpoint_changed_after_the_build_is_refused(tmp_path):
                                   0.125)
     manifest_path = export_to_folder(tiny_config("se", checkpoint=path), tmp_path / "out", log=_quiet)
     manifest = json.loads(manifest_path.read_text())
-    model_from_manifest(manifest)  # unchanged: fine
+    model_from_manifest(Manifest.from_json(manifest))  # unchanged: fine
     torch.manual_seed(5)
     models.save_checkpoint(models.create_model("se", num_classes=10, width=0.125), path, "se", 10,
                            0.125)
     with pytest.raises(ManifestError, match="se.pt changed since the build.*make engine CHECKPOINT="):
-        model_from_manifest(manifest)
+        model_from_manifest(Manifest.from_json(manifest))

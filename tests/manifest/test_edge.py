@@ -21,6 +21,7 @@ from attnvgg_export.verify.gate import run_parity
 from attnvgg_runtime import classify
 from attnvgg_runtime.manifest import (
     SCHEMA_VERSION,
+    Manifest,
     ManifestError,
     read_manifest,
     sha256_file,
@@ -35,11 +36,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_every_build_manifest_validates_and_a_broken_one_is_refused(precision_build, tmp_path):
     manifest = read_manifest(precision_build / "manifest.json")
-    validate_manifest(manifest)
-    broken = json.loads(json.dumps(manifest))
+    validate_manifest(manifest.to_json())
+    broken = manifest.to_json()
     broken["artifacts"][0]["format"] = "tflite"
     with pytest.raises(ManifestError, match="artifacts/0/format: 'tflite' is not one of"):
-        write_manifest(tmp_path / "manifest.json", broken)
+        write_manifest(tmp_path / "manifest.json", Manifest.from_json(broken))
     assert not (tmp_path / "manifest.json").exists()
     del broken["dynamic"]
     with pytest.raises(ManifestError, match="'dynamic' is a required property"):
@@ -49,15 +50,20 @@ def test_every_build_manifest_validates_and_a_broken_one_is_refused(precision_bu
 def test_a_schema_1_0_manifest_stays_readable(precision_build, tmp_path):
     """1.1 and 1.2 only added optional fields: a 1.0 build validates, and the consumer reads it."""
     manifest = read_manifest(precision_build / "manifest.json")
-    assert manifest["schema_version"] == SCHEMA_VERSION and "data_split" in manifest
-    old = {k: v for k, v in manifest.items() if k != "data_split"} | {"schema_version": "1.0"}
+    assert manifest.schema_version == SCHEMA_VERSION and manifest.data_split is not None
+    old = {k: v for k, v in manifest.to_json().items() if k != "data_split"} | {"schema_version": "1.0"}
     old["artifacts"] = [{k: v for k, v in a.items() if k != "exact_int8_session_options"}
                         for a in old["artifacts"]]
     validate_manifest(old)
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps(old))
-    assert classify.load_manifest(path)["schema_version"] == "1.0"
-    assert classify.pick_artifact(old, "int8")["path"] == "engines/ort/model.int8-cpu.ort"
+    read = classify.load_manifest(path)
+    assert read.schema_version == "1.0" and read.data_split is None
+    assert classify.pick_artifact(read, "int8").path == "engines/ort/model.int8-cpu.ort"
+    # another major version is refused, saying how to rebuild
+    path.write_text(json.dumps(old | {"schema_version": "2.0"}))
+    with pytest.raises(ManifestError, match="is not 1.x.*rebuild it with this toolchain"):
+        read_manifest(path)
 
 
 def test_schema_is_documented_field_by_field():
@@ -95,7 +101,7 @@ def digits_manifest(digits_build, tmp_path_factory):
     consumer runs only what the gate passed for its bytes)."""
     root = copy_build(digits_build.manifest.parent, tmp_path_factory.mktemp("digits-edge"))
     manifest = read_manifest(root / "manifest.json")
-    manifest["labels"] = [f"digit {i}" for i in range(10)]
+    manifest.labels = [f"digit {i}" for i in range(10)]
     write_manifest(root / "manifest.json", manifest)
     assert run_parity(root / "manifest.json", log=lambda *_: None).passed
     return root / "manifest.json"
@@ -127,7 +133,7 @@ def test_consumer_computes_what_the_toolchain_computes(digits_manifest, digit_fi
     from benchmarks import digits
 
     manifest = read_manifest(digits_manifest)
-    pre = Preprocessing.from_json(manifest["preprocessing"])
+    pre = Preprocessing.from_json(manifest.preprocessing)
     batch = np.stack([load_image(p, pre) for p in digit_files])
     eager = run_torch(model_from_manifest(manifest), batch)
     int8 = OnnxRuntimeRunner(digits_manifest.parent / "engines/ort/model.int8-cpu.ort")(batch)
@@ -186,18 +192,18 @@ def test_triton_repository_parses_and_matches_the_manifest(engines_build, tmp_pa
     root = copy_build(engines_build, tmp_path)
     manifest = read_manifest(root / "manifest.json")
     configs = manifest_to_triton(root / "manifest.json", tmp_path / "repo", log=lambda *_: None)
-    served = [a for a in manifest["artifacts"] if a["format"] in ("onnx", "openvino-ir")]
+    served = [a for a in manifest.artifacts if a.format in ("onnx", "openvino-ir")]
     assert len(configs) == len(served) >= 6
     for path in configs:
         config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
         assert config.name == path.parent.name
-        assert config.max_batch_size == manifest["dynamic"]["batch"]["max"]
+        assert config.max_batch_size == manifest.dynamic["batch"]["max"]
         assert [i.name for i in config.input] == ["input"] and list(config.input[0].dims) == [3, -1, -1]
         assert config.input[0].data_type == model_config_pb2.TYPE_FP32
-        assert list(config.output[0].dims) == [manifest["num_classes"]]
+        assert list(config.output[0].dims) == [manifest.num_classes]
         # an int8 model is served from where the gate holds it to its budget (min_side)
         int8 = "int8" in path.parent.name
-        top = manifest["dynamic"]["height"]["max"]
+        top = manifest.dynamic["height"]["max"]
         assert config.parameters["height_range"].string_value == ("64" if int8 else "32") + f":224:{top}:32"
         assert config.dynamic_batching.max_queue_delay_microseconds > 0
         if "openvino" in path.parent.name:
@@ -246,17 +252,19 @@ def test_consumer_refuses_bytes_other_than_those_the_gate_judged(digits_manifest
     stages no longer do) does not pass: the verdict is bound to the bytes."""
     root = copy_build(digits_manifest.parent, tmp_path)
     manifest = read_manifest(root / "manifest.json")
-    entry = next(a for a in manifest["artifacts"] if a["path"] == "engines/ort/model.fp32.ort")
-    path = root / entry["path"]
+    entry = next(a for a in manifest.artifacts if a.path == "engines/ort/model.fp32.ort")
+    path = root / entry.path
     path.write_bytes(path.read_bytes() + b"\0")  # still loads; other bytes
-    entry["sha256"], entry["bytes"] = sha256_file(path), path.stat().st_size
+    entry.sha256, entry.bytes = sha256_file(path), path.stat().st_size
     write_manifest(root / "manifest.json", manifest)
     refused = _consume(root / "manifest.json", digit_files[0], "--precision", "fp32")
     assert refused.returncode == 2 and "the gate judged other bytes" in refused.stderr
 
 
 def test_int8_min_side_profile_and_triton_range_come_from_one_rule():
-    from attnvgg_runtime.manifest import declare_served_ranges, served_range
+    from types import SimpleNamespace
+
+    from attnvgg_runtime.manifest import Artifact, declare_served_ranges, served_range
 
     def side(lo, opt, hi):
         return {"min": lo, "opt": opt, "max": hi, "multiple_of": 32}
@@ -265,11 +273,15 @@ def test_int8_min_side_profile_and_triton_range_come_from_one_rule():
                "width": side(32, 224, 448)}
     assert served_range(dynamic, "int8")["height"]["min"] == 64
     assert served_range(dynamic, "fp16") == dynamic
-    manifest = {"dynamic": dynamic, "artifacts": [{"precision": "int8"}, {"precision": "fp16"}]}
+    def built(dynamic, *precisions):
+        return SimpleNamespace(dynamic=dynamic, artifacts=[
+            Artifact(f"m.{p}.onnx", "onnx", p, "any", 1, "") for p in precisions])
+
+    manifest = built(dynamic, "int8", "fp16")
     declare_served_ranges(manifest)
-    assert manifest["artifacts"] == [{"precision": "int8", "min_side": 64}, {"precision": "fp16"}]
+    assert [a.min_side for a in manifest.artifacts] == [64, None]
     # an opt size under 64 px is gated for int8 at its own size: nothing to declare
     small = {**dynamic, "height": side(32, 32, 64), "width": side(32, 32, 64)}
-    manifest = {"dynamic": small, "artifacts": [{"precision": "int8"}]}
+    manifest = built(small, "int8")
     declare_served_ranges(manifest)
-    assert manifest["artifacts"] == [{"precision": "int8"}] and served_range(small, "int8") == small
+    assert manifest.artifacts[0].min_side is None and served_range(small, "int8") == small

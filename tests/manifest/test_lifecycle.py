@@ -22,14 +22,14 @@ def _gated(engines_build, tmp_path):
 def test_the_gate_binds_each_verdict_to_bytes_reader_version_cpu_and_budget(engines_build, tmp_path):
     root, report, manifest = _gated(engines_build, tmp_path)
     parity = json.loads((root / "parity.json").read_text())
-    listed = {a["path"]: a["sha256"] for a in manifest["artifacts"]}
+    listed = {a.path: a.sha256 for a in manifest.artifacts}
     assert parity["cpu"]["model"] and isinstance(parity["cpu"]["isa"], list)
-    assert set(parity["budgets"]) == {a["precision"] for a in manifest["artifacts"]}
+    assert set(parity["budgets"]) == {a.precision for a in manifest.artifacts}
     for entry in parity["artifacts"]:
         assert entry["sha256"] == listed[entry["path"]]
         assert entry["reader_version"].split()[0] in ("onnxruntime-gpu", "onnxruntime", "openvino")
         assert entry["budget"] == parity["budgets"][entry["precision"]]
-    verdicts = manifest["parity"]["gate"]["verdicts"]
+    verdicts = manifest.parity["gate"]["verdicts"]
     assert {(v["path"], v["reader"]) for v in verdicts} == {
         (a["path"], a["reader"]) for a in parity["artifacts"]}
     passed = gate_passed(manifest)
@@ -40,18 +40,18 @@ def test_the_gate_binds_each_verdict_to_bytes_reader_version_cpu_and_budget(engi
 def test_a_stage_that_rewrites_artifacts_removes_every_verdict_and_report_about_the_old_bytes(
         engines_build, tmp_path):
     root, _, manifest = _gated(engines_build, tmp_path)
-    manifest["bench"] = {"recommended": {"1": {"onnxruntime-cpu": {"artifact": "model.onnx"}}}}
+    manifest.bench = {"recommended": {"1": {"onnxruntime-cpu": {"artifact": "model.onnx"}}}}
     write_manifest(root / "manifest.json", manifest)
     (root / "bench.json").write_text("{}")
     assert (root / "parity.json").is_file() and (root / "report.md").is_file()
     lines = []
     build_engines(root / "manifest.json", "ort", log=lines.append)
     after = read_manifest(root / "manifest.json")
-    assert "gate" not in after["parity"] and after["bench"] is None and "report" not in after
+    assert "gate" not in after.parity and after.bench is None and after.report is None
     assert not [name for name in DERIVED_FILES if (root / name).exists()]
     assert any("removed what was derived from the old ones" in line for line in lines)
     assert gate_passed(after) is None  # the bench recommends nothing until the gate runs again
-    assert not any(passing_verdict(after, a, "onnxruntime") for a in after["artifacts"])
+    assert not any(passing_verdict(after, a, "onnxruntime") for a in after.artifacts)
 
 
 def test_a_new_gate_run_keeps_a_recommendation_only_while_it_passes(engines_build, tmp_path):
@@ -62,25 +62,25 @@ def test_a_new_gate_run_keeps_a_recommendation_only_while_it_passes(engines_buil
 
     def recommend(path: str) -> None:
         manifest = read_manifest(root / "manifest.json")
-        manifest["bench"] = {"recommended": {"1": {"onnxruntime-cpu": {
+        manifest.bench = {"recommended": {"1": {"onnxruntime-cpu": {
             "row": f"onnxruntime {path}", "artifact": path, "reader": "onnxruntime", "precision": "fp32"}}}}
         write_manifest(root / "manifest.json", manifest)
 
     recommend("model.onnx")
     run_parity(root / "manifest.json", log=lambda *_: None, only={"model.onnx"})
-    assert read_manifest(root / "manifest.json")["bench"]["recommended"]
+    assert read_manifest(root / "manifest.json").bench["recommended"]
     recommend("engines/ort/model.fp32.ort")
     (root / "bench.json").write_text("{}")
     lines = []
     run_parity(root / "manifest.json", log=lines.append, only={"model.onnx"})
     after = read_manifest(root / "manifest.json")
-    assert after["bench"] is None and not (root / "bench.json").exists()
+    assert after.bench is None and not (root / "bench.json").exists()
     assert any("names an artifact this run did not pass" in line for line in lines)
-    assert {v["path"] for v in after["parity"]["gate"]["verdicts"]} == {"model.onnx"}
+    assert {v["path"] for v in after.parity["gate"]["verdicts"]} == {"model.onnx"}
     # a recommendation that does not say which reader timed it is not taken on its word
     recommend("model.onnx")
     manifest = read_manifest(root / "manifest.json")
-    del manifest["bench"]["recommended"]["1"]["onnxruntime-cpu"]["reader"]
+    del manifest.bench["recommended"]["1"]["onnxruntime-cpu"]["reader"]
     write_manifest(root / "manifest.json", manifest)
     run_parity(root / "manifest.json", log=lambda *_: None, only={"model.onnx"})
-    assert read_manifest(root / "manifest.json")["bench"] is None
+    assert read_manifest(root / "manifest.json").bench is None

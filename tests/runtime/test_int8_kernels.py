@@ -101,7 +101,7 @@ def test_the_tensorrt_graph_is_read_exactly_on_this_cpu(build):
     manifest, root = build
     path = os.path.join(root, "model.int8-trt.onnx")
     x = np.random.default_rng(0).standard_normal((4, 3, 64, 64), dtype=np.float32)
-    reference = qdq_reference(path).run(None, {manifest["input"]["name"]: x})[0]
+    reference = qdq_reference(path).run(None, {manifest.input["name"]: x})[0]
     tolerance = EXACT_TOLERANCE if int8_products_saturate() else EXACT_TOLERANCE_SIGNED_VNNI
     exact = rel_l2(run_batches(OnnxRuntimeRunner(path, exact_int8=True), x), reference)
     default = rel_l2(run_batches(OnnxRuntimeRunner(path), x), reference)
@@ -191,8 +191,8 @@ def test_the_builds_int8_graphs_have_the_weights_and_options_of_their_form(build
     manifest, root = build
     assert weights_past_seven_bits(os.path.join(root, "model.int8-cpu.onnx")) == []
     assert weights_past_seven_bits(os.path.join(root, "model.int8-trt.onnx"))  # the check can fail
-    options = {a["path"]: a.get("exact_int8_session_options") for a in manifest["artifacts"]
-               if a["precision"] == "int8"}
+    options = {a.path: a.exact_int8_session_options for a in manifest.artifacts
+               if a.precision == "int8"}
     assert options.pop("model.int8-trt.onnx") == EXACT_INT8
     assert set(options) >= {"model.int8-cpu.onnx", "engines/ort/model.int8-cpu.ort"}
     assert not any(options.values())
@@ -203,7 +203,7 @@ def test_the_consumer_reads_int8_as_the_gate_does(build):
     manifest_path = os.path.join(root, "manifest.json")
     x = np.random.default_rng(1).standard_normal((2, 3, 64, 64), dtype=np.float32)
     for path, exact in (("engines/ort/model.int8-cpu.ort", False), ("model.int8-trt.onnx", True)):
-        entry = next(a for a in manifest["artifacts"] if a["path"] == path)
+        entry = next(a for a in manifest.artifacts if a.path == path)
         run = classify.load_runner(manifest_path, entry, "onnxruntime")
         expected = OnnxRuntimeRunner(os.path.join(root, path), exact_int8=exact)(x)
         np.testing.assert_array_equal(run(x), expected)

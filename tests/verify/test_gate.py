@@ -15,7 +15,7 @@ from attnvgg_export.models import ConfigError
 from attnvgg_export.verify.budgets import load_tolerances
 from attnvgg_export.verify.cases import shape_cases
 from attnvgg_export.verify.gate import run_parity
-from attnvgg_runtime.manifest import ManifestError, read_manifest, sha256_file, write_manifest
+from attnvgg_runtime.manifest import Artifact, ManifestError, read_manifest, sha256_file, write_manifest
 from attnvgg_runtime.readers.cpu import openvino_int8_has_vnni
 from attnvgg_runtime.verify.budgets import breaches, budget_margin, resolvable
 from attnvgg_runtime.verify.measures import metrics
@@ -29,9 +29,9 @@ def _quiet(*_):
 def _rehash(root, path):
     """What a careless rebuild does: the manifest follows the file, whatever is in it."""
     manifest = read_manifest(root / "manifest.json")
-    entry = next(a for a in manifest["artifacts"] if a["path"] == path)
-    entry["sha256"] = sha256_file(root / path)
-    entry["bytes"] = (root / path).stat().st_size
+    entry = next(a for a in manifest.artifacts if a.path == path)
+    entry.sha256 = sha256_file(root / path)
+    entry.bytes = (root / path).stat().st_size
     write_manifest(root / "manifest.json", manifest)
 
 
@@ -64,17 +64,17 @@ def test_gate_passes_a_good_build_and_writes_json_junit_and_report(precision_bui
     assert skipped == (set() if openvino_int8_has_vnni() else {"model.int8-trt.onnx [openvino]"})
     assert all(len(a["cases"]) == 6 for a in parity["artifacts"]  # held-out + 5 corner shapes
                if not a["skipped"])
-    top = read_manifest(root / "manifest.json")["dynamic"]["batch"]["max"]
+    top = read_manifest(root / "manifest.json").dynamic["batch"]["max"]
     assert f"{top}x3x224x224" in parity["shapes"]  # the max batch is gated
-    assert parity["heldout"]["ids_sha256"] == read_manifest(root / "manifest.json")[
-        "data_split"]["ids_sha256"]["heldout"]
+    split = read_manifest(root / "manifest.json").data_split
+    assert parity["heldout"]["ids_sha256"] == split["ids_sha256"]["heldout"]
     suite = ET.parse(root / "parity.junit.xml").getroot()
     assert suite.get("failures") == "0" and suite.get("skipped") == str(len(skipped))
     assert int(suite.get("tests")) == (10 - len(skipped)) * (6 + 1) + len(skipped)
     text = (root / "report.md").read_text()
     assert "Gate: **passed**" in text and "parity-errors.png" in text
     assert (root / "parity-errors.png").read_bytes()[:4] == b"\x89PNG"
-    assert read_manifest(root / "manifest.json")["parity"]["gate"]["passed"]
+    assert read_manifest(root / "manifest.json").parity["gate"]["passed"]
 
 
 def test_gate_fails_a_model_with_one_conv_scaled_by_5_percent(precision_build, tmp_path):
@@ -149,11 +149,11 @@ def _with_a_plan(precision_build, tmp_path, built_on: str | None = None):
     (root / "engines" / "trt").mkdir(parents=True)
     (root / "engines/trt/int8.plan").write_bytes(b"PLAN")
     manifest = read_manifest(root / "manifest.json")
-    manifest["artifacts"].append(artifact_entry(root / "engines/trt/int8.plan", root, "plan",
+    manifest.artifacts.append(artifact_entry(root / "engines/trt/int8.plan", root, "plan",
                                                 "int8", "tensorrt"))
     if built_on:
-        manifest["backend"] = {"requested": "auto", "used": "tensorrt", "why": "a GPU was there"}
-        manifest["tensorrt"] = {"version": "11.4.0", "gpu": "NVIDIA H100",
+        manifest.backend = {"requested": "auto", "used": "tensorrt", "why": "a GPU was there"}
+        manifest.tensorrt = {"version": "11.4.0", "gpu": "NVIDIA H100",
                                 "compute_capability": "9.0", "host": built_on}
     write_manifest(root / "manifest.json", manifest)
     return root
@@ -178,7 +178,7 @@ def test_plans_this_machine_built_but_cannot_run_fail_the_gate(precision_build, 
     assert "nothing was verified: 1 readings, every one skipped" in err and "engines/trt/int8.plan" in err
     parity = json.loads((root / "parity.json").read_text())
     assert parity["not_verified"][0].startswith("engines/trt/int8.plan [tensorrt]: ")
-    assert not parity["passed"] and not read_manifest(root / "manifest.json")["parity"]["gate"]["passed"]
+    assert not parity["passed"] and not read_manifest(root / "manifest.json").parity["gate"]["passed"]
     suite = ET.parse(root / "parity.junit.xml").getroot()
     assert suite.find("testcase[@name='anything verified']/failure") is not None
 
@@ -196,14 +196,14 @@ def test_a_plan_without_tensorrt_is_reported_as_skipped_not_verified(precision_b
     verdict = next(line for line in out.splitlines() if "not verified on this machine:" in line)
     assert verdict == out.splitlines()[-1]  # the last line CI prints
     assert "engines/trt/int8.plan [tensorrt]" in verdict.split("not verified on this machine:")[1]
-    gate = read_manifest(root / "manifest.json")["parity"]["gate"]
+    gate = read_manifest(root / "manifest.json").parity["gate"]
     assert any(s.startswith("engines/trt/int8.plan [tensorrt]: ") for s in gate["skipped"])
 
 
 def test_a_missed_fallback_target_fails_the_gate(precision_build, tmp_path):
     root = copy_build(precision_build, tmp_path)
     manifest = read_manifest(root / "manifest.json")
-    manifest["calibration"]["fallback"]["int8-cpu"]["met"] = False
+    manifest.calibration["fallback"]["int8-cpu"]["met"] = False
     write_manifest(root / "manifest.json", manifest)
     int8 = {"model.int8-trt.onnx", "model.int8-cpu.onnx", "engines/ort/model.int8-cpu.ort"}
     report = run_parity(root / "manifest.json", log=_quiet, only=int8)
@@ -215,7 +215,7 @@ def test_a_missed_fallback_target_fails_the_gate(precision_build, tmp_path):
 def test_held_out_images_that_changed_since_the_build_are_refused(precision_build, tmp_path):
     root = copy_build(precision_build, tmp_path)
     manifest = read_manifest(root / "manifest.json")
-    manifest["data_split"]["seed"] = 7  # another split than the one set aside
+    manifest.data_split["seed"] = 7  # another split than the one set aside
     write_manifest(root / "manifest.json", manifest)
     with pytest.raises(ManifestError, match="held-out images .* are not the ones the build set aside"):
         run_parity(root / "manifest.json", log=_quiet)
@@ -341,7 +341,7 @@ def test_cli_exit_code_is_the_verdict(precision_build, tmp_path, capsys):
     assert "parity: FAILED" in captured.err
     # the budgets a user's file changed are printed, and recorded with the verdict
     assert "differ from the defaults: int8.rel_l2_max 0.12 -> 1e-06" in captured.out
-    gate = read_manifest(root / "manifest.json")["parity"]["gate"]
+    gate = read_manifest(root / "manifest.json").parity["gate"]
     assert gate["budgets_changed"] == ["int8.rel_l2_max 0.12 -> 1e-06"]
     assert gate["budgets"]["int8"]["rel_l2_max"] == 1e-6
     assert json.loads((root / "parity.json").read_text())["budgets_changed"] == gate["budgets_changed"]
@@ -360,7 +360,7 @@ def test_warnings_reach_the_last_line_and_junit(digits_build, tmp_path, capsys):
     assert warnings and all("not resolvable on 248 images" in w for w in warnings), warnings
     assert last.startswith("parity: passed (2 artifact readings verified), "
                            f"{len(warnings)} warnings ({len(warnings)} accuracy not resolvable")
-    assert read_manifest(root / "manifest.json")["parity"]["gate"]["warnings"] == warnings
+    assert read_manifest(root / "manifest.json").parity["gate"]["warnings"] == warnings
     suite = ET.parse(root / "parity.junit.xml").getroot()
     properties = [p.get("value") for p in suite.iter("property") if p.get("name") == "warning"]
     assert sorted(properties) == sorted(w.split(": ", 1)[1] for w in warnings)
@@ -423,11 +423,12 @@ def test_a_converted_artifact_is_held_to_its_conversion_redone_and_to_its_source
 
     logits = np.random.default_rng(0).standard_normal((8, 10))
     budget = load_tolerances("se")["int8"]
-    ir = {"path": "engines/openvino/model.int8.xml", "format": "openvino-ir", "source": "model.int8-cpu.onnx"}
+    ir = Artifact("engines/openvino/model.int8.xml", "openvino-ir", "int8", "openvino-cpu", 0, "",
+                  source="model.int8-cpu.onnx")
     source = {"rel_l2": 0.08, "rel_l2_image": 0.1}
 
     def judged(outputs, mine=(0.08, 0.1)):
-        entry = ArtifactParity(ir["path"], "int8", "openvino",
+        entry = ArtifactParity(ir.path, "int8", "openvino",
                                cases={"heldout": {"rel_l2": mine[0], "rel_l2_image": mine[1]}})
         return derived_difference(entry, ir, outputs, logits, source, budget), entry
 

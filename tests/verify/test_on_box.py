@@ -32,13 +32,13 @@ def _conv_weight(model):
 
 def test_the_gate_writes_golden_io_that_the_manifest_lists_and_polygraphy_reads(gated_build):
     manifest = read_manifest(gated_build / "manifest.json")
-    record = manifest["golden"]
+    record = manifest.golden
     golden = read_golden(gated_build, record)
     assert set(golden) == set(json.loads((gated_build / "parity.json").read_text())["shapes"])
     for name, (batches, outputs) in golden.items():
         case = next(c for c in record["cases"] if c["name"] == name)
         assert len(batches) == case["iterations"] and all(len(b) == case["batch"] for b in batches)
-        assert outputs.shape == (case["batch"] * case["iterations"], manifest["num_classes"])
+        assert outputs.shape == (case["batch"] * case["iterations"], manifest.num_classes)
     heldout = json.loads((gated_build / "parity.json").read_text())["heldout"]["images"]
     assert len(golden["heldout"][1]) == min(OPT_IMAGES, heldout)  # 24 resolve top-1 >= 0.95
     assert record["budgets"]["int8"]["rel_l2_max"] > 0
@@ -75,7 +75,7 @@ def test_verify_passes_on_this_box_without_torch_and_names_what_it_cannot_read(g
     assert "verifying" in result.stdout and "int8 pair sums" in result.stdout
     manifest = read_manifest(root / "manifest.json")
     judged = {(r["path"], r["reader"]) for r in report["results"]}
-    assert {a["path"] for a in manifest["artifacts"]} == {p for p, _ in judged}
+    assert {a.path for a in manifest.artifacts} == {p for p, _ in judged}
     for r in report["results"]:  # everything not read is named, with the reason
         assert r["passed"] or r["unread"], r
     assert "artifact readings passed on this box" in result.stdout
@@ -140,7 +140,7 @@ def test_a_fail_on_this_box_outlives_a_later_restricted_pass_and_classify_refuse
 
     root = copy_build(gated_build, tmp_path)
     manifest = read_manifest(root / "manifest.json")
-    manifest["golden"]["budgets"]["int8"]["rel_l2_max"] = 1e-6  # what this box's kernels cannot meet
+    manifest.golden["budgets"]["int8"]["rel_l2_max"] = 1e-6  # what this box's kernels cannot meet
     write_manifest(root / "manifest.json", manifest)
     ort_int8 = "engines/ort/model.int8-cpu.ort"
     failed = verify_build(root / "manifest.json", log=lambda *_: None,
@@ -159,7 +159,7 @@ def test_a_fail_on_this_box_outlives_a_later_restricted_pass_and_classify_refuse
                         warn=told.append)
     assert any("--allow-unverified" in line for line in told)
     # the box's budget restored (its kernels meet it): a new verify passes it, and classify runs it
-    manifest["golden"]["budgets"]["int8"]["rel_l2_max"] = 0.12
+    manifest.golden["budgets"]["int8"]["rel_l2_max"] = 0.12
     write_manifest(root / "manifest.json", manifest)
     assert verify_build(root / "manifest.json", log=lambda *_: None,
                         restriction=Restriction(("heldout",), (ort_int8,), ("onnxruntime",)))["passed"]

@@ -85,7 +85,7 @@ def test_a_build_that_fails_unplanted_reports_baseline_failed_not_caught(precisi
 
     root = copy_build(precision_build, tmp_path)
     manifest = read_manifest(root / "manifest.json")
-    manifest["calibration"]["fallback"]["int8-trt"] |= {"met": False, "final": 0.5, "goal": 1.2}
+    manifest.calibration["fallback"]["int8-trt"] |= {"met": False, "final": 0.5, "goal": 1.2}
     write_manifest(root / "manifest.json", manifest)
     monkeypatch.setattr(selftest, "BUGS", tuple(b for b in selftest.BUGS
                                                 if b.artifact in ("model.int8-trt.onnx", "model.onnx")))

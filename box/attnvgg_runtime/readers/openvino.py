@@ -8,18 +8,19 @@ from pathlib import Path
 
 import numpy as np
 
+from attnvgg_runtime.manifest import Artifact
 from attnvgg_runtime.readers import runtime_module
 
 INSTALL_HINT = "install the runtime wheel's [openvino] extra (pip install openvino)"
 
 
-def precision_hint(artifact: dict) -> str:
+def precision_hint(artifact: Artifact) -> str:
     """OpenVINO's inference precision for a manifest entry: "bf16" for the bf16 entry (the fp32
     IR listed again with that runtime option), else "f32"."""
-    return artifact.get("runtime_options", {}).get("INFERENCE_PRECISION_HINT", "f32")
+    return artifact.runtime_options.get("INFERENCE_PRECISION_HINT", "f32")
 
 
-def reader_name(artifact: dict) -> str:
+def reader_name(artifact: Artifact) -> str:
     """How the gate, the bench and the reports name OpenVINO's reading of ``artifact``."""
     return "openvino-bf16" if precision_hint(artifact) == "bf16" else "openvino"
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from attnvgg_runtime.errors import ReaderUnavailable
+from attnvgg_runtime.manifest import Artifact, Manifest
 from attnvgg_runtime.readers import reader_version, run_batches
 from attnvgg_runtime.readers.emulated import emulated_cpu
 from attnvgg_runtime.verify.budgets import DRIFT_FLOOR, breaches, budget_margin, heldout_accuracy
@@ -29,7 +30,6 @@ from attnvgg_runtime.verify.findings import Finding, error_margin
 from attnvgg_runtime.verify.measures import metrics, relative_l2
 from attnvgg_runtime.verify.readers import (
     RECONVERTED,
-    listed,
     not_gated_here,
     readers_of,
     reconversion_runner,
@@ -95,14 +95,14 @@ class ArtifactParity:
                                 "margin": self.margin}
 
 
-def check_reading(artifact: dict, reader: str, root: Path, manifest: dict, cases: dict[str, Case],
+def check_reading(artifact: Artifact, reader: str, root: Path, manifest: Manifest, cases: dict[str, Case],
                   budget: dict, trained: bool, built: float | None = None,
                   outputs: dict | None = None) -> tuple[ArtifactParity, Callable | None]:
     """``artifact`` under ``reader`` on every case: (its verdict, the runner for more). Held-out
     outputs go into ``outputs`` under the entry's label. ``built``: the rel L2 the build measured
     on the held-out case (drift)."""
     version = reader_version(reader) + (f" (emulated {emulated_cpu()})" if emulated_cpu() else "")
-    entry = ArtifactParity(artifact["path"], artifact["precision"], reader, sha256=artifact["sha256"],
+    entry = ArtifactParity(artifact.path, artifact.precision, reader, sha256=artifact.sha256,
                            reader_version=version, budget=budget)
     try:
         runner = runner_for(artifact, root, manifest, reader)
@@ -128,7 +128,7 @@ def check_reading(artifact: dict, reader: str, root: Path, manifest: dict, cases
         result = metrics(result_outputs, case.reference, case.labels) | (
             {"sources": case.sources} if case.sources else {})
         entry.cases[name] = result
-        if not case.gates(artifact["precision"]) or entry.not_gated:
+        if not case.gates(artifact.precision) or entry.not_gated:
             result["gated"] = False  # measured and reported; see ShapeCase.gates
             continue
         margin = budget_margin(result, budget, trained)  # the tightest of the case's budgets
@@ -173,7 +173,7 @@ def reader_disagreement(entries: list[ArtifactParity], outputs: dict, budget: di
                    measured=between, budget=allowed, margin=error_margin(between, allowed))
 
 
-def derived_difference(entry: ArtifactParity, artifact: dict, ours: np.ndarray | None,
+def derived_difference(entry: ArtifactParity, artifact: Artifact, ours: np.ndarray | None,
                        reconverted: np.ndarray | None, source: dict | None, budget: dict) -> list[Finding]:
     """A converted artifact's held-out outputs (``ours``) against the same conversion done again
     on this box (``reconverted``), and its source's held-out measures against eager (``source``:
@@ -187,7 +187,7 @@ def derived_difference(entry: ArtifactParity, artifact: dict, ours: np.ndarray |
         allowed = budget.get("derived_max", 1e-5)
         if not entry.record("the conversion redone", between, allowed):
             found.append(Finding(
-                "derived_max", f"differs from {RECONVERTED[artifact['format']]} ({artifact['source']}) "
+                "derived_max", f"differs from {RECONVERTED[artifact.format]} ({artifact.source}) "
                 f"by rel L2 {between:.4g} on the held-out images (derived budget {allowed:.4g}): the "
                 f"file is not what its conversion makes", measured=between, budget=allowed,
                 margin=error_margin(between, allowed)))
@@ -201,7 +201,7 @@ def derived_difference(entry: ArtifactParity, artifact: dict, ours: np.ndarray |
             if not entry.record(f"no farther from eager than its source ({name})",
                                 mine[key] - source[key], allowed):
                 found.append(Finding(
-                    "derived_excess_max", f"farther from eager than {artifact['source']}, the graph "
+                    "derived_excess_max", f"farther from eager than {artifact.source}, the graph "
                     f"it was converted from: {name} {mine[key]:.4g} against {source[key]:.4g} (allowed "
                     f"{source[key] + allowed:.4g}: {100 * excess:g}% more): the conversion lost accuracy",
                     measured=mine[key] - source[key], budget=allowed,
@@ -209,7 +209,7 @@ def derived_difference(entry: ArtifactParity, artifact: dict, ours: np.ndarray |
     return found
 
 
-def check_artifact(artifact: dict, root: Path, manifest: dict, cases: dict[str, Case], budget: dict,
+def check_artifact(artifact: Artifact, root: Path, manifest: Manifest, cases: dict[str, Case], budget: dict,
                    trained: bool, outputs: dict, built: float | None = None,
                    with_runner: Callable | None = None,
                    readers: tuple[str, ...] | None = None) -> list[ArtifactParity]:
@@ -232,16 +232,16 @@ def check_artifact(artifact: dict, root: Path, manifest: dict, cases: dict[str, 
     disagreement = reader_disagreement(entries, outputs, budget)
     if disagreement:
         entries[-1].failures.append(disagreement)
-    if "source" not in artifact or "heldout" not in cases:
+    if artifact.source is None or "heldout" not in cases:
         return entries
     heldout = cases["heldout"]
     for entry in entries:
         if entry.skipped or "heldout" not in entry.cases:
             continue
-        if artifact["format"] == "plan":  # a second reader of its source graph
-            theirs = _source_outputs(artifact["source"], "onnxruntime", root, manifest, heldout, outputs)
+        if artifact.format == "plan":  # a second reader of its source graph
+            theirs = _source_outputs(artifact.source, "onnxruntime", root, manifest, heldout, outputs)
             if theirs is not None:
-                read = ArtifactParity(artifact["source"], artifact["precision"],
+                read = ArtifactParity(artifact.source, artifact.precision,
                                       cases={"heldout": metrics(theirs, heldout.reference)})
                 pair = reader_disagreement([read, entry], outputs, budget)
                 entry.failures += [pair] if pair else []
@@ -252,25 +252,25 @@ def check_artifact(artifact: dict, root: Path, manifest: dict, cases: dict[str, 
         except Exception as e:  # the conversion must be repeatable where the artifact runs
             entry.failures.append(Finding(
                 "reconversion", f"its conversion could not be redone here "
-                f"({RECONVERTED[artifact['format']]}): {type(e).__name__}: {str(e).strip()[:240]}"))
+                f"({RECONVERTED[artifact.format]}): {type(e).__name__}: {str(e).strip()[:240]}"))
             reconverted = None
         source = None  # its source's error against eager, under the same reader and precision
-        if listed(manifest, artifact["source"])["precision"] == artifact["precision"]:
-            theirs = _source_outputs(artifact["source"], entry.reader, root, manifest, heldout, outputs)
+        if manifest.artifact(artifact.source).precision == artifact.precision:
+            theirs = _source_outputs(artifact.source, entry.reader, root, manifest, heldout, outputs)
             source = None if theirs is None else metrics(theirs, heldout.reference)
         entry.failures += derived_difference(entry, artifact, outputs.get(entry.label), reconverted,
                                              source, budget)
     return entries
 
 
-def _source_outputs(path: str, reader: str, root: Path, manifest: dict, heldout: Case,
+def _source_outputs(path: str, reader: str, root: Path, manifest: Manifest, heldout: Case,
                     outputs: dict) -> np.ndarray | None:
     """A source graph's held-out outputs under ``reader``: measured already, or now (a gate of
     one planted artifact); None, and kept as None in ``outputs``, where the source fails."""
     label = f"{path} [{reader}]"
     if label not in outputs:
         try:
-            runner = runner_for(listed(manifest, path), root, manifest, reader)
+            runner = runner_for(manifest.artifact(path), root, manifest, reader)
             outputs[label] = run_batches(runner, heldout.images, heldout.batch)
         except Exception:  # a source that fails has its own verdict; no comparison here
             outputs[label] = None

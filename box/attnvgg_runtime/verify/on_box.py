@@ -29,7 +29,7 @@ import numpy as np
 
 from attnvgg_runtime.errors import ConfigError, ToolchainError
 from attnvgg_runtime.files import write_text_atomic
-from attnvgg_runtime.manifest import ManifestError, read_manifest, verify_artifacts
+from attnvgg_runtime.manifest import Artifact, ManifestError, read_manifest, verify_artifacts
 from attnvgg_runtime.readers.cpu import cpu_identity, int8_products_saturate
 from attnvgg_runtime.verdicts import VERIFY_FORMAT, VERIFY_JSON, merge_history, read_box_history
 from attnvgg_runtime.verify.check import ArtifactParity, Case, check_artifact
@@ -58,8 +58,8 @@ class Restriction:
         return "; ".join(f"{name} {value if isinstance(value, int) else ', '.join(value)}"
                          for name, value in asdict(self).items() if value is not None) or "none"
 
-    def takes(self, artifact: dict) -> bool:
-        return self.artifacts is None or any(fnmatch.fnmatch(artifact["path"], p) for p in self.artifacts)
+    def takes(self, artifact: Artifact) -> bool:
+        return self.artifacts is None or any(fnmatch.fnmatch(artifact.path, p) for p in self.artifacts)
 
 
 def verify_build(manifest_path: Path, log=print, restriction: Restriction = Restriction()) -> dict:
@@ -69,7 +69,7 @@ def verify_build(manifest_path: Path, log=print, restriction: Restriction = Rest
     root = manifest_path.parent
     verify_artifacts(manifest_path)  # sha256 of every artifact, before anything runs
     manifest = read_manifest(manifest_path)
-    record = manifest.get("golden")
+    record = manifest.golden
     if not record:
         raise ManifestError(f"{manifest_path} lists no golden I/O: run the gate on the build "
                             f"(`make parity`, or `make engine`) before shipping it")
@@ -85,7 +85,7 @@ def verify_build(manifest_path: Path, log=print, restriction: Restriction = Rest
     golden = {name: _first_images(batches, reference, restriction.images)
               for name, (batches, reference) in golden.items()
               if restriction.cases is None or name in restriction.cases}
-    artifacts = [a for a in manifest["artifacts"] if restriction.takes(a)]
+    artifacts = [a for a in manifest.artifacts if restriction.takes(a)]
     if not artifacts:
         raise ManifestError(f"no artifact of {manifest_path} matches {restriction.artifacts}")
     recorded = {c["name"]: c for c in record["cases"]}
@@ -105,7 +105,7 @@ def verify_build(manifest_path: Path, log=print, restriction: Restriction = Rest
     outputs: dict = {}
     results = []
     for artifact in artifacts:  # each logged as it is judged: under emulation one takes minutes
-        entries = check_artifact(artifact, root, manifest, cases, record["budgets"][artifact["precision"]],
+        entries = check_artifact(artifact, root, manifest, cases, record["budgets"][artifact.precision],
                                  record["trained_weights"], outputs, readers=restriction.readers)
         for r in entries:
             _log_result(r, log)

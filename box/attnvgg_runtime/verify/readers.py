@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnvgg_runtime.errors import ReaderUnavailable
+from attnvgg_runtime.manifest import Artifact, Manifest
 from attnvgg_runtime.readers.cpu import cpu_identity, openvino_has_bf16, openvino_int8_has_vnni
 from attnvgg_runtime.readers.emulated import EmulatedRunner, emulated_cpu
 from attnvgg_runtime.readers.onnxruntime import ORT_SAVED_LEVEL, OnnxRuntimeRunner
@@ -14,9 +15,9 @@ from attnvgg_runtime.readers.openvino import OpenVinoRunner, precision_hint, rea
 from attnvgg_runtime.readers.tensorrt import TensorRTRunner
 
 
-def readers_of(artifact: dict) -> list[str]:
+def readers_of(artifact: Artifact) -> list[str]:
     """The readers that judge ``artifact``, by the gate's names (openvino-bf16 for the bf16 entry)."""
-    names = READERS[artifact["format"]]
+    names = READERS[artifact.format]
     return [reader_name(artifact) if name == "openvino" else name for name in names]
 
 
@@ -25,14 +26,14 @@ READERS = {"onnx": ("onnxruntime", "openvino"), "ort": ("onnxruntime",), "plan":
 KNOWN_READERS = ("onnxruntime", "openvino", "openvino-bf16", "tensorrt")  # the gate's names
 
 
-def runner_for(artifact: dict, root: Path, manifest: dict, reader: str):
+def runner_for(artifact: Artifact, root: Path, manifest: Manifest, reader: str):
     """The artifact under one reader: ONNX Runtime and OpenVINO on the CPU (every portable graph
     is read by both), TensorRT for plans (GPU machines). ReaderUnavailable where this machine
     cannot compute it."""
-    path = root / artifact["path"]
+    path = root / artifact.path
     if reader == "tensorrt":
         # version-compatible plans embed host code: trusted, since this build made them
-        trusted = manifest.get("tensorrt", {}).get("version_compatible", False)
+        trusted = (manifest.tensorrt or {}).get("version_compatible", False)
         return TensorRTRunner(path, host_code_allowed=trusted)
     if reader == "openvino-bf16" and not openvino_has_bf16():
         raise ReaderUnavailable("this CPU does not compute bf16 (no AMX or AVX512-BF16): the bf16 "
@@ -41,7 +42,8 @@ def runner_for(artifact: dict, root: Path, manifest: dict, reader: str):
         raise ReaderUnavailable("OpenVINO on a CPU without VNNI saturates signed int8 activations "
                                 "(int16 pair sums, docs/precision.md); ONNX Runtime reads this "
                                 "graph here, and its target is TensorRT")
-    return _cpu_runner(path, reader, "exact_int8_session_options" in artifact, precision_hint(artifact))
+    return _cpu_runner(path, reader, artifact.exact_int8_session_options is not None,
+                       precision_hint(artifact))
 
 
 def _cpu_runner(path: Path, reader: str, exact: bool, hint: str, optimization: str | None = None,
@@ -55,50 +57,45 @@ def _cpu_runner(path: Path, reader: str, exact: bool, hint: str, optimization: s
     return OnnxRuntimeRunner(path, exact_int8=exact, optimization=optimization)
 
 
-def not_gated_here(artifact: dict, reader: str) -> str | None:
+def not_gated_here(artifact: Artifact, reader: str) -> str | None:
     """Why this reading is measured and reported but not judged on this CPU, or None. One case:
     an fp16 graph under ONNX Runtime on an ARM core with fp16 arithmetic (asimdhp, ARMv8.2+),
     where ONNX Runtime computes its convolutions in fp16, accumulations included, at every
     optimization level (docs/precision.md, "ARM"); the graph's target is TensorRT, and the gate's
     CPU reading of it stands for fp16 storage with float32 arithmetic. A box of this class is not
     served the fp16 graph (attnvgg_runtime.artifacts.runnable)."""
-    if artifact["precision"] == "fp16" and reader == "onnxruntime" and "asimdhp" in cpu_identity()["isa"]:
+    if artifact.precision == "fp16" and reader == "onnxruntime" and "asimdhp" in cpu_identity()["isa"]:
         return ("ONNX Runtime computes fp16 in fp16 arithmetic on this ARM core (asimdhp), not as the "
                 "graph's target (TensorRT) does: measured and reported, not gated; ship fp32 or int8 "
                 "to this box class")
     return None
 
 
-def signed_int8_activations(artifact: dict) -> bool:
+def signed_int8_activations(artifact: Artifact) -> bool:
     """An int8 ONNX graph whose activations are quantized to signed int8 (the int8-trt graph), as
     the manifest records it (`activations`, schema 1.5, read from the graph at build time by
     attnvgg_export.verify.structure.qdq_types). Older manifests: the graph that carries
     `exact_int8_session_options`, the one with 8-bit weights and signed activations."""
-    if artifact["format"] != "onnx" or artifact["precision"] != "int8":
+    if artifact.format != "onnx" or artifact.precision != "int8":
         return False
-    if "activations" in artifact:
-        return artifact["activations"] == "int8"
-    return "exact_int8_session_options" in artifact
-
-
-def listed(manifest: dict, path: str) -> dict:
-    """The manifest's entry for ``path`` (a converted artifact's ``source``, say)."""
-    return next(a for a in manifest["artifacts"] if a["path"] == path)
+    if artifact.activations is not None:
+        return artifact.activations == "int8"
+    return artifact.exact_int8_session_options is not None
 
 
 RECONVERTED = {"ort": "its source read by ONNX Runtime at the level the .ort was saved at",
                "openvino-ir": "its source converted again by OpenVINO's convert_model, in memory"}
 
 
-def reconversion_runner(artifact: dict, root: Path, manifest: dict, reader: str):
+def reconversion_runner(artifact: Artifact, root: Path, manifest: Manifest, reader: str):
     """A converted artifact's conversion done again on this box from its source graph, without
     writing a file: what the artifact must compute exactly, on this box's kernels (an .ort is its
     graph optimized at ORT_SAVED_LEVEL; an IR is convert_model of its graph). None for a plan,
     whose build is not repeated (its source's ONNX Runtime reading is the second reader)."""
-    if artifact["format"] not in RECONVERTED:
+    if artifact.format not in RECONVERTED:
         return None
-    source = listed(manifest, artifact["source"])
-    return _cpu_runner(root / source["path"], reader, "exact_int8_session_options" in source,
+    source = manifest.artifact(artifact.source)
+    return _cpu_runner(root / source.path, reader, source.exact_int8_session_options is not None,
                        precision_hint(artifact),
-                       ORT_SAVED_LEVEL if artifact["format"] == "ort" else None,
-                       convert=artifact["format"] == "openvino-ir")
+                       ORT_SAVED_LEVEL if artifact.format == "ort" else None,
+                       convert=artifact.format == "openvino-ir")
