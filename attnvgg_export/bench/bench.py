@@ -21,11 +21,11 @@ from attnvgg_export.report.report import (
     format_bench,
     format_recommendation,
     plot_latency,
-    write_report,
+    publish,
 )
 from attnvgg_export.runtime.eager import eager_runner, model_from_manifest
 from attnvgg_runtime.files import write_text_atomic
-from attnvgg_runtime.manifest import Manifest, read_manifest, write_manifest
+from attnvgg_runtime.manifest import Manifest, read_manifest
 from attnvgg_runtime.readers.cpu import cpu_identity, exact_int8_options, openvino_has_bf16
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from attnvgg_runtime.readers.openvino import OpenVinoRunner, precision_hint, reader_name
@@ -147,9 +147,8 @@ def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print)
         "results": {name: {b: {k: round(v, 3) for k, v in r.items() if k in
                                ("p50_ms", "speedup_vs_eager", "images_per_s")}
                            for b, r in per_batch.items()} for name, per_batch in results.items()}}
-    write_manifest(manifest_path, manifest)
     plot_latency(root / LATENCY_PNG, bench)
-    write_report(root)
+    publish(root, manifest)
     log(format_bench(bench))
     log(format_recommendation(bench))
     return root / "bench.json"

@@ -24,7 +24,12 @@ from attnvgg_export.calibration.data import (
 from attnvgg_export.calibration.preprocessing import Preprocessing
 from attnvgg_export.convert.ort_format import onnx_to_ort
 from attnvgg_export.graphs.export import peak_rss_mib
-from attnvgg_export.graphs.fallback import FALLBACK_METRICS, FallbackGoal, quantize_with_fallback
+from attnvgg_export.graphs.fallback import (
+    FALLBACK_METRICS,
+    FallbackGoal,
+    FallbackReport,
+    quantize_with_fallback,
+)
 from attnvgg_export.graphs.fp16 import onnx_to_fp16
 from attnvgg_export.graphs.quantize import Int8Target, QuantizationError
 from attnvgg_export.manifest.lifecycle import forget_verdicts
@@ -143,27 +148,57 @@ def _load_data(manifest: Manifest, config: PrecisionConfig) -> tuple[DataSplit, 
     return split, calibration
 
 
+@dataclass
+class PrecisionGraphs:
+    """What the precision stage made: the graphs' manifest entries (path, then artifact_entry's
+    arguments), the calibration ranges and each int8 graph's layer-fallback report."""
+    artifacts: dict[str, tuple]
+    ranges: object  # calibration.calibrate's CalibrationRanges
+    fallback: dict[str, FallbackReport]
+
+
 def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=print) -> Path:
-    """fp16, int8-trt, int8-cpu graphs and engines/ort models beside ``manifest_path``."""
+    """fp16, int8-trt, int8-cpu graphs and engines/ort models beside ``manifest_path``: the data
+    split and eager's references, the graphs (make_graphs), their measure on the held-out images
+    (measure_heldout), the manifest's record of both written once, then the verdict on the layer
+    fallback (a missed target fails the stage, its graphs and record kept for inspection)."""
     manifest_path = Path(manifest_path)
     root = manifest_path.parent
     manifest = read_manifest(manifest_path)
-    fp32 = root / "model.onnx"
     timings: dict[str, float] = {}
-
     start = stage_start = time.perf_counter()
     data, calibration = _load_data(manifest, config)
     for note in data.notes:
         log(f"data: {note}")
     log(f"data: {len(data.calibration)} calibration, {len(data.tuning)} tuning (layer fallback), "
         f"{len(data.heldout)} held-out images (parity), disjoint")
-    heldout = data.heldout.images
     eager_model = model_from_manifest(manifest)
-    reference = run_batches(lambda x: run_torch(eager_model, x), heldout)
+    reference = run_batches(lambda x: run_torch(eager_model, x), data.heldout.images)
     goal = _fallback_goal(manifest, data.tuning, eager_model, config)
     timings["data_and_eager"] = time.perf_counter() - start
 
     forget_verdicts(manifest_path, manifest, log)  # before any artifact is rewritten
+    graphs = make_graphs(root, manifest, data, calibration, eager_model, goal, config, timings, log)
+    start = time.perf_counter()
+    parity = measure_heldout(root, graphs, data.heldout, reference, log)
+    timings["heldout"] = time.perf_counter() - start
+    timings["total"] = time.perf_counter() - stage_start  # from reading its data (imports not counted)
+    record_precision(manifest, root, graphs, data, parity, timings)
+    write_manifest(manifest_path, manifest)
+    log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
+        + f"; peak memory {peak_rss_mib():.0f} MiB")
+    missed = [r for r in graphs.fallback.values() if not r.met]
+    if missed:  # the graphs and the manifest stay for inspection; the build (and the gate) fail
+        raise missed_target_error(missed, manifest, config)
+    return manifest_path
+
+
+def make_graphs(root: Path, manifest: Manifest, data: DataSplit, calibration: list[ImageSet],
+                eager_model, goal: FallbackGoal, config: PrecisionConfig, timings: dict,
+                log) -> PrecisionGraphs:
+    """The fp16 graph (checked at the largest declared size), the calibration ranges, both int8
+    graphs with their layer fallback, and the ORT-format models."""
+    fp32 = root / "model.onnx"
     start = time.perf_counter()
     fp16 = onnx_to_fp16(fp32, root / "model.fp16.onnx")
     check_fp16_at_max_size(fp16, eager_model, manifest, config.seed, log)
@@ -177,10 +212,9 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
         f" ({'cached' if ranges.cached else f'{ranges.seconds:.1f} s'})")
 
     start = time.perf_counter()
-    fallback = {}
-    for target in Int8Target:
-        fallback[target.value] = quantize_with_fallback(
-            fp32, root / target.filename, ranges, target, goal, eager_model, config.max_fallback, log)
+    fallback = {target.value: quantize_with_fallback(fp32, root / target.filename, ranges, target, goal,
+                                                     eager_model, config.max_fallback, log)
+                for target in Int8Target}
     timings["quantize"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -189,30 +223,33 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     ort_int8 = onnx_to_ort(root / Int8Target.CPU.filename, ort_dir / "model.int8-cpu.ort")
     timings["ort_models"] = time.perf_counter() - start
 
-    trt_exact = Int8Target.TENSORRT.exact_int8_options
+    trt, cpu = root / Int8Target.TENSORRT.filename, root / Int8Target.CPU.filename
     artifacts = {
         "fp32-onnx": (fp32, "onnx", "fp32", "any"),
         "fp16-onnx": (fp16, "onnx", "fp16", "tensorrt"),
-        "int8-trt-onnx": (root / Int8Target.TENSORRT.filename, "onnx", "int8", "tensorrt", None,
-                          trt_exact, None, activation_type(root / Int8Target.TENSORRT.filename)),
-        "int8-cpu-onnx": (root / Int8Target.CPU.filename, "onnx", "int8", "onnxruntime-cpu", None,
-                          None, None, activation_type(root / Int8Target.CPU.filename)),
+        "int8-trt-onnx": (trt, "onnx", "int8", "tensorrt", None, Int8Target.TENSORRT.exact_int8_options,
+                          None, activation_type(trt)),
+        "int8-cpu-onnx": (cpu, "onnx", "int8", "onnxruntime-cpu", None, None, None, activation_type(cpu)),
         "fp32-ort": (ort_fp32, "ort", "fp32", "onnxruntime-cpu", None, None, fp32),
-        "int8-cpu-ort": (ort_int8, "ort", "int8", "onnxruntime-cpu", None, None,
-                         root / Int8Target.CPU.filename),
+        "int8-cpu-ort": (ort_int8, "ort", "int8", "onnxruntime-cpu", None, None, cpu),
     }
-    start = time.perf_counter()
-    labels = data.heldout.labels
+    return PrecisionGraphs(artifacts, ranges, fallback)
+
+
+def measure_heldout(root: Path, graphs: PrecisionGraphs, heldout: ImageSet, reference: np.ndarray,
+                    log) -> dict:
+    """The reduced-precision graphs measured on the held-out images once here: the figures the
+    gate's drift check holds them to. (fp32 is verified at export; .ort files are their .onnx
+    graphs optimized; the gate measures all of them.) Where the tuning images aimed the fallback
+    at accuracy, the disjoint held-out images confirm its drop (recorded on the fallback report)."""
+    labels, images = heldout.labels, heldout.images
     parity = {}
     if labels is not None:
-        parity["eager-fp32"] = {"accuracy": accuracy(reference, labels), "images": len(heldout)}
-    # The reduced-precision graphs, measured on the held-out images once here: the figures the
-    # gate's drift check holds them to. (fp32 is verified at export; .ort files are their .onnx
-    # graphs optimized; the gate measures all of them.)
+        parity["eager-fp32"] = {"accuracy": accuracy(reference, labels), "images": len(images)}
     for name in ("fp16-onnx", "int8-trt-onnx", "int8-cpu-onnx"):
-        path = artifacts[name][0]
-        outputs = run_batches(OnnxRuntimeRunner(path, exact_int8=name == "int8-trt-onnx"), heldout)
-        c = compare(outputs, reference, heldout.shape, FP16_TOLERANCE)
+        path = graphs.artifacts[name][0]
+        outputs = run_batches(OnnxRuntimeRunner(path, exact_int8=name == "int8-trt-onnx"), images)
+        c = compare(outputs, reference, images.shape, FP16_TOLERANCE)
         m = metrics(outputs, reference, labels)
         parity[name] = {"path": path.relative_to(root).as_posix(), "rel_max": c.rel_max,
                         "rel_l2": m["rel_l2"], "cosine": m["cosine"], "finite": m["finite"],
@@ -221,51 +258,54 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
                            else {})}
         log(f"  {name}: cosine {m['cosine']:.5f}, rel max err {c.rel_max:.2e}, "
             f"top-1 agreement {m['top1']:.3f}")
-        aimed = fallback.get(name.removesuffix("-onnx"))
+        aimed = graphs.fallback.get(name.removesuffix("-onnx"))
         if aimed is not None and aimed.accuracy is not None:
-            # the tuning images chose the layers; the disjoint held-out images confirm the drop
             confirmed = drop_verdict(m["lost"], m["gained"], m["images"], aimed.accuracy["budget"])
             aimed.accuracy["confirmed"] = {"images": m["images"], "lost": m["lost"],
                                            "gained": m["gained"], **confirmed}
             log(f"  {name}: top-1 drop on the held-out images {100 * confirmed['drop']:+.2f} "
                 f"points, 95% interval [{100 * confirmed['low']:+.2f}, {100 * confirmed['high']:+.2f}]"
                 f": {confirmed['verdict']}")
+    return parity
 
-    timings["heldout"] = time.perf_counter() - start
 
-    manifest.artifacts = [artifact_entry(p, root, *rest) for p, *rest in artifacts.values()]
+def record_precision(manifest: Manifest, root: Path, graphs: PrecisionGraphs, data: DataSplit,
+                     parity: dict, timings: dict) -> None:
+    """The stage's record in the manifest: its artifacts (int8's served sizes declared), the data
+    split, the calibration and layer fallback, the held-out figures, its time and memory."""
+    ranges = graphs.ranges
+    manifest.artifacts = [artifact_entry(p, root, *rest) for p, *rest in graphs.artifacts.values()]
     declare_served_ranges(manifest)  # int8: the sizes its verdict covers
     manifest.data_split = data.record()
     manifest.calibration = {
         "source": data.calibration.source, "method": ranges.method, "images": ranges.count,
-        "heldout_images": len(heldout), "ranges": ranges.ranges_path.relative_to(root).as_posix(),
+        "heldout_images": len(data.heldout), "ranges": ranges.ranges_path.relative_to(root).as_posix(),
         "cached": ranges.cached, "notes": list(data.notes),
-        "fallback": {k: v.to_json() for k, v in fallback.items()},
+        "fallback": {k: v.to_json() for k, v in graphs.fallback.items()},
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "peak_rss_mib": round(peak_rss_mib()),
     }
     manifest.parity["heldout-vs-eager"] = parity
-    # "total": the stage from reading its data to here (Python's start and imports not counted)
-    timings["total"] = time.perf_counter() - stage_start
-    manifest.calibration["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
-    manifest.calibration["peak_rss_mib"] = round(peak_rss_mib())
-    write_manifest(manifest_path, manifest)
-    log("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
-        + f"; peak memory {peak_rss_mib():.0f} MiB")
-    missed = [r for r in fallback.values() if not r.met]
-    if missed:  # the graphs and the manifest stay for inspection; the build (and the gate) fail
-        dynamic = manifest.dynamic
-        opt = f"{dynamic['height']['opt']}x{dynamic['width']['opt']}"
-        edges = [hint for r in missed if (hint := r.range_hint(opt))]
-        declared = (f"H {dynamic['height']['min']}-{dynamic['height']['max']}, "
-                    f"W {dynamic['width']['min']}-{dynamic['width']['max']}")
-        raise FallbackTargetError(
-            "; ".join(f"{r.target}: {r.describe()} (target: {r.metric} >= {r.goal}) with "
-                      f"{len(r.fallen_back)} layers in float" for r in missed)
-            + (f". int8 misses its budget only at the edge of the declared range ({declared}): "
-               f"{'; '.join(edges)}. Declare the sizes the model serves (make HEIGHT_RANGE=MIN,OPT,MAX "
-               f"WIDTH_RANGE=MIN,OPT,MAX, or export --height/--width), e.g. up to the largest side "
-               f"where it held; or calibrate" if edges else ". Calibrate")
-            + f" on more representative images (CALIB_DIR; --calib-largest-share "
-              f"for graphs served far from their opt size), try another --method, allow more "
-              f"layers in float (--max-fallback, now {config.max_fallback}), or lower "
-              f"--{'margin' if config.metric == 'margin' else 'agreement'}-target")
-    return manifest_path
+
+
+def missed_target_error(missed: list[FallbackReport], manifest: Manifest,
+                        config: PrecisionConfig) -> FallbackTargetError:
+    """What to change where the layer fallback missed its target: the declared range, where int8
+    missed only at its edge (with the shapes where it held), else calibration and the fallback's
+    own settings."""
+    dynamic = manifest.dynamic
+    opt = f"{dynamic['height']['opt']}x{dynamic['width']['opt']}"
+    edges = [hint for r in missed if (hint := r.range_hint(opt))]
+    declared = (f"H {dynamic['height']['min']}-{dynamic['height']['max']}, "
+                f"W {dynamic['width']['min']}-{dynamic['width']['max']}")
+    return FallbackTargetError(
+        "; ".join(f"{r.target}: {r.describe()} (target: {r.metric} >= {r.goal}) with "
+                  f"{len(r.fallen_back)} layers in float" for r in missed)
+        + (f". int8 misses its budget only at the edge of the declared range ({declared}): "
+           f"{'; '.join(edges)}. Declare the sizes the model serves (make HEIGHT_RANGE=MIN,OPT,MAX "
+           f"WIDTH_RANGE=MIN,OPT,MAX, or export --height/--width), e.g. up to the largest side "
+           f"where it held; or calibrate" if edges else ". Calibrate")
+        + f" on more representative images (CALIB_DIR; --calib-largest-share "
+          f"for graphs served far from their opt size), try another --method, allow more "
+          f"layers in float (--max-fallback, now {config.max_fallback}), or lower "
+          f"--{'margin' if config.metric == 'margin' else 'agreement'}-target")

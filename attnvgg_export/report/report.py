@@ -412,9 +412,22 @@ def _summary_section(manifest: Manifest, parity: dict | None, bench: dict | None
     return lines + ["", "The full tables follow.", ""]
 
 
-def write_report(root: Path) -> Path:
-    manifest_path = root / "manifest.json"
-    manifest = read_manifest(manifest_path)
+REPORT = "report.md"
+
+
+def publish(root: Path, manifest: Manifest) -> Path:
+    """The one publish step of a stage: report.md rendered from ``manifest`` and the stage files
+    beside it, then the manifest, naming it, written once (report first: a manifest never names a
+    report that is not there). Returns the manifest's path."""
+    write_report(root, manifest)
+    manifest.report = REPORT
+    return write_manifest(root / "manifest.json", manifest)
+
+
+def write_report(root: Path, manifest: Manifest | None = None) -> Path:
+    """report.md from ``manifest`` (read from ``root`` where not given) and the JSON files the
+    stages wrote; the manifest is the caller's to write (publish)."""
+    manifest = manifest or read_manifest(root / "manifest.json")
     parity = json.loads((root / "parity.json").read_text()) if (root / "parity.json").is_file() else None
     bench = json.loads((root / "bench.json").read_text()) if (root / "bench.json").is_file() else None
     lines = [f"# {manifest.variant}: deployment report", "",
@@ -450,7 +463,4 @@ def write_report(root: Path) -> Path:
                   f"{bench['threads']} threads. {describe_limits(bench)}", "", format_bench(bench), "",
                   "### Recommended", "", format_recommendation(bench), "",
                   f"![latency]({LATENCY_PNG})", ""]
-    path = write_text_atomic(root / "report.md", "\n".join(lines))
-    manifest.report = "report.md"
-    write_manifest(manifest_path, manifest)
-    return path
+    return write_text_atomic(root / REPORT, "\n".join(lines))

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from attnvgg_export.calibration.data import NOISE
+from attnvgg_export.calibration.data import NOISE, ImageSet
 from attnvgg_export.manifest.lifecycle import invalidate_recommendation, recommendation_still_passes
 from attnvgg_export.models import ConfigError
-from attnvgg_export.report.report import write_report
+from attnvgg_export.report.report import publish
 from attnvgg_export.runtime.eager import model_from_manifest, run_torch
 from attnvgg_export.verify.budgets import changed_budgets, load_tolerances
 from attnvgg_export.verify.cases import ShapeCase, heldout_images, shape_cases
-from attnvgg_export.verify.evaluate import EVAL_CASE, eager_on_labels, judge_on_labels
+from attnvgg_export.verify.evaluate import EVAL_CASE, LabelledReference, eager_on_labels, judge_on_labels
 from attnvgg_export.verify.explain import EXPLAIN_IMAGES, first_past, module_errors, write_explain_json
 from attnvgg_export.verify.structure import static_violations
 from attnvgg_runtime.files import atomic_path, write_text_atomic
-from attnvgg_runtime.manifest import INT8_MIN_SIDE, Manifest, read_manifest, verify_artifacts, write_manifest
+from attnvgg_runtime.manifest import INT8_MIN_SIDE, Manifest, read_manifest, verify_artifacts
 from attnvgg_runtime.readers import run_batches
 from attnvgg_runtime.readers.cpu import cpu_identity
 from attnvgg_runtime.readers.emulated import emulated_cpu
@@ -108,126 +108,188 @@ def built_here(manifest: Manifest) -> bool:
             and (manifest.tensorrt or {}).get("host", socket.gethostname()) == socket.gethostname())
 
 
-def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
-               only: set[str] | None = None, cases: set[str] | None = None,
-               eval_dir: str | Path | None = None, strict_accuracy: bool = False,
-               images: int | None = None) -> ParityReport:
-    """The gate. ``only``: check just these artifact paths (the self-test's planted bugs);
-    ``cases``: just these shape cases (the emulated run of `make test-isa`, where every kernel
-    runs ~30 times slower). The verdict then covers only them. ``eval_dir``: EVAL_DIR, labelled
-    images on which every artifact's accuracy drop is judged with its interval
-    (attnvgg_export.verify.evaluate); ``strict_accuracy``: a drop that those images cannot resolve
-    fails too (by default it is reported, and fails only where its point estimate is over).
-    ``images``: only the first N held-out images (the corners follow them): what fits an emulated
-    CPU in CI (`make test-isa`); the verdict then covers only them."""
+@dataclass
+class GateInputs:
+    """What one gate run judges: the build, its budgets, its cases with eager's outputs, and
+    EVAL_DIR where given (read and checked by gate_inputs, before anything is measured)."""
+    root: Path
+    manifest: Manifest
+    budgets: dict
+    changed: list[str]  # budget keys a user's file changed
+    trained: bool
+    heldout: ImageSet
+    cases: dict[str, ShapeCase]
+    whole: bool  # every case, artifact and image: the run whose inputs become the golden I/O
+    model: object  # eager PyTorch fp32
+    references: dict[str, np.ndarray]  # eager's outputs per case
+    labelled: LabelledReference | None  # EVAL_DIR
+    built_rel_l2: dict[str, float]  # what the precision stage measured (drift)
+
+
+def gate_inputs(manifest_path: Path, tolerances: Path | None, only: set[str] | None,
+                cases: set[str] | None, eval_dir, images: int | None, log) -> GateInputs:
+    """The build read and refused where it cannot be judged (edited artifacts, a precision with
+    no budget, an unknown case or artifact), and eager's outputs on every case."""
     manifest_path = Path(manifest_path)
-    root = manifest_path.parent
     verify_artifacts(manifest_path)  # missing or edited artifacts are refused before anything runs
     manifest = read_manifest(manifest_path)
     budgets = load_tolerances(manifest.variant, tolerances)
-    changed = changed_budgets(manifest.variant, tolerances)
     missing = sorted({a.precision for a in manifest.artifacts} - set(budgets))
     if missing:
         raise ConfigError(f"no parity budget for precision {', '.join(missing)}: add a "
                           f"[precision.{missing[0]}] section to {tolerances or 'the tolerances'}")
-    trained = bool(manifest.model["checkpoint"])
     heldout = heldout_images(manifest)
     if images is not None:
         heldout = heldout.first(images)
-    all_cases = shape_cases(manifest.dynamic, heldout,
-                            noise=manifest.data_split["source"] == NOISE)
+    all_cases = shape_cases(manifest.dynamic, heldout, noise=manifest.data_split["source"] == NOISE)
     unknown = (cases or set()) - set(all_cases)
     if unknown:
         raise ConfigError(f"no shape case {sorted(unknown)} in this build; its cases: "
                           f"{', '.join(all_cases)}")
-    cases = {name: case for name, case in all_cases.items()  # held-out: drift, errors, explain
-             if cases is None or name in cases | {"heldout"}}
-    if only:
-        listed = {a.path for a in manifest.artifacts}
-        if only - listed:
-            raise ConfigError(f"no artifact {sorted(only - listed)} in {manifest_path}; it lists "
-                              f"{', '.join(sorted(listed))}")
+    listed = {a.path for a in manifest.artifacts}
+    if only and only - listed:
+        raise ConfigError(f"no artifact {sorted(only - listed)} in {manifest_path}; it lists "
+                          f"{', '.join(sorted(listed))}")
+    chosen = {name: case for name, case in all_cases.items()  # held-out: drift, errors, explain
+              if cases is None or name in cases | {"heldout"}}
     model = model_from_manifest(manifest)
     references = {name: run_batches(lambda x: run_torch(model, x), case.images, case.batch)
-                  for name, case in cases.items()}
-    if len(cases) == len(all_cases) and only is None and images is None:  # the whole gate's inputs travel
-        manifest.golden = write_golden(root, cases, references) | {
-            "trained_weights": trained,
-            "budgets": {p: budgets[p] for p in sorted({a.precision for a in manifest.artifacts})}}
-    if changed:
-        log(f"budgets from {tolerances} that differ from the defaults: {'; '.join(changed)}")
+                  for name, case in chosen.items()}
+    # the precision stage measured each graph with ONNX Runtime on every held-out image; drift is
+    # judged against that (not on a subset of the images, whose figure is another)
+    built = {r["path"]: r["rel_l2"] for r in manifest.parity.get("heldout-vs-eager", {}).values()
+             if "rel_l2" in r} if images is None else {}
+    return GateInputs(manifest_path.parent, manifest, budgets, changed_budgets(manifest.variant, tolerances),
+                      manifest.trained, heldout, chosen,
+                      len(chosen) == len(all_cases) and only is None and images is None, model,
+                      references, eager_on_labels(eval_dir, manifest, model, log) if eval_dir else None,
+                      built)
+
+
+def measure(inputs: GateInputs, only: set[str] | None, strict_accuracy: bool,
+            log) -> tuple[list[ArtifactParity], dict]:
+    """Every artifact (or those in ``only``) under each of its readers, on every case, judged by
+    its budget: the box's per-artifact check (attnvgg_runtime.verify.check), and EVAL_DIR's
+    accuracy on each loaded reader. Returns the readings and the held-out outputs by label."""
+    checked = {name: Case(case.images, case.batch, inputs.references[name], case.labels, case.sources,
+                          case.int8_gated) for name, case in inputs.cases.items()}
+    with_labels = (lambda entry, runner: judge_on_labels(
+        entry, runner, inputs.labelled, entry.budget, log, strict_accuracy)) if inputs.labelled else None
+    results, outputs = [], {}
+    for artifact in inputs.manifest.artifacts:
+        if only is None or artifact.path in only:
+            results += check_artifact(artifact, inputs.root, inputs.manifest, checked,
+                                      inputs.budgets[artifact.precision], inputs.trained, outputs,
+                                      inputs.built_rel_l2.get(artifact.path), with_labels)
+    return results, outputs
+
+
+def judge_build(inputs: GateInputs, results: list[ArtifactParity]) -> None:
+    """What concerns an artifact as a whole rather than a reading of it, added to its readings'
+    findings: the graph's structure (TensorRT's Q/DQ rules, fp16 cast islands), plans this machine
+    built but cannot run, a layer fallback that missed its target."""
+    manifest, seen = inputs.manifest, set()
+    missed = {target: report for target, report in
+              (manifest.calibration or {}).get("fallback", {}).items() if not report["met"]}
+    for entry in results:
+        artifact = manifest.artifact(entry.path)
+        if entry.path not in seen:  # once per artifact, on its first reading
+            seen.add(entry.path)
+            entry.failures += [Finding("structure", v)
+                               for v in static_violations(inputs.root / artifact.path, artifact)]
+        if entry.skipped and entry.reader == "tensorrt" and built_here(manifest):
+            entry.failures.append(Finding(
+                "gpu_visible", f"cannot be verified: {entry.skipped}; but this machine built the plans "
+                f"(backend.used tensorrt): its GPU must be visible to the gate "
+                f"(CUDA_VISIBLE_DEVICES, the driver)"))
+            entry.skipped = None
+        for target, report in missed.items():
+            if artifact.path in FALLBACK_ARTIFACTS[target]:
+                entry.failures.append(Finding(
+                    "fallback_target", f"the layer fallback missed its target: {report['metric']} "
+                    f"{report['final']:.4f} < {report['goal']} on the tuning set",
+                    measured=report["final"], budget=report["goal"]))
+
+
+def record(inputs: GateInputs, results: list[ArtifactParity], strict_accuracy: bool) -> ParityReport:
+    heldout = inputs.heldout
+    return ParityReport(inputs.manifest.variant, inputs.trained, results,
+                        {"images": len(heldout), "distinct_sources": heldout.distinct_sources(),
+                         "source": heldout.source, "ids_sha256": heldout.ids_sha256()},
+                        list(inputs.cases),
+                        {p: inputs.budgets[p] for p in sorted({a.precision for a in results})},
+                        budgets_changed=inputs.changed,
+                        evaluation=inputs.labelled.record if inputs.labelled else None,
+                        strict_accuracy=strict_accuracy)
+
+
+def publish_gate(inputs: GateInputs, report: ParityReport, outputs: dict, log) -> None:
+    """Everything the run wrote, once: parity.json and its JUnit file, the golden I/O (a whole run's
+    inputs), the manifest's gate record (and the recommendation dropped where it names what this
+    run did not pass), then report.md and the manifest (report.publish)."""
+    root, manifest = inputs.root, inputs.manifest
+    errors = {label: (out - inputs.references["heldout"]).ravel()
+              for label, out in outputs.items() if out is not None}
+    write_parity_files(root, report, error_histograms(errors))
+    if inputs.whole:  # the whole gate: its inputs travel with it, for the box to re-check
+        manifest.golden = write_golden(root, inputs.cases, inputs.references) | {
+            "trained_weights": inputs.trained,
+            "budgets": {p: inputs.budgets[p] for p in sorted({a.precision for a in manifest.artifacts})}}
+    manifest.parity["gate"] = {"passed": report.passed, "failures": report.failure_records(),
+                               "skipped": report.skipped(), "warnings": report.warnings(),
+                               "verdicts": report.verdicts(), "cpu": report.cpu, "budgets": report.budgets,
+                               "budgets_changed": inputs.changed, "file": "parity.json",
+                               "junit": "parity.junit.xml"}
+    if not recommendation_still_passes(manifest):  # it was chosen by the previous verdicts
+        removed = invalidate_recommendation(root, manifest)
+        log(f"  the speed recommendation names an artifact this run did not pass; removed "
+            f"{', '.join(removed)} (`make bench` chooses again)")
+    publish(root, manifest)
+
+
+def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
+               only: set[str] | None = None, cases: set[str] | None = None,
+               eval_dir: str | Path | None = None, strict_accuracy: bool = False,
+               images: int | None = None) -> ParityReport:
+    """The gate: read the build (gate_inputs), measure every reading against its budget
+    (measure), judge what concerns an artifact as a whole (judge_build), record the verdict
+    (record), explain the failing graphs, publish every file once (publish_gate).
+
+    ``only``: check just these artifact paths (the self-test's planted bugs); ``cases``: just these
+    shape cases (the emulated run of `make test-isa`, where every kernel runs ~30 times slower).
+    The verdict then covers only them. ``eval_dir``: EVAL_DIR, labelled images on which every
+    artifact's accuracy drop is judged with its interval (attnvgg_export.verify.evaluate);
+    ``strict_accuracy``: a drop that those images cannot resolve fails too (by default it is a
+    warning, and fails only where it is over budget). ``images``: only the first N held-out images
+    (the corners follow them): what fits an emulated CPU in CI (`make test-isa`); the verdict then
+    covers only them."""
+    inputs = gate_inputs(manifest_path, tolerances, only, cases, eval_dir, images, log)
+    _log_plan(inputs, tolerances, log)
+    results, outputs = measure(inputs, only, strict_accuracy, log)
+    judge_build(inputs, results)
+    exact = {a.path for a in inputs.manifest.artifacts if a.exact_int8_session_options is not None}
+    explain_graphs(results, inputs.root, inputs.model, inputs.cases, inputs.budgets, log, exact)
+    for entry in results:
+        _log_entry(entry, log)
+    report = record(inputs, results, strict_accuracy)
+    publish_gate(inputs, report, outputs, log)
+    return report
+
+
+def _log_plan(inputs: GateInputs, tolerances: Path | None, log) -> None:
+    if inputs.changed:
+        log(f"budgets from {tolerances} that differ from the defaults: {'; '.join(inputs.changed)}")
     if emulated_cpu():
         log(f"readers run as an emulated {emulated_cpu()} CPU (qemu-x86_64; "
             f"attnvgg_runtime.readers.emulated)")
+    heldout, cases = inputs.heldout, inputs.cases
     log(f"parity against eager PyTorch fp32 on {len(heldout)} held-out images from "
         f"{heldout.distinct_sources()} distinct sources ({heldout.source}; "
         f"never used for calibration or tuning) and at {len(cases) - 1} corner shapes "
         f"({', '.join(f'{n} on {len(c.images)} images' for n, c in list(cases.items())[1:])}; "
         f"int8 gated where every side is at least {INT8_MIN_SIDE} px); "
-        + ("trained weights: top-1/top-5 budgets apply" if trained else
+        + ("trained weights: top-1/top-5 budgets apply" if inputs.trained else
            "random-init weights: top-1/top-5 reported, not gated"))
-    missed = {target: report for target, report in
-              (manifest.calibration or {}).get("fallback", {}).items() if not report["met"]}
-    labelled = eager_on_labels(eval_dir, manifest, model, log) if eval_dir else None
-    # the precision stage measured each graph with ONNX Runtime on every held-out image; drift is
-    # judged against that (not on a subset of the images, whose figure is another)
-    built_rel_l2 = {r["path"]: r["rel_l2"] for r in
-                    manifest.parity.get("heldout-vs-eager", {}).values() if "rel_l2" in r} \
-        if images is None else {}
-    checked = {name: Case(case.images, case.batch, references[name], case.labels, case.sources,
-                          case.int8_gated) for name, case in cases.items()}
-    with_labels = (lambda entry, runner: judge_on_labels(entry, runner, labelled, entry.budget, log,
-                                                          strict_accuracy)) if labelled else None
-    results, heldout_outputs = [], {}
-    for artifact in manifest.artifacts:
-        if only is not None and artifact.path not in only:
-            continue
-        entries = check_artifact(artifact, root, manifest, checked, budgets[artifact.precision],
-                                 trained, heldout_outputs, built_rel_l2.get(artifact.path),
-                                 with_labels)
-        entries[0].failures += [Finding("structure", v)
-                                for v in static_violations(root / artifact.path, artifact)]
-        for entry in entries:
-            if entry.skipped and entry.reader == "tensorrt" and built_here(manifest):
-                entry.failures.append(Finding(
-                    "gpu_visible", f"cannot be verified: {entry.skipped}; but this machine built the plans "
-                    f"(backend.used tensorrt): its GPU must be visible to the gate "
-                    f"(CUDA_VISIBLE_DEVICES, the driver)"))
-                entry.skipped = None
-            for target, report in missed.items():
-                if artifact.path in FALLBACK_ARTIFACTS[target]:
-                    entry.failures.append(Finding(
-                        "fallback_target", f"the layer fallback missed its target: {report['metric']} "
-                        f"{report['final']:.4f} < {report['goal']} on the tuning set",
-                        measured=report["final"], budget=report["goal"]))
-            results.append(entry)
-    exact = {a.path for a in manifest.artifacts if a.exact_int8_session_options is not None}
-    explain_graphs(results, root, model, cases, budgets, log, exact)
-    for entry in results:
-        _log_entry(entry, log)
-    errors = {label: (outputs - references["heldout"]).ravel()
-              for label, outputs in heldout_outputs.items() if outputs is not None}
-    report = ParityReport(manifest.variant, trained, results,
-                          {"images": len(heldout), "distinct_sources": heldout.distinct_sources(),
-                           "source": heldout.source, "ids_sha256": heldout.ids_sha256()}, list(cases),
-                          {p: budgets[p] for p in sorted({a.precision for a in results})},
-                          budgets_changed=changed,
-                          evaluation=labelled.record if labelled else None,
-                          strict_accuracy=strict_accuracy)
-    write_parity_files(root, report, error_histograms(errors))
-    manifest.parity["gate"] = {"passed": report.passed, "failures": report.failure_records(),
-                                  "skipped": report.skipped(), "warnings": report.warnings(),
-                                  "verdicts": report.verdicts(),
-                                  "cpu": report.cpu, "budgets": report.budgets,
-                                  "budgets_changed": changed, "file": "parity.json",
-                                  "junit": "parity.junit.xml"}
-    if not recommendation_still_passes(manifest):  # it was chosen by the previous verdicts
-        removed = invalidate_recommendation(root, manifest)
-        log(f"  the speed recommendation names an artifact this run did not pass; removed "
-            f"{', '.join(removed)} (`make bench` chooses again)")
-    write_manifest(manifest_path, manifest)
-    write_report(root)
-    return report
 
 
 def explain_graphs(results: list[ArtifactParity], root: Path, model, cases: dict[str, ShapeCase],

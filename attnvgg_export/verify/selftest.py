@@ -23,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from attnvgg_export.models import ToolchainError
-from attnvgg_export.report.report import write_report
+from attnvgg_export.report.report import publish
 from attnvgg_export.verify.gate import run_parity
 from attnvgg_runtime.files import write_text_atomic
 from attnvgg_runtime.manifest import read_manifest, sha256_file, verify_artifacts, write_manifest
@@ -331,7 +331,7 @@ def run_selftest(manifest_path: Path, log=print, converted_only: bool = False) -
                                           if r["outcome"] == "baseline failed"}),
                "bugs": results}
     write_text_atomic(root / SELFTEST_JSON, json.dumps(summary, indent=2) + "\n")
-    write_report(root)
+    publish(root, read_manifest(manifest_path))
     if summary["baseline_failed"]:
         raise SelfTestError(f"the unplanted build already fails the gate for "
                             f"{', '.join(summary['baseline_failed'])}: a bug planted there proves "
