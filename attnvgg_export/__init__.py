@@ -19,7 +19,7 @@ one sub-package per stage (`make engine` and `attnvgg-export engine` run them in
 The manifest contract, the ONNX Runtime, OpenVINO, TensorRT and emulated readers, the measures,
 the judgement against a budget, the per-artifact check and the golden I/O reader are the
 box-side package's (box/attnvgg_runtime, installed beside this one): the gate and a target box
-run the same code. Imports go one way (tests/test_layers.py holds it): attnvgg_runtime imports
+run the same code. Imports go one way (tests/test_import_rules.py holds it): attnvgg_runtime imports
 nothing of the toolchain; verify/ and runtime/ never import graphs/ or convert/; report/ reads
 files only; torch is imported at module level only by graphs/ and runtime/eager.py. (The stage
 that makes graphs is graphs/, not build/: pytest's default norecursedirs, ruff's default exclude
