@@ -26,16 +26,11 @@ that makes graphs is graphs/, not build/: pytest's default norecursedirs, ruff's
 and the usual .gitignore all skip a folder named build, which would drop its tests and files.)
 """
 
-import importlib
+from attnvgg_runtime.lazy import lazy_api
 
 # the API, loaded on first use (PEP 562): `import attnvgg_export` costs nothing until called
 _API = {"build": "api", "read_result": "api", "BuildResult": "api", "Verdict": "api", "Speed": "api",
         "GateFailed": "api"}
 
 __all__ = sorted(_API)
-
-
-def __getattr__(name: str):
-    if name in _API:
-        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
-    raise AttributeError(f"module 'attnvgg_export' has no attribute {name!r}")
+__getattr__ = lazy_api(__name__, _API)

@@ -185,20 +185,18 @@ def _planted(tmp_path: Path, module: str, line: str) -> Path:
     return copy
 
 
-def test_the_rules_catch_a_forbidden_import_even_inside_a_function(tmp_path):
-    tree = _planted(tmp_path, "attnvgg_export.verify.structure",
-                    "from attnvgg_export.graphs.export import peak_rss_mib")
-    assert layer_violations(import_graph(tree)) == [
-        "attnvgg_export.verify.structure imports attnvgg_export.graphs.export: verify/ may import only "
-        "box, calibration, common, manifest, models, report, runtime"]
-
-
-def test_the_rules_catch_the_box_package_importing_the_toolchain(tmp_path):
-    tree = _planted(tmp_path, "attnvgg_runtime.verify.measures",
-                    "from attnvgg_export.models import create_model")
-    assert layer_violations(import_graph(tree)) == [
-        "attnvgg_runtime.verify.measures imports attnvgg_export.models: the box-side package imports "
-        "nothing of the toolchain (it installs without it)"]
+@pytest.mark.parametrize(("module", "line", "violation"), [
+    # a forbidden import, even inside a function
+    ("attnvgg_export.verify.structure", "from attnvgg_export.graphs.export import peak_rss_mib",
+     "attnvgg_export.verify.structure imports attnvgg_export.graphs.export: verify/ may import only "
+     "box, calibration, common, manifest, models, report, runtime"),
+    # the box-side package importing the toolchain
+    ("attnvgg_runtime.verify.measures", "from attnvgg_export.models import create_model",
+     "attnvgg_runtime.verify.measures imports attnvgg_export.models: the box-side package imports "
+     "nothing of the toolchain (it installs without it)"),
+])
+def test_the_rules_catch_a_planted_import(tmp_path, module, line, violation):
+    assert layer_violations(import_graph(_planted(tmp_path, module, line))) == [violation]
 
 
 def test_the_rules_catch_a_cycle_made_by_a_deferred_import(tmp_path):

@@ -44,7 +44,7 @@ def openvino_artifacts(root: Path, manifest: Manifest, log=print) -> list[Artifa
                               source=root / "model.onnx")]
     if openvino_has_bf16():
         entries.append(artifact_entry(fp32, root, "openvino-ir", "bf16", "openvino-cpu",
-                                      BF16_OPTIONS))
+                                      runtime_options=BF16_OPTIONS))
     entries.append(artifact_entry(int8, root, "openvino-ir", "int8", "openvino-cpu",
                                   source=int8_graph))
     listed = ", ".join(f"{e.path} ({e.precision})" for e in entries)
@@ -72,12 +72,12 @@ def build_engines(manifest_path: Path, backend: str = "auto", log=print) -> Path
             report = onnx_to_plan(graph, trt_dir / f"{name}.plan",
                                   served_range(manifest.dynamic, name), config)
             manifest.artifacts.append(artifact_entry(report.plan, root, "plan", name, "tensorrt",
-                                                        source=graph))
+                                                     source=graph))
             log(f"  built {report.plan} (layer info: {report.layers.name})")
         manifest.tensorrt = {"version": report.tensorrt_version, "gpu": report.gpu,
-                                "compute_capability": report.compute_capability,
-                                "version_compatible": config.version_compatible,
-                                "host": socket.gethostname()}  # the gate fails, not skips, here
+                             "compute_capability": report.compute_capability,
+                             "version_compatible": config.version_compatible,
+                             "host": socket.gethostname()}  # the gate fails, not skips, here
     declare_served_ranges(manifest)
     write_manifest(manifest_path, manifest)
     return manifest_path

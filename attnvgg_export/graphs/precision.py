@@ -39,6 +39,7 @@ from attnvgg_export.verify.budgets import load_tolerances
 from attnvgg_export.verify.cases import shape_cases
 from attnvgg_export.verify.structure import activation_type
 from attnvgg_runtime.manifest import (
+    Artifact,
     Manifest,
     artifact_entry,
     declare_served_ranges,
@@ -150,9 +151,9 @@ def _load_data(manifest: Manifest, config: PrecisionConfig) -> tuple[DataSplit, 
 
 @dataclass
 class PrecisionGraphs:
-    """What the precision stage made: the graphs' manifest entries (path, then artifact_entry's
-    arguments), the calibration ranges and each int8 graph's layer-fallback report."""
-    artifacts: dict[str, tuple]
+    """What the precision stage made: the graphs' manifest entries, the calibration ranges and
+    each int8 graph's layer-fallback report."""
+    artifacts: dict[str, Artifact]
     ranges: object  # calibration.calibrate's CalibrationRanges
     fallback: dict[str, FallbackReport]
 
@@ -225,13 +226,15 @@ def make_graphs(root: Path, manifest: Manifest, data: DataSplit, calibration: li
 
     trt, cpu = root / Int8Target.TENSORRT.filename, root / Int8Target.CPU.filename
     artifacts = {
-        "fp32-onnx": (fp32, "onnx", "fp32", "any"),
-        "fp16-onnx": (fp16, "onnx", "fp16", "tensorrt"),
-        "int8-trt-onnx": (trt, "onnx", "int8", "tensorrt", None, Int8Target.TENSORRT.exact_int8_options,
-                          None, activation_type(trt)),
-        "int8-cpu-onnx": (cpu, "onnx", "int8", "onnxruntime-cpu", None, None, None, activation_type(cpu)),
-        "fp32-ort": (ort_fp32, "ort", "fp32", "onnxruntime-cpu", None, None, fp32),
-        "int8-cpu-ort": (ort_int8, "ort", "int8", "onnxruntime-cpu", None, None, cpu),
+        "fp32-onnx": artifact_entry(fp32, root, "onnx", "fp32", "any"),
+        "fp16-onnx": artifact_entry(fp16, root, "onnx", "fp16", "tensorrt"),
+        "int8-trt-onnx": artifact_entry(trt, root, "onnx", "int8", "tensorrt",
+                                        exact_int8_options=Int8Target.TENSORRT.exact_int8_options,
+                                        activations=activation_type(trt)),
+        "int8-cpu-onnx": artifact_entry(cpu, root, "onnx", "int8", "onnxruntime-cpu",
+                                        activations=activation_type(cpu)),
+        "fp32-ort": artifact_entry(ort_fp32, root, "ort", "fp32", "onnxruntime-cpu", source=fp32),
+        "int8-cpu-ort": artifact_entry(ort_int8, root, "ort", "int8", "onnxruntime-cpu", source=cpu),
     }
     return PrecisionGraphs(artifacts, ranges, fallback)
 
@@ -247,7 +250,7 @@ def measure_heldout(root: Path, graphs: PrecisionGraphs, heldout: ImageSet, refe
     if labels is not None:
         parity["eager-fp32"] = {"accuracy": accuracy(reference, labels), "images": len(images)}
     for name in ("fp16-onnx", "int8-trt-onnx", "int8-cpu-onnx"):
-        path = graphs.artifacts[name][0]
+        path = root / graphs.artifacts[name].path
         outputs = run_batches(OnnxRuntimeRunner(path, exact_int8=name == "int8-trt-onnx"), images)
         c = compare(outputs, reference, images.shape, FP16_TOLERANCE)
         m = metrics(outputs, reference, labels)
@@ -274,7 +277,7 @@ def record_precision(manifest: Manifest, root: Path, graphs: PrecisionGraphs, da
     """The stage's record in the manifest: its artifacts (int8's served sizes declared), the data
     split, the calibration and layer fallback, the held-out figures, its time and memory."""
     ranges = graphs.ranges
-    manifest.artifacts = [artifact_entry(p, root, *rest) for p, *rest in graphs.artifacts.values()]
+    manifest.artifacts = list(graphs.artifacts.values())
     declare_served_ranges(manifest)  # int8: the sizes its verdict covers
     manifest.data_split = data.record()
     manifest.calibration = {

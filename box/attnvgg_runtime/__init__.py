@@ -13,7 +13,7 @@ The API loads on first use (PEP 562): the toolchain, which imports the submodule
 does not pay for the classifier's imports.
 """
 
-import importlib
+from attnvgg_runtime.lazy import lazy_api
 
 # name -> submodule; each under its own name, none a submodule's name (classify, bench, probe,
 # verify stay the modules)
@@ -22,9 +22,4 @@ _API = {"Classifier": "classify", "load_manifest": "classify", "bench_box": "ben
         "ToolchainError": "errors"}
 
 __all__ = sorted(_API)
-
-
-def __getattr__(name: str):
-    if name in _API:
-        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
-    raise AttributeError(f"module 'attnvgg_runtime' has no attribute {name!r}")
+__getattr__ = lazy_api(__name__, _API)
