@@ -110,7 +110,7 @@ def _cmd_parity(args: argparse.Namespace) -> int:
                         only=set(args.artifacts) if args.artifacts else None,
                         cases=set(args.cases) if args.cases is not None else None,
                         eval_dir=args.eval_dir, strict_accuracy=args.strict_accuracy,
-                        images=args.images)
+                        images=args.images, thorough=args.thorough)
     skipped, warnings = report.skipped(), report.warnings()
     for warning in warnings:  # passed, not proven: each on its own line, the count on the last
         print(f"WARNING: {warning}")
@@ -279,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--images", type=int, metavar="N",
                         help="only the first N held-out images (the corners follow them); the "
                         "verdict then covers only them (an emulated CPU in CI)")
+    parity.add_argument("--thorough", action="store_true",
+                        help="every graph on every image of every corner shape, the max batch as "
+                        "a corner of its own, eager run again rather than read from "
+                        "eager-references.npz: about 1.8x the time, the same verdicts "
+                        "(docs/toolchain.md)")
     parity.set_defaults(run=_cmd_parity)
 
     engine = sub.add_parser("engine", help="the whole chain, as `make engine` (attnvgg_export.build)")

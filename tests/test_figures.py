@@ -89,3 +89,19 @@ def test_the_arm_numerics_tables_are_rendered_from_their_stored_runs():
         run = json.loads((RUNS / name / "arm-numerics.json").read_text())
         assert block == arm_numerics.render(run), f"docs/precision.md ARM block {name} is stale"
         assert run["arm"]["machine"] == "aarch64" and run["x86"]["machine"] == "x86_64"
+
+
+def test_the_gate_cost_table_is_rendered_from_its_stored_run_and_kept_the_verdicts():
+    import json
+
+    from benchmarks.gate_cost import DOCUMENT, compare
+    from benchmarks.gate_cost import render as render_cost
+
+    blocks = re.findall(r"<!-- gate-cost:(\S+):begin -->\n(.*?)<!-- gate-cost:\1:end -->",
+                        DOCUMENT.read_text(), re.S)
+    assert blocks, f"{DOCUMENT.name} carries no gate-cost block"
+    for name, block in blocks:
+        result = json.loads((RUNS / name / "gate-cost.json").read_text())
+        assert block == render_cost(result), f"block {name} is not what its run renders"
+        assert compare(result)["differing_verdicts"] == [], name  # the lighter gate's verdicts
+        assert {run["label"] for run in result["runs"]} == {"baseline", "first run", "re-run"}

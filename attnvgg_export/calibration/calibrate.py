@@ -245,6 +245,7 @@ def _session_with_outputs(model_path: Path, tensors: Sequence[str], folder: Path
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
     options.log_severity_level = 3
+    options.enable_cpu_mem_arena = False  # every feature map is an output: an arena would keep them
     return ort.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from attnvgg_export import models
 from attnvgg_export.calibration.preprocessing import Preprocessing
 from attnvgg_export.console import quiet
-from attnvgg_export.graphs.module_map import keep_only_module_map, module_outputs, strip_trace_metadata
+from attnvgg_export.graphs.module_map import copy_keeping_module_map, module_outputs, strip_trace_metadata
 from attnvgg_export.manifest.lifecycle import invalidate_verdicts
 from attnvgg_export.models import ConfigError, ToolchainError
 from attnvgg_export.models.layers import DEFAULT_ATTENTION_BUDGET_BYTES, attention_map_bytes
@@ -35,6 +35,7 @@ from attnvgg_runtime.manifest import (
     tool_versions,
     write_manifest,
 )
+from attnvgg_runtime.readers import release_memory
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from attnvgg_runtime.verify.measures import Comparison, compare
 
@@ -215,10 +216,27 @@ def torch_to_onnx(model: nn.Module, path: Path, config: ExportConfig) -> Path:
         raise ExportError(f"torch.onnx could not export variant {config.variant!r}: "
                           f"{str(e).strip().splitlines()[-1][:300]}") from e
     proto = program.model_proto
+    del program
     strip_trace_metadata(proto, module_outputs(proto, model))
+    # weights in a file of their own beside it, written tensor by tensor: serializing a 554 MB
+    # graph in one piece takes 2.2 GB more for a moment (the export's peak). The raw graph is
+    # temporary; the simplified model.onnx is one file (finish_graph).
     with atomic_path(path) as tmp:
-        onnx.save_model(proto, str(tmp))
+        onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=weights_file(path).name, size_threshold=1024)
     return path
+
+
+def weights_file(path: Path) -> Path:
+    """Where the raw graph's weights are (torch_to_onnx)."""
+    return path.with_name(path.name + ".weights")
+
+
+def finish_graph(raw: Path, final: Path) -> None:
+    """The raw graph as one file, where it is shipped unsimplified (--no-simplify, or onnxsim
+    failed): its weights read back in."""
+    with atomic_path(final) as tmp:
+        onnx.save_model(onnx.load(str(raw)), str(tmp))
 
 
 def _example_side(axis: AxisRange) -> int:
@@ -233,12 +251,20 @@ def op_counts(path: Path) -> dict[str, int]:
 def simplify_onnx(source: Path, target: Path) -> Path:
     import onnxsim
 
-    simplified, ok = onnxsim.simplify(onnx.load(str(source)), check_n=0, certify=False)
-    if not ok:
-        raise ExportError("onnxsim reported that the simplified graph could not be validated")
-    keep_only_module_map(simplified)  # drop onnxsim's bookkeeping
+    # from the file to a file: onnxsim's C++ core reads and writes them itself (simplify_path),
+    # rather than through a Python copy of the graph serialized and parsed again (2.7 GB more
+    # at full size)
     with atomic_path(target) as tmp:
-        onnx.save_model(simplified, str(tmp))
+        written = tmp.with_name(tmp.name + ".onnxsim")
+        try:
+            simplified, ok = onnxsim.simplify(str(source), check_n=0, certify=False,
+                                              output_path=str(written))
+            del simplified  # what it wrote is read from the file
+            if not ok:
+                raise ExportError("onnxsim reported that the simplified graph could not be validated")
+            copy_keeping_module_map(written, tmp)  # without onnxsim's bookkeeping
+        finally:
+            written.unlink(missing_ok=True)
     return target
 
 
@@ -288,7 +314,7 @@ def export_model(model: nn.Module, config: ExportConfig, out_dir: Path, weights:
     """model -> out_dir/model.onnx, verified at several shapes; the unsimplified graph is kept
     only if simplification fails or changes results."""
     out_dir = ensure_writable_dir(out_dir)
-    for stale in out_dir.glob(".*.partial"):  # left by a killed run; never a finished file
+    for stale in [*out_dir.glob(".*.partial"), *out_dir.glob(".*.partial.weights")]:  # a killed run's
         stale.unlink(missing_ok=True)
     log(f"exporting {config.variant} (opset {config.opset}; batch {config.batch.min}-"
         f"{config.batch.max}, H {config.height.min}-{config.height.max}, "
@@ -308,7 +334,9 @@ def export_model(model: nn.Module, config: ExportConfig, out_dir: Path, weights:
             x = rng.standard_normal(shape, dtype=np.float32)
             references[shape] = (x, run_torch(model, x))
         label = "the exported ONNX graph"
-        raw_outputs = run_references(OnnxRuntimeRunner(raw), references, label)
+        release_memory()  # what eager's runs left on the heap, before a session is made
+        raw_outputs = run_references(OnnxRuntimeRunner(raw, memory_arena=False), references, label)
+        release_memory()
         checks = verify_onnx(raw_outputs, references, config.tolerance, label)
         timings["verify"] = time.perf_counter() - start
         for check in checks:
@@ -324,10 +352,11 @@ def export_model(model: nn.Module, config: ExportConfig, out_dir: Path, weights:
         if simplified:
             counts["simplified"] = op_counts(final)
         else:
-            raw.replace(final)
+            finish_graph(raw, final)
         check_graph(final)
     finally:
         raw.unlink(missing_ok=True)
+        weights_file(raw).unlink(missing_ok=True)
     report = ExportReport(final, weights, simplified, note, counts, checks, timings, peak_rss_mib())
     log(f"simplify: {note}")
     for stage, ops in counts.items():
@@ -342,7 +371,9 @@ def _simplify_and_check(raw: Path, final: Path, references: dict, raw_outputs: d
                         ) -> tuple[bool, str, list[Comparison]]:
     try:
         simplify_onnx(raw, final)
-        outputs = run_references(OnnxRuntimeRunner(final), references, "the simplified graph")
+        outputs = run_references(OnnxRuntimeRunner(final, memory_arena=False), references,
+                                 "the simplified graph")
+        release_memory()
         simple_checks = verify_onnx(outputs, references, config.tolerance, "the simplified graph")
         drift = max(compare(outputs[s], raw_outputs[s], s, config.tolerance).rel_max
                     for s in references)

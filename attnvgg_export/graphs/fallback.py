@@ -203,7 +203,7 @@ def quantize_with_fallback(model_path: Path, out_path: Path, ranges, target: Int
 
     def runner(excluded: list[str]) -> OnnxRuntimeRunner:
         write(excluded)
-        return OnnxRuntimeRunner(out_path, exact_int8=exact)
+        return OnnxRuntimeRunner(out_path, exact_int8=exact, memory_arena=False)
 
     def score(excluded: list[str]) -> tuple[float, str]:
         return goal.score(runner(excluded))

@@ -14,8 +14,8 @@ from pathlib import Path
 import onnx
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+from attnvgg_export.graphs.onnx_file import save_model_streamed
 from attnvgg_export.verify.structure import FP32_OPS
-from attnvgg_runtime.files import atomic_path
 
 
 def onnx_to_fp16(source: Path, target: Path, keep_io_types: bool = True) -> Path:
@@ -28,6 +28,4 @@ def onnx_to_fp16(source: Path, target: Path, keep_io_types: bool = True) -> Path
     converted = convert_float_to_float16(
         model, keep_io_types=keep_io_types, disable_shape_infer=True,
         op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS)))
-    with atomic_path(target) as tmp:
-        onnx.save_model(converted, str(tmp))
-    return target
+    return save_model_streamed(converted, Path(target))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ from attnvgg_runtime.manifest import (
     read_manifest,
     write_manifest,
 )
-from attnvgg_runtime.readers import run_batches
+from attnvgg_runtime.readers import release_memory, run_batches
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from attnvgg_runtime.verify.accuracy import drop_verdict
 from attnvgg_runtime.verify.measures import accuracy, compare, metrics
@@ -95,12 +96,19 @@ class PrecisionConfig:
         return SplitCounts(self.calib_count, self.tuning_count, self.heldout_count)
 
 
-def check_fp16_at_max_size(fp16: Path, eager_model, manifest: Manifest, seed: int, log=print) -> None:
-    """fp16 must stay finite and close where sums are largest: the largest declared H x W."""
+def max_size_probe(eager_model, manifest: Manifest, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One input at the largest declared H x W, and eager's output for it: where fp16's sums are
+    largest (check_fp16_at_max_size)."""
     dyn = manifest.dynamic
     shape = (1, 3, dyn["height"]["max"], dyn["width"]["max"])
     x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-    c = compare(OnnxRuntimeRunner(fp16)(x), run_torch(eager_model, x), shape, FP16_TOLERANCE)
+    return x, run_torch(eager_model, x)
+
+
+def check_fp16_at_max_size(fp16: Path, probe: tuple[np.ndarray, np.ndarray], log=print) -> None:
+    """fp16 must stay finite and close where sums are largest: the largest declared H x W."""
+    x, expected = probe
+    c = compare(OnnxRuntimeRunner(fp16, memory_arena=False)(x), expected, x.shape, FP16_TOLERANCE)
     log(f"  fp16 at the largest declared size: {c.describe()}")
     if not c.passed:
         fp16.unlink(missing_ok=True)
@@ -174,12 +182,20 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
     log(f"data: {len(data.calibration)} calibration, {len(data.tuning)} tuning (layer fallback), "
         f"{len(data.heldout)} held-out images (parity), disjoint")
     eager_model = model_from_manifest(manifest)
-    reference = run_batches(lambda x: run_torch(eager_model, x), data.heldout.images)
+    reference = run_batches(partial(run_torch, eager_model), data.heldout.images)
     goal = _fallback_goal(manifest, data.tuning, eager_model, config)
+    probe = max_size_probe(eager_model, manifest, config.seed)
+    # eager's weights are let go while the fp16 graph and the calibration run (the stage's
+    # largest steps) and loaded again for the layer fallback, the last step that needs them
+    del eager_model
+    release_memory()  # and what eager's runs left on the heap (a gigabyte at full size)
     timings["data_and_eager"] = time.perf_counter() - start
 
     forget_verdicts(manifest_path, manifest, log)  # before any artifact is rewritten
-    graphs = make_graphs(root, manifest, data, calibration, eager_model, goal, config, timings, log)
+    graphs = make_graphs(root, manifest, data, calibration, lambda: model_from_manifest(manifest),
+                         probe, goal, config, timings, log)
+    del goal  # eager's outputs on the held-out images are all that is left to use
+    release_memory()
     start = time.perf_counter()
     parity = measure_heldout(root, graphs, data.heldout, reference, log)
     timings["heldout"] = time.perf_counter() - start
@@ -195,33 +211,39 @@ def build_precision_graphs(manifest_path: Path, config: PrecisionConfig, log=pri
 
 
 def make_graphs(root: Path, manifest: Manifest, data: DataSplit, calibration: list[ImageSet],
-                eager_model, goal: FallbackGoal, config: PrecisionConfig, timings: dict,
-                log) -> PrecisionGraphs:
+                load_eager, probe: tuple[np.ndarray, np.ndarray], goal: FallbackGoal,
+                config: PrecisionConfig, timings: dict, log) -> PrecisionGraphs:
     """The fp16 graph (checked at the largest declared size), the calibration ranges, both int8
     graphs with their layer fallback, and the ORT-format models."""
     fp32 = root / "model.onnx"
     start = time.perf_counter()
     fp16 = onnx_to_fp16(fp32, root / "model.fp16.onnx")
-    check_fp16_at_max_size(fp16, eager_model, manifest, config.seed, log)
+    check_fp16_at_max_size(fp16, probe, log)
+    release_memory()  # each step's graphs and sessions given back before the next (full size: GBs)
     timings["fp16"] = time.perf_counter() - start
 
     start = time.perf_counter()
     ranges = calibrate(fp32, calibration, root / "calib", config.method)
+    release_memory()
     timings["calibration"] = time.perf_counter() - start
     sizes = " + ".join(f"{len(c)} at {c.images.shape[2]}x{c.images.shape[3]}" for c in calibration)
     log(f"calibration: {ranges.method} on {sizes} images from {data.calibration.source}"
         f" ({'cached' if ranges.cached else f'{ranges.seconds:.1f} s'})")
 
     start = time.perf_counter()
+    eager_model = load_eager()
     fallback = {target.value: quantize_with_fallback(fp32, root / target.filename, ranges, target, goal,
                                                      eager_model, config.max_fallback, log)
                 for target in Int8Target}
+    del eager_model
+    release_memory()
     timings["quantize"] = time.perf_counter() - start
 
     start = time.perf_counter()
     ort_dir = root / "engines" / "ort"
     ort_fp32 = onnx_to_ort(fp32, ort_dir / "model.fp32.ort")
     ort_int8 = onnx_to_ort(root / Int8Target.CPU.filename, ort_dir / "model.int8-cpu.ort")
+    release_memory()
     timings["ort_models"] = time.perf_counter() - start
 
     trt, cpu = root / Int8Target.TENSORRT.filename, root / Int8Target.CPU.filename
@@ -251,7 +273,9 @@ def measure_heldout(root: Path, graphs: PrecisionGraphs, heldout: ImageSet, refe
         parity["eager-fp32"] = {"accuracy": accuracy(reference, labels), "images": len(images)}
     for name in ("fp16-onnx", "int8-trt-onnx", "int8-cpu-onnx"):
         path = root / graphs.artifacts[name].path
-        outputs = run_batches(OnnxRuntimeRunner(path, exact_int8=name == "int8-trt-onnx"), images)
+        outputs = run_batches(OnnxRuntimeRunner(path, exact_int8=name == "int8-trt-onnx", memory_arena=False),
+                              images)
+        release_memory()
         c = compare(outputs, reference, images.shape, FP16_TOLERANCE)
         m = metrics(outputs, reference, labels)
         parity[name] = {"path": path.relative_to(root).as_posix(), "rel_max": c.rel_max,

@@ -5,12 +5,14 @@ and the held-out set itself, rebuilt from the manifest's record of the build's s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from attnvgg_export.calibration.data import ImageSet, SplitCounts, load_data_split, resize_images
-from attnvgg_export.calibration.preprocessing import Preprocessing
 from attnvgg_runtime.manifest import Manifest, ManifestError, int8_min_side
+
+if TYPE_CHECKING:
+    from attnvgg_export.calibration.data import ImageSet
 
 
 def declared_corners(dynamic: dict) -> list[tuple[int, int, int]]:
@@ -25,6 +27,15 @@ def declared_corners(dynamic: dict) -> list[tuple[int, int, int]]:
 
 
 CORNER_IMAGES = 8  # the fewest images a corner shape is measured on
+# the fewest images a float graph (fp32, fp16, bf16) reads at a corner, in whole batches: there
+# it proves that the graph computes eager's numbers at that shape, every image on its own (its
+# worst image is at most 0.24 of rel_l2_image_max in every stored run, on every CPU:
+# docs/precision.md), so a few images prove what all of them would; int8's aggregate error
+# needs the pixels (shape_cases)
+FLOAT_CORNER_IMAGES = 4
+# what makes the cases, for the stored eager references' key (attnvgg_export.verify.references):
+# bump "version" when shape_cases changes otherwise
+CASES_RULE = {"version": 3, "corner_images": CORNER_IMAGES, "float_corner_images": FLOAT_CORNER_IMAGES}
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,8 @@ class ShapeCase:
     batch: int  # run in batches of this size: the declared corner's batch
     int8_gated: bool = True
     sources: int = 0  # independent images behind it (crops of one photo are one; repeats one)
+    float_images: int | None = None  # how many of the images float graphs read (None: all)
+    stands_for: str | None = None  # the corner this case's run also is (the max batch at the opt size)
 
     def gates(self, precision: str) -> bool:
         """Whether a breach here fails the gate for artifacts of ``precision``; where not, the
@@ -45,7 +58,7 @@ class ShapeCase:
 
 
 def shape_cases(dynamic: dict, images: ImageSet, name: str = "heldout", noise: bool = False,
-                seed: int = 0) -> dict[str, ShapeCase]:
+                seed: int = 0, thorough: bool = False) -> dict[str, ShapeCase]:
     """``images`` (the held-out set for the gate, the tuning set for the layer fallback) at the
     opt size, and resized to the declared corners of ``dynamic`` (the manifest's). Each corner
     runs at its batch size over at least ``CORNER_IMAGES`` images and one full batch (images
@@ -55,13 +68,30 @@ def shape_cases(dynamic: dict, images: ImageSet, name: str = "heldout", noise: b
     bounds), over a few small images it swings with which ones they are (int8 rel L2 at
     1x3x32x448: at most 0.069 on 8 tuning images, by their budget margin of 1.74; 0.122 on 8
     held-out ones; 0.109 on all 64).
+    Where the set holds at least the max batch, it runs in batches of the max batch, and that
+    run is the (max batch, opt size) corner too (``stands_for``; golden I/O writes it as its own
+    case, attnvgg_runtime.verify.golden). Float graphs read the first ``float_images`` of a
+    corner's images (FLOAT_CORNER_IMAGES, in whole batches): what a corner proves for them holds
+    image by image. ``thorough``: neither (every graph reads every image of every corner, and the
+    max batch at the opt size is a corner of its own), the gate before issue 34, which
+    tests/verify/test_gate_cost.py holds the lighter one's verdicts to.
     Not gated: the smallest square size (int8 graphs calibrated at the opt size are far less
     accurate there; docs/precision.md)."""
+    from attnvgg_export.calibration.data import resize_images  # torchvision: imported where used
+
     h, w = dynamic["height"], dynamic["width"]
-    cases = {name: ShapeCase(images.images, images.labels, 8, sources=images.distinct_sources())}
+    largest = dynamic["batch"]["max"]
+    # the opt size at the max batch is this case run in batches of the max: one run, two proofs
+    merged = f"{largest}x3x{h['opt']}x{w['opt']}" if largest <= len(images) and not thorough else None
+    cases = {name: ShapeCase(images.images, images.labels, largest if merged else min(8, largest),
+                             sources=images.distinct_sources(), stands_for=merged)}
     rng = np.random.default_rng(seed)
     for n, hh, ww in declared_corners(dynamic):
         count = max(n, CORNER_IMAGES)
+        if f"{n}x3x{hh}x{ww}" == merged:
+            if noise:  # drawn and dropped: every other corner's noise is what the thorough gate reads
+                rng.standard_normal((count, 3, hh, ww), dtype=np.float32)
+            continue
         if hh * ww < h["opt"] * w["opt"]:  # as many pixels as the opt-size case, up to every image
             count = max(count, min(len(images), len(images) * h["opt"] * w["opt"] // (hh * ww)))
         if noise:  # resized noise is not noise: it is blur
@@ -72,13 +102,17 @@ def shape_cases(dynamic: dict, images: ImageSet, name: str = "heldout", noise: b
         sources = images.distinct_sources(np.arange(min(count, len(images))))
         # the images' labels where none repeats (a paired accuracy drop counts independent images)
         labels = images.labels[:count] if images.labels is not None and count <= len(images) else None
-        cases[f"{n}x3x{hh}x{ww}"] = ShapeCase(x, labels, n, int8_gated, sources)
+        float_images = None if thorough else min(count, n * -(-FLOAT_CORNER_IMAGES // n))
+        cases[f"{n}x3x{hh}x{ww}"] = ShapeCase(x, labels, n, int8_gated, sources, float_images)
     return cases
 
 
 def heldout_images(manifest: Manifest) -> ImageSet:
     """Exactly the held-out set the precision stage set aside, rebuilt from the manifest's record
     and checked by the sha256 of its image identities."""
+    from attnvgg_export.calibration.data import SplitCounts, load_data_split
+    from attnvgg_export.calibration.preprocessing import Preprocessing
+
     record = manifest.data_split
     if record is None:
         raise ManifestError("the manifest records no calibration/tuning/held-out split (a build "

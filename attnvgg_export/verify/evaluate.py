@@ -7,16 +7,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
-from attnvgg_export.calibration.evaluation import EvalSet, load_eval_set
-from attnvgg_export.calibration.preprocessing import Preprocessing
-from attnvgg_export.runtime.eager import run_torch
 from attnvgg_runtime.manifest import Manifest
 from attnvgg_runtime.verify.accuracy import class_moves, judge_drop
 from attnvgg_runtime.verify.findings import Finding, error_margin
+
+if TYPE_CHECKING:  # torch and torchvision are imported where eager runs (gate: references.py)
+    from attnvgg_export.calibration.evaluation import EvalSet
+    from attnvgg_export.calibration.preprocessing import Preprocessing
 
 EVAL_BATCH = 32
 EVAL_CASE = "EVAL_DIR"  # the case a finding on the labelled evaluation set names
@@ -49,6 +51,10 @@ def _run_over(eval_set: EvalSet, pre: Preprocessing, batch: int, run,
 
 
 def eager_on_labels(eval_dir: str | Path, manifest: Manifest, model, log=print) -> LabelledReference:
+    from attnvgg_export.calibration.evaluation import load_eval_set
+    from attnvgg_export.calibration.preprocessing import Preprocessing
+    from attnvgg_export.runtime.eager import run_torch
+
     eval_set = load_eval_set(eval_dir, manifest.num_classes, manifest.labels)
     pre = Preprocessing.from_json(manifest.preprocessing)
     batch = min(EVAL_BATCH, manifest.dynamic["batch"]["max"])

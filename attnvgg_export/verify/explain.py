@@ -21,7 +21,6 @@ import onnx
 
 from attnvgg_export.models import ToolchainError
 from attnvgg_export.report.report import format_module_errors
-from attnvgg_export.runtime.eager import model_from_manifest, module_outputs
 from attnvgg_export.verify.cases import heldout_images
 from attnvgg_runtime.files import write_text_atomic
 from attnvgg_runtime.manifest import read_manifest, verify_artifacts
@@ -63,16 +62,19 @@ def _with_outputs(graph: Path, tensors: list[str]) -> bytes:
     return model.SerializeToString()
 
 
-def module_errors(graph: Path, model: nn.Module, images: np.ndarray, batch: int = 8,
+def module_errors(graph: Path, model: nn.Module, images: np.ndarray, batch: int = 2,
                   exact_int8: bool = False) -> list[ModuleError]:
     """Each mapped module's output error in ``graph`` (run by ONNX Runtime, ``exact_int8`` as in
-    OnnxRuntimeRunner) against ``model``."""
+    OnnxRuntimeRunner) against ``model``. Small batches: every module's output of both is held
+    at once (at full size and batch 8, about 1.4 GB of them)."""
+    from attnvgg_export.runtime.eager import module_outputs  # torch: imported where eager runs
+
     modules = read_module_outputs(graph)
     if not modules:
         raise ToolchainError(f"{graph} holds no module map (it was not written by this toolchain's "
                              f"export, or was re-saved by another tool); re-export it")
     runner = OnnxRuntimeRunner(_with_outputs(graph, [m["tensor"] for m in modules]),
-                               exact_int8=exact_int8)
+                               exact_int8=exact_int8, memory_arena=False)
     names = [o.name for o in runner.session.get_outputs()]
     errors = [RelativeL2() for _ in modules]
     for start in range(0, len(images), batch):
@@ -108,6 +110,8 @@ def explain_artifact(manifest_path: Path, artifact: str, images: int = 8, log=pr
     if entry is None or entry.format != "onnx":
         raise ToolchainError(f"{artifact!r} is not an ONNX graph of {manifest_path}; explain one of "
                              f"{', '.join(graphs)} (an .ort model is its .onnx graph optimized)")
+    from attnvgg_export.runtime.eager import model_from_manifest
+
     heldout = heldout_images(manifest)
     errors = module_errors(manifest_path.parent / artifact, model_from_manifest(manifest),
                            heldout.images[:images],

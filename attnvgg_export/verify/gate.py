@@ -15,19 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
-from attnvgg_export.calibration.data import NOISE, ImageSet
 from attnvgg_export.manifest.lifecycle import invalidate_recommendation, recommendation_still_passes
 from attnvgg_export.models import ConfigError
 from attnvgg_export.report.report import publish
-from attnvgg_export.runtime.eager import model_from_manifest, run_torch
 from attnvgg_export.verify.budgets import changed_budgets, load_tolerances
-from attnvgg_export.verify.cases import ShapeCase, heldout_images, shape_cases
-from attnvgg_export.verify.evaluate import EVAL_CASE, LabelledReference, eager_on_labels, judge_on_labels
+from attnvgg_export.verify.cases import ShapeCase
+from attnvgg_export.verify.evaluate import EVAL_CASE, LabelledReference, judge_on_labels
 from attnvgg_export.verify.explain import EXPLAIN_IMAGES, first_past, module_errors, write_explain_json
+from attnvgg_export.verify.references import (
+    REFERENCES_FILE,
+    GateReferences,
+    read_references,
+    write_references,
+)
 from attnvgg_export.verify.structure import static_violations
 from attnvgg_runtime.files import atomic_path, write_text_atomic
 from attnvgg_runtime.manifest import INT8_MIN_SIDE, Manifest, read_manifest, verify_artifacts
-from attnvgg_runtime.readers import run_batches
+from attnvgg_runtime.readers import release_memory, run_batches
 from attnvgg_runtime.readers.cpu import cpu_identity
 from attnvgg_runtime.readers.emulated import emulated_cpu
 from attnvgg_runtime.verify.check import ArtifactParity, Case, check_artifact
@@ -117,20 +121,23 @@ class GateInputs:
     budgets: dict
     changed: list[str]  # budget keys a user's file changed
     trained: bool
-    heldout: ImageSet
+    heldout: dict  # what the held-out set is: images, distinct_sources, source, ids_sha256
     cases: dict[str, ShapeCase]
     whole: bool  # every case, artifact and image: the run whose inputs become the golden I/O
-    model: object  # eager PyTorch fp32
-    references: dict[str, np.ndarray]  # eager's outputs per case
+    references: dict[str, np.ndarray]  # eager's outputs per case (eager itself is not kept: its
+    # weights would sit beside every reader session; explain_graphs loads it again where needed)
     labelled: LabelledReference | None  # EVAL_DIR
     built_rel_l2: dict[str, float]  # what the precision stage measured (drift)
 
 
 def gate_inputs(manifest_path: Path, tolerances: Path | None, only: set[str] | None,
-                cases: set[str] | None, eval_dir, images: int | None, log) -> GateInputs:
+                cases: set[str] | None, eval_dir, images: int | None, log,
+                thorough: bool = False) -> GateInputs:
     """The build read and refused where it cannot be judged (edited artifacts, a precision with
-    no budget, an unknown case or artifact), and eager's outputs on every case."""
+    no budget, an unknown case or artifact), and eager's outputs on every case: the stored ones
+    where they are this model's (attnvgg_export.verify.references), else computed."""
     manifest_path = Path(manifest_path)
+    root = manifest_path.parent
     verify_artifacts(manifest_path)  # missing or edited artifacts are refused before anything runs
     manifest = read_manifest(manifest_path)
     budgets = load_tolerances(manifest.variant, tolerances)
@@ -138,32 +145,58 @@ def gate_inputs(manifest_path: Path, tolerances: Path | None, only: set[str] | N
     if missing:
         raise ConfigError(f"no parity budget for precision {', '.join(missing)}: add a "
                           f"[precision.{missing[0]}] section to {tolerances or 'the tolerances'}")
-    heldout = heldout_images(manifest)
-    if images is not None:
-        heldout = heldout.first(images)
-    all_cases = shape_cases(manifest.dynamic, heldout, noise=manifest.data_split["source"] == NOISE)
-    unknown = (cases or set()) - set(all_cases)
-    if unknown:
-        raise ConfigError(f"no shape case {sorted(unknown)} in this build; its cases: "
-                          f"{', '.join(all_cases)}")
     listed = {a.path for a in manifest.artifacts}
     if only and only - listed:
         raise ConfigError(f"no artifact {sorted(only - listed)} in {manifest_path}; it lists "
                           f"{', '.join(sorted(listed))}")
-    chosen = {name: case for name, case in all_cases.items()  # held-out: drift, errors, explain
+    stored = read_references(root, manifest) if images is None and not thorough else None
+    computed = stored is None
+    if computed:
+        stored = eager_references(manifest, images, cases, thorough)
+    unknown = (cases or set()) - set(stored.cases)
+    if unknown:
+        raise ConfigError(f"no shape case {sorted(unknown)} in this build; its cases: "
+                          f"{', '.join(stored.cases)}")
+    chosen = {name: case for name, case in stored.cases.items()  # held-out: drift, errors, explain
               if cases is None or name in cases | {"heldout"}}
-    model = model_from_manifest(manifest)
-    references = {name: run_batches(lambda x: run_torch(model, x), case.images, case.batch)
-                  for name, case in chosen.items()}
+    whole = len(chosen) == len(stored.cases) and only is None and images is None
+    if computed and images is None and not thorough and set(stored.references) == set(stored.cases):
+        write_references(root, manifest, stored)  # the next gate on this model reads them
+    log("eager PyTorch fp32's outputs: " + ("computed" if computed else
+        f"read from {root / REFERENCES_FILE} (this model's, by its key and sha256)"))
+    labelled = None
+    if eval_dir:  # the user's labelled images: eager runs on them here
+        from attnvgg_export.verify.evaluate import eager_on_labels
+        labelled = eager_on_labels(eval_dir, manifest, _eager_model(manifest), log)
+        release_memory()
     # the precision stage measured each graph with ONNX Runtime on every held-out image; drift is
     # judged against that (not on a subset of the images, whose figure is another)
     built = {r["path"]: r["rel_l2"] for r in manifest.parity.get("heldout-vs-eager", {}).values()
              if "rel_l2" in r} if images is None else {}
-    return GateInputs(manifest_path.parent, manifest, budgets, changed_budgets(manifest.variant, tolerances),
-                      manifest.trained, heldout, chosen,
-                      len(chosen) == len(all_cases) and only is None and images is None, model,
-                      references, eager_on_labels(eval_dir, manifest, model, log) if eval_dir else None,
-                      built)
+    return GateInputs(root, manifest, budgets, changed_budgets(manifest.variant, tolerances),
+                      manifest.trained, stored.heldout, chosen, whole,
+                      {name: stored.references[name] for name in chosen}, labelled, built)
+
+
+def eager_references(manifest: Manifest, images: int | None, cases: set[str] | None,
+                     thorough: bool = False) -> GateReferences:
+    """The held-out set rebuilt from the manifest's record (its first ``images``), its cases, and
+    eager's outputs on them (on the chosen ``cases`` and the held-out one only, where given).
+    torch is imported here, and the model let go before any reader session is made."""
+    from attnvgg_export.calibration.data import NOISE
+    from attnvgg_export.verify.cases import heldout_images, shape_cases
+
+    heldout = heldout_images(manifest)
+    if images is not None:
+        heldout = heldout.first(images)
+    all_cases = shape_cases(manifest.dynamic, heldout, noise=manifest.data_split["source"] == NOISE,
+                            thorough=thorough)
+    references = _eager_outputs(manifest, {name: case for name, case in all_cases.items()
+                                           if cases is None or name in cases | {"heldout"}})
+    release_memory()  # the model is gone with _eager_outputs' frame
+    return GateReferences({"images": len(heldout), "distinct_sources": heldout.distinct_sources(),
+                           "source": heldout.source, "ids_sha256": heldout.ids_sha256()},
+                          all_cases, references)
 
 
 def measure(inputs: GateInputs, only: set[str] | None, strict_accuracy: bool,
@@ -172,7 +205,7 @@ def measure(inputs: GateInputs, only: set[str] | None, strict_accuracy: bool,
     its budget: the box's per-artifact check (attnvgg_runtime.verify.check), and EVAL_DIR's
     accuracy on each loaded reader. Returns the readings and the held-out outputs by label."""
     checked = {name: Case(case.images, case.batch, inputs.references[name], case.labels, case.sources,
-                          case.int8_gated) for name, case in inputs.cases.items()}
+                          case.int8_gated, case.float_images) for name, case in inputs.cases.items()}
     with_labels = (lambda entry, runner: judge_on_labels(
         entry, runner, inputs.labelled, entry.budget, log, strict_accuracy)) if inputs.labelled else None
     results, outputs = [], {}
@@ -212,11 +245,9 @@ def judge_build(inputs: GateInputs, results: list[ArtifactParity]) -> None:
 
 
 def record(inputs: GateInputs, results: list[ArtifactParity], strict_accuracy: bool) -> ParityReport:
-    heldout = inputs.heldout
-    return ParityReport(inputs.manifest.variant, inputs.trained, results,
-                        {"images": len(heldout), "distinct_sources": heldout.distinct_sources(),
-                         "source": heldout.source, "ids_sha256": heldout.ids_sha256()},
-                        list(inputs.cases),
+    return ParityReport(inputs.manifest.variant, inputs.trained, results, inputs.heldout,
+                        [shape for name, case in inputs.cases.items()  # every shape it proved
+                         for shape in (name, case.stands_for) if shape],
                         {p: inputs.budgets[p] for p in sorted({a.precision for a in results})},
                         budgets_changed=inputs.changed,
                         evaluation=inputs.labelled.record if inputs.labelled else None,
@@ -250,7 +281,7 @@ def publish_gate(inputs: GateInputs, report: ParityReport, outputs: dict, log) -
 def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
                only: set[str] | None = None, cases: set[str] | None = None,
                eval_dir: str | Path | None = None, strict_accuracy: bool = False,
-               images: int | None = None) -> ParityReport:
+               images: int | None = None, thorough: bool = False) -> ParityReport:
     """The gate: read the build (gate_inputs), measure every reading against its budget
     (measure), judge what concerns an artifact as a whole (judge_build), record the verdict
     (record), explain the failing graphs, publish every file once (publish_gate).
@@ -262,18 +293,35 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
     ``strict_accuracy``: a drop that those images cannot resolve fails too (by default it is a
     warning, and fails only where it is over budget). ``images``: only the first N held-out images
     (the corners follow them): what fits an emulated CPU in CI (`make test-isa`); the verdict then
-    covers only them."""
-    inputs = gate_inputs(manifest_path, tolerances, only, cases, eval_dir, images, log)
+    covers only them. ``thorough``: every graph on every image of every corner, the max batch a
+    corner of its own, and eager run again (attnvgg_export.verify.cases.shape_cases): slower,
+    the same verdicts (tests/verify/test_gate_cost.py)."""
+    inputs = gate_inputs(manifest_path, tolerances, only, cases, eval_dir, images, log, thorough)
     _log_plan(inputs, tolerances, log)
     results, outputs = measure(inputs, only, strict_accuracy, log)
     judge_build(inputs, results)
     exact = {a.path for a in inputs.manifest.artifacts if a.exact_int8_session_options is not None}
-    explain_graphs(results, inputs.root, inputs.model, inputs.cases, inputs.budgets, log, exact)
+    explain_graphs(results, inputs.root, lambda: _eager_model(inputs.manifest), inputs.cases,
+                   inputs.budgets, log, exact)
     for entry in results:
         _log_entry(entry, log)
     report = record(inputs, results, strict_accuracy)
     publish_gate(inputs, report, outputs, log)
     return report
+
+
+def _eager_outputs(manifest: Manifest, cases: dict[str, ShapeCase]) -> dict[str, np.ndarray]:
+    from attnvgg_export.runtime.eager import run_torch
+
+    model = _eager_model(manifest)
+    return {name: run_batches(lambda x: run_torch(model, x), case.images, case.batch)
+            for name, case in cases.items()}
+
+
+def _eager_model(manifest: Manifest):
+    from attnvgg_export.runtime.eager import model_from_manifest  # torch: imported where eager runs
+
+    return model_from_manifest(manifest)
 
 
 def _log_plan(inputs: GateInputs, tolerances: Path | None, log) -> None:
@@ -283,8 +331,8 @@ def _log_plan(inputs: GateInputs, tolerances: Path | None, log) -> None:
         log(f"readers run as an emulated {emulated_cpu()} CPU (qemu-x86_64; "
             f"attnvgg_runtime.readers.emulated)")
     heldout, cases = inputs.heldout, inputs.cases
-    log(f"parity against eager PyTorch fp32 on {len(heldout)} held-out images from "
-        f"{heldout.distinct_sources()} distinct sources ({heldout.source}; "
+    log(f"parity against eager PyTorch fp32 on {heldout['images']} held-out images from "
+        f"{heldout['distinct_sources']} distinct sources ({heldout['source']}; "
         f"never used for calibration or tuning) and at {len(cases) - 1} corner shapes "
         f"({', '.join(f'{n} on {len(c.images)} images' for n, c in list(cases.items())[1:])}; "
         f"int8 gated where every side is at least {INT8_MIN_SIDE} px); "
@@ -292,20 +340,23 @@ def _log_plan(inputs: GateInputs, tolerances: Path | None, log) -> None:
            "random-init weights: top-1/top-5 reported, not gated"))
 
 
-def explain_graphs(results: list[ArtifactParity], root: Path, model, cases: dict[str, ShapeCase],
+def explain_graphs(results: list[ArtifactParity], root: Path, load_model, cases: dict[str, ShapeCase],
                    budgets: dict, log, exact: set[str] = frozenset()) -> dict:
     """Module-by-module error (attnvgg_export.explain) of every reduced-precision graph on held-out
     images, for the report, and of every failing graph on the images of the case it fails first,
-    whose failure then names the module where the error first grows past its budget."""
-    explained = {}
+    whose failure then names the module where the error first grows past its budget.
+    ``load_model``: eager PyTorch fp32, loaded on first use (after every reader session is gone)."""
+    explained, model = {}, None
     for entry in results:
         graph = entry.path.endswith(".onnx") and entry.reader == "onnxruntime"
         if not graph or (entry.precision == "fp32" and entry.passed) or entry.skipped:
             continue
         try:
+            model = model or load_model()
             explained[entry.path] = module_errors(root / entry.path, model,
                                                   cases["heldout"].images[:EXPLAIN_IMAGES],
                                                   exact_int8=entry.path in exact)
+            release_memory()  # its session, with every module's output, is gone
             if entry.passed:
                 continue
             failing = next((name for name in cases if any(f.case == name for f in entry.failures)),

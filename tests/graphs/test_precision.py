@@ -271,7 +271,7 @@ class QdqReferenceRunner(OnnxRuntimeRunner):
     """A graph's arithmetic without any int8 kernel, the same on every CPU up to float rounding:
     ONNX Runtime at its basic level (graph rewrites only; tests/runtime/test_int8_kernels.py)."""
 
-    def __init__(self, path, threads=None, exact_int8=False):
+    def __init__(self, path, threads=None, exact_int8=False, memory_arena=True):
         import onnxruntime as ort
 
         options = ort.SessionOptions()

@@ -62,15 +62,15 @@ def test_gate_passes_a_good_build_and_writes_json_junit_and_report(precision_bui
     # skipped only where this CPU cannot compute it: OpenVINO on signed int8 without VNNI
     skipped = {f"{a['path']} [{a['reader']}]" for a in parity["artifacts"] if a["skipped"]}
     assert skipped == (set() if openvino_int8_has_vnni() else {"model.int8-trt.onnx [openvino]"})
-    assert all(len(a["cases"]) == 6 for a in parity["artifacts"]  # held-out + 5 corner shapes
-               if not a["skipped"])
+    # held-out + 4 corner shapes; the held-out images run at the max batch are the fifth corner
+    assert all(len(a["cases"]) == 5 for a in parity["artifacts"] if not a["skipped"])
     top = read_manifest(root / "manifest.json").dynamic["batch"]["max"]
     assert f"{top}x3x224x224" in parity["shapes"]  # the max batch is gated
     split = read_manifest(root / "manifest.json").data_split
     assert parity["heldout"]["ids_sha256"] == split["ids_sha256"]["heldout"]
     suite = ET.parse(root / "parity.junit.xml").getroot()
     assert suite.get("failures") == "0" and suite.get("skipped") == str(len(skipped))
-    assert int(suite.get("tests")) == (10 - len(skipped)) * (6 + 1) + len(skipped)
+    assert int(suite.get("tests")) == (10 - len(skipped)) * (5 + 1) + len(skipped)
     text = (root / "report.md").read_text()
     assert "Gate: **passed**" in text and "parity-errors.png" in text
     assert (root / "parity-errors.png").read_bytes()[:4] == b"\x89PNG"
@@ -316,15 +316,26 @@ def test_shape_cases_aggregate_over_images_and_gate_int8_only_at_sides_of_64_px(
     dynamic = {"batch": {"min": 1, "opt": 1, "max": 32}, "height": {"min": 32, "opt": 224, "max": 448},
                "width": {"min": 32, "opt": 224, "max": 448}}
     images = ImageSet(np.zeros((64, 3, 224, 224), np.float32), None, "zeros")
-    cases = shape_cases(dynamic, images)
+    thorough = shape_cases(dynamic, images, thorough=True)
     # the min size is measured too: fp16 and fp32 are declared servable there and gated there
-    assert list(cases) == ["heldout", "1x3x32x32", "1x3x32x448", "32x3x224x224", "4x3x448x32",
-                           "2x3x448x448"]
-    assert [len(c.images) for c in cases.values()] == [64, 64, 64, 32, 64, 8]
-    assert [c.batch for c in cases.values()] == [8, 1, 1, 32, 4, 2]
-    assert [c.gates("int8") for c in cases.values()] == [True, False, False, True, False, True]
-    assert all(c.gates("fp16") and c.gates("fp32") for c in cases.values())
-    assert [c.sources for c in cases.values()] == [64, 64, 64, 32, 64, 8]  # no ids: each its own
+    assert list(thorough) == ["heldout", "1x3x32x32", "1x3x32x448", "32x3x224x224", "4x3x448x32",
+                              "2x3x448x448"]
+    assert [len(c.images) for c in thorough.values()] == [64, 64, 64, 32, 64, 8]
+    assert [c.batch for c in thorough.values()] == [8, 1, 1, 32, 4, 2]
+    assert [c.gates("int8") for c in thorough.values()] == [True, False, False, True, False, True]
+    assert all(c.gates("fp16") and c.gates("fp32") for c in thorough.values())
+    assert [c.sources for c in thorough.values()] == [64, 64, 64, 32, 64, 8]  # no ids: each its own
+    assert all(c.float_images is None for c in thorough.values())
+    # the lighter gate: the held-out images at the max batch are that corner too, and float
+    # graphs read a corner's first 4 images in whole batches (int8 every image)
+    cases = shape_cases(dynamic, images)
+    assert list(cases) == ["heldout", "1x3x32x32", "1x3x32x448", "4x3x448x32", "2x3x448x448"]
+    assert cases["heldout"].batch == 32 and cases["heldout"].stands_for == "32x3x224x224"
+    assert [len(c.images) for c in cases.values()] == [64, 64, 64, 64, 8]
+    assert [c.float_images for c in cases.values()] == [None, 4, 4, 4, 4]
+    # fewer held-out images than the max batch: the corner stays a case of its own
+    few = shape_cases(dynamic, ImageSet(images.images[:16], None, "zeros"))
+    assert few["heldout"].batch == 8 and few["heldout"].stands_for is None and "32x3x224x224" in few
     # an opt size under 64 px is gated for int8 at its own size
     small = {**dynamic, "height": {"min": 32, "opt": 32, "max": 64}}
     assert all(c.gates("int8") for c in shape_cases(small, images).values())

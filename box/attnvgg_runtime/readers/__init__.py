@@ -30,6 +30,20 @@ def runtime_module(name: str, install_hint: str,
         raise error(f"the {name} Python package is not installed ({e}); {install_hint}") from None
 
 
+def release_memory() -> None:
+    """Hand memory freed by a reader session back to the system: glibc keeps freed heap pages
+    (a full-size session's weights and activation buffers, gigabytes) for reuse unless trimmed,
+    so that the next session would sit on top of the last one's. A no-op off glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows): nothing to trim
+        pass
+
+
 def run_batches(runner: Runner, images: np.ndarray, batch: int = 8) -> np.ndarray:
     """``runner`` over ``images`` in batches of ``batch`` (the last one may be smaller)."""
     return np.concatenate([runner(images[i:i + batch]) for i in range(0, len(images), batch)])

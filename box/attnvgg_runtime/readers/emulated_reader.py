@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
     reader, path = argv[0], argv[1]
     hint = argv[argv.index("--hint") + 1] if "--hint" in argv else "f32"
     level = argv[argv.index("--optimization") + 1] if "--optimization" in argv else None
-    run = (OnnxRuntimeRunner(path, exact_int8="--exact-int8" in argv, optimization=level)
+    run = (OnnxRuntimeRunner(path, exact_int8="--exact-int8" in argv, optimization=level, memory_arena=False)
            if reader == "onnxruntime" else OpenVinoRunner(path, hint, convert="--convert" in argv))
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while source.peek(1):

@@ -54,7 +54,7 @@ def _cpu_runner(path: Path, reader: str, exact: bool, hint: str, optimization: s
                               path, exact, hint, optimization, convert)
     if reader.startswith("openvino"):
         return OpenVinoRunner(path, hint, convert=convert)
-    return OnnxRuntimeRunner(path, exact_int8=exact, optimization=optimization)
+    return OnnxRuntimeRunner(path, exact_int8=exact, optimization=optimization, memory_arena=False)
 
 
 def not_gated_here(artifact: Artifact, reader: str) -> str | None:
