@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from attnvgg_export.models import ConfigError
 from attnvgg_runtime.files import sha256_file
+from attnvgg_runtime.readers import release_memory
 
 from .data import ImageSet
 from .errors import CalibrationDataError, CalibrationRangeError
@@ -242,6 +243,7 @@ def _session_with_outputs(model_path: Path, tensors: Sequence[str], folder: Path
     onnx.save_model(model, str(augmented), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="augmented.weights")
     del model
+    release_memory()  # the graph's copy, before the session reads the weights again
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
     options.log_severity_level = 3
@@ -275,12 +277,20 @@ def calibrate(model_path: Path, images: ImageSet | Sequence[ImageSet], cache_dir
     collector = StreamingCollector(method, growth_bound(sets, batch_size))
     with tempfile.TemporaryDirectory(prefix="calib-") as tmp, \
             tqdm(total=count, desc=f"calibrating ({method})", unit="img") as progress:
+        import onnxruntime as ort
+
         session = _session_with_outputs(model_path, tensors, Path(tmp))
         input_name = session.get_inputs()[0].name
         for image_set in sets:
             for batch in image_set.batches(batch_size):
-                outputs = session.run(tensors, {input_name: batch})
-                collector.add(dict(zip(tensors, outputs, strict=True)))
+                outputs = session.run_with_ort_values(
+                    tensors, {input_name: ort.OrtValue.ortvalue_from_numpy(batch)})
+                # folded in a tensor at a time (the collector keeps each tensor's state apart),
+                # each one's copy in numpy released before the next: at full size the batch's
+                # activations are ~1 GB, and all of them copied at once would be twice that
+                for i, name in enumerate(tensors):
+                    collector.add({name: outputs[i].numpy()})
+                    outputs[i] = None
                 del outputs  # this batch's activations: released before the next batch runs
                 progress.update(len(batch))
         del session
