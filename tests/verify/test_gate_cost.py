@@ -2,6 +2,8 @@
 build: the same verdicts and the same figures where they read the same images; and eager's
 outputs, stored by a whole gate run, read back by the next one only while they are this model's."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -11,56 +13,56 @@ from attnvgg_runtime.manifest import read_manifest
 from tests.conftest import copy_build
 
 
-def _by_reading(report) -> dict:
-    return {(a.path, a.reader): a for a in report.artifacts}
+def _by_reading(artifacts: list[dict]) -> dict:
+    return {(a["path"], a["reader"]): a for a in artifacts}
 
 
-def test_the_lighter_gate_gives_the_thorough_gates_verdicts_and_figures(engines_build, tmp_path):
-    light_log, thorough_log = [], []
-    light = run_parity(copy_build(engines_build, tmp_path / "light") / "manifest.json",
-                       log=light_log.append)
-    thorough = run_parity(copy_build(engines_build, tmp_path / "thorough") / "manifest.json",
-                          log=thorough_log.append, thorough=True)
-    assert light.passed and thorough.passed, light.failures() + thorough.failures()
+def test_the_lighter_gate_gives_the_thorough_gates_verdicts_and_figures(gated_build, engines_build,
+                                                                        tmp_path):
+    # gated_build is the lighter gate's run on a copy of engines_build
+    light = json.loads((gated_build / "parity.json").read_text())
+    thorough = run_parity(copy_build(engines_build, tmp_path) / "manifest.json", log=lambda *_: None,
+                          thorough=True)
+    assert light["passed"] and thorough.passed, thorough.failures()
     # the held-out images run at the max batch stand for the (max batch, opt size) corner
     dynamic = read_manifest(engines_build / "manifest.json").dynamic
     merged = f"{dynamic['batch']['max']}x3x{dynamic['height']['opt']}x{dynamic['width']['opt']}"
-    assert set(thorough.shapes) == set(light.shapes)  # the same shapes proven
+    assert set(thorough.shapes) == set(light["shapes"])  # the same shapes proven
     # proven in one run of the held-out images at the max batch
-    assert merged in thorough.artifacts[0].cases and merged not in light.artifacts[0].cases
-    lights, thoroughs = _by_reading(light), _by_reading(thorough)
+    assert merged in thorough.artifacts[0].cases and merged not in light["artifacts"][0]["cases"]
+    lights = _by_reading(light["artifacts"])
+    thoroughs = _by_reading([a.to_json() for a in thorough.artifacts])
     assert lights.keys() == thoroughs.keys()
     for key, entry in lights.items():
         other = thoroughs[key]
-        assert (entry.passed, entry.skipped) == (other.passed, other.skipped), key
-        if entry.skipped:
+        assert (entry["passed"], entry["skipped"]) == (other["passed"], other["skipped"]), key
+        if entry["skipped"]:
             continue
-        for name, figures in entry.cases.items():
-            theirs = other.cases[name]
-            if entry.precision == "int8" or name == "heldout":  # the same images: the same figures
+        for name, figures in entry["cases"].items():
+            theirs = other["cases"][name]
+            if entry["precision"] == "int8" or name == "heldout":  # the same images: the same figures
                 for measure in ("rel_l2", "rel_l2_image", "cosine", "top1"):
                     assert figures[measure] == pytest.approx(theirs[measure], rel=1e-4, abs=1e-7), \
                         (key, name, measure)
             else:  # a float graph reads the first images of a corner: near what all of them read
                 # (the worst image is read against the case's median norm, which the subset moves)
                 assert figures["rel_l2_image"] <= theirs["rel_l2_image"] * 1.25 + 1e-5, (key, name)
-        if "rel_l2_vs_reconverted" in entry.cases.get("heldout", {}):
-            assert entry.cases["heldout"]["rel_l2_vs_reconverted"] == pytest.approx(
-                other.cases["heldout"]["rel_l2_vs_reconverted"], abs=1e-7)
-    assert any("computed" in line for line in light_log if line.startswith("eager PyTorch"))
+        if "rel_l2_vs_reconverted" in entry["cases"].get("heldout", {}):
+            assert entry["cases"]["heldout"]["rel_l2_vs_reconverted"] == pytest.approx(
+                other["cases"]["heldout"]["rel_l2_vs_reconverted"], abs=1e-7)
 
 
-def test_a_gate_rerun_reads_eagers_outputs_only_while_they_are_this_models(engines_build, tmp_path):
-    root = copy_build(engines_build, tmp_path)
+def test_a_gate_rerun_reads_eagers_outputs_only_while_they_are_this_models(gated_build, tmp_path):
+    root = copy_build(gated_build, tmp_path)  # its gate stored eager's outputs
     manifest = root / "manifest.json"
-    first_log, second_log = [], []
-    first = run_parity(manifest, log=first_log.append)
     assert (root / REFERENCES_FILE).is_file()
     assert read_manifest(manifest).parity["eager-references"]["sha256"]
+    first = json.loads((root / "parity.json").read_text())
+    second_log = []
     second = run_parity(manifest, log=second_log.append)
     assert any("read from" in line for line in second_log if line.startswith("eager PyTorch"))
-    assert [a.to_json() | {"reader_version": None} for a in first.artifacts] == \
-        [a.to_json() | {"reader_version": None} for a in second.artifacts]
+    assert [(a["path"], a["reader"], a["passed"], a["cases"]) for a in first["artifacts"]] == \
+        [(a.path, a.reader, a.passed, a.cases) for a in second.artifacts]
     # edited bytes: not this build's file (sha256), computed again and rewritten
     data = bytearray((root / REFERENCES_FILE).read_bytes())
     data[-100] ^= 0xFF
