@@ -23,7 +23,9 @@ def main(argv: list[str]) -> None:
     reader, path = argv[0], argv[1]
     hint = argv[argv.index("--hint") + 1] if "--hint" in argv else "f32"
     level = argv[argv.index("--optimization") + 1] if "--optimization" in argv else None
-    run = (OnnxRuntimeRunner(path, exact_int8="--exact-int8" in argv, optimization=level, memory_arena=False)
+    # ONNX Runtime's arena kept here (the verifiers turn it off to save memory): under qemu every
+    # freshly mapped page is an emulated fault, and the builds emulated in CI are small
+    run = (OnnxRuntimeRunner(path, exact_int8="--exact-int8" in argv, optimization=level)
            if reader == "onnxruntime" else OpenVinoRunner(path, hint, convert="--convert" in argv))
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while source.peek(1):

@@ -202,7 +202,8 @@ def derived_difference(entry: ArtifactParity, artifact: Artifact, ours: np.ndarr
         if not entry.record("the conversion redone", between, allowed):
             found.append(Finding(
                 "derived_max", f"differs from {RECONVERTED[artifact.format]} ({artifact.source}) "
-                f"by rel L2 {between:.4g} on the held-out images (derived budget {allowed:.4g}): the "
+                f"by rel L2 {between:.4g} on the first {len(reconverted)} held-out images (derived budget "
+                f"{allowed:.4g}): the "
                 f"file is not what its conversion makes", measured=between, budget=allowed,
                 margin=error_margin(between, allowed)))
     if source is not None and "derived_excess_max" in budget:
