@@ -287,9 +287,11 @@ def calibrate(model_path: Path, images: ImageSet | Sequence[ImageSet], cache_dir
                     tensors, {input_name: ort.OrtValue.ortvalue_from_numpy(batch)})
                 # folded in a tensor at a time (the collector keeps each tensor's state apart),
                 # each one's copy in numpy released before the next: at full size the batch's
-                # activations are ~1 GB, and all of them copied at once would be twice that
+                # activations are ~1 GB, and all of them copied at once would be twice that. A
+                # copy, since the collector overwrites what it reads and an output can be a view
+                # of the input batch, which is the caller's images
                 for i, name in enumerate(tensors):
-                    collector.add({name: outputs[i].numpy()})
+                    collector.add({name: np.array(outputs[i].numpy())})
                     outputs[i] = None
                 del outputs  # this batch's activations: released before the next batch runs
                 progress.update(len(batch))

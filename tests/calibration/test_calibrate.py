@@ -72,8 +72,11 @@ def test_sets_of_several_sizes_and_ragged_batches_calibrate(fp32_graph, tmp_path
     rng = np.random.default_rng(2)
     sets = [ImageSet(rng.standard_normal((13, 3, 64, 64), dtype=np.float32), None, "a"),
             ImageSet(rng.standard_normal((3, 3, 96, 64), dtype=np.float32), None, "b")]
+    before = [s.images.copy() for s in sets]
     result = calibrate(fp32_graph, sets, tmp_path, method, batch_size=4)
     assert result.count == 16 and not result.cached
+    # the caller's images are read, never written (the collector overwrites what it is given)
+    assert all(np.array_equal(b, s.images) for b, s in zip(before, sets, strict=True))
     assert calibrate(fp32_graph, sets, tmp_path, method, batch_size=4).cached
 
 
