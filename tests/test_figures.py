@@ -103,5 +103,7 @@ def test_the_gate_cost_table_is_rendered_from_its_stored_run_and_kept_the_verdic
     for name, block in blocks:
         result = json.loads((RUNS / name / "gate-cost.json").read_text())
         assert block == render_cost(result), f"block {name} is not what its run renders"
+        assert all(run["readings"] for run in result["runs"]), name  # a run that read nothing proves nothing
+        assert all(run["readings"].keys() == result["runs"][0]["readings"].keys() for run in result["runs"])
         assert compare(result)["differing_verdicts"] == [], name  # the lighter gate's verdicts
         assert {run["label"] for run in result["runs"]} == {"baseline", "first run", "re-run"}
