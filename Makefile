@@ -45,7 +45,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml box/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e './box[onnxruntime-gpu,openvino]' -e '.[dev]'
+	$(PY) -m pip install -q -e './box[onnxruntime-gpu,openvino]' -e '.[dev,ray]'
 	touch $@
 
 card: $(STAMP)

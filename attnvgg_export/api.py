@@ -106,20 +106,24 @@ def build(variant: str, checkpoint: str | Path | None = None, model=None, *,
           calib_dir: str | Path | None = None, eval_dir: str | Path | None = None,
           out: str | Path = "build", num_classes: int | None = None,
           width_mult: float = 1.0, img_size: int = 224, labels: list[str] | None = None,
-          backend: str = "auto", bench_seconds: float = 10.0, log=print) -> BuildResult:
+          backend: str = "auto", bench_seconds: float = 10.0, eval_cluster: str | None = None,
+          log=print) -> BuildResult:
     """Every artifact of ``variant`` with its proof, under ``out/<variant>/``.
 
     ``checkpoint``: a file (.pt/.pth/.safetensors, loaded without executing pickled code); or
     ``model``: an nn.Module of the variant in memory (written to ``out/<variant>/model.safetensors``
     first, and built from that file); neither: the seeded default initialization. ``calib_dir``:
     images to calibrate int8 on (default: photographs bundled with scikit-image); ``eval_dir``:
-    labelled images to judge accuracy on. Sides are declared from ``img_size`` as `make engine`
+    labelled images to judge accuracy on, read on the Ray cluster ``eval_cluster`` names ("auto": a
+    local one; default: EVAL_CLUSTER, then RAY_ADDRESS; neither: in this process). Sides are
+    declared from ``img_size`` as `make engine`
     declares them. Raises GateFailed where the gate fails an artifact."""
     from attnvgg_export import models
     from attnvgg_export.bench.bench import BenchConfig, run_bench
     from attnvgg_export.convert.engines import build_engines
     from attnvgg_export.graphs.export import ExportConfig, default_sides, export_to_folder, image_range
     from attnvgg_export.graphs.precision import PrecisionConfig, build_precision_graphs
+    from attnvgg_export.verify.cluster import cluster_from_environment
     from attnvgg_export.verify.gate import run_parity
 
     if checkpoint is not None and model is not None:
@@ -139,7 +143,8 @@ def build(variant: str, checkpoint: str | Path | None = None, model=None, *,
     build_precision_graphs(manifest, PrecisionConfig(calib_source=str(calib_dir) if calib_dir else None),
                            log)
     build_engines(manifest, backend, log)
-    report = run_parity(manifest, eval_dir=eval_dir, log=log)
+    report = run_parity(manifest, eval_dir=eval_dir, log=log,
+                        cluster=eval_cluster or cluster_from_environment())
     if not report.passed:
         raise GateFailed(f"the parity gate failed {len(report.failures())} checks; first: "
                          f"{report.failures()[0]} ({folder / 'report.md'})", read_result(manifest))

@@ -103,6 +103,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_parity(args: argparse.Namespace) -> int:
+    from attnvgg_export.verify.cluster import cluster_from_environment
     from attnvgg_export.verify.gate import run_parity
 
     report = run_parity(Path(args.manifest),
@@ -110,7 +111,8 @@ def _cmd_parity(args: argparse.Namespace) -> int:
                         only=set(args.artifacts) if args.artifacts else None,
                         cases=set(args.cases) if args.cases is not None else None,
                         eval_dir=args.eval_dir, strict_accuracy=args.strict_accuracy,
-                        images=args.images, thorough=args.thorough)
+                        images=args.images, thorough=args.thorough,
+                        cluster=args.eval_cluster or cluster_from_environment())
     skipped, warnings = report.skipped(), report.warnings()
     for warning in warnings:  # passed, not proven: each on its own line, the count on the last
         print(f"WARNING: {warning}")
@@ -265,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="labelled images (ImageFolder layout, or .npz with images and labels), "
                              "kept apart from calibration: every artifact's top-1 drop against "
                              "eager, with a 95%% interval, against accuracy_drop_max")
+    parity.add_argument("--eval-cluster", metavar="auto|ADDRESS",
+                        help="read EVAL_DIR on a Ray cluster: auto (a local one) or its address "
+                        "(default: EVAL_CLUSTER, then RAY_ADDRESS; neither: in this process; "
+                        "docs/toolchain.md)")
     parity.add_argument("--strict-accuracy", action="store_true",
                         help="fail an EVAL_DIR drop that its images cannot resolve (by default it "
                         "fails only where it is over budget, with confidence or by its point "

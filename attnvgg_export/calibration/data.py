@@ -150,7 +150,11 @@ def image_transform(pre: Preprocessing) -> T.Compose:
 
 def load_image(path: Path, pre: Preprocessing) -> np.ndarray:
     with Image.open(path) as image:
-        return image_transform(pre)(to_rgb(image)).numpy()
+        return transform_image(image, pre)
+
+
+def transform_image(image: Image.Image, pre: Preprocessing) -> np.ndarray:
+    return image_transform(pre)(to_rgb(image)).numpy()
 
 
 def resize_images(images: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -2,78 +2,127 @@
 
 An ImageFolder layout (one sub-folder per class) or an .npz with ``images`` and ``labels``.
 Class folders map to the checkpoint's classes by name where the manifest has labels (LABELS),
-else by sorted order, which must then match NUM_CLASSES. Images are decoded a batch at a time,
-so 10,000 of them cost one batch of memory; an undecodable file is skipped and named, and its
-identity left out of the set's sha256, in every pass over the set alike.
+else by sorted order, which must then match NUM_CLASSES. Each image is identified by the sha256
+of its bytes, and decoded a batch (a ``Unit``) at a time where it is read, on this machine or a
+cluster's worker, so 50,000 of them cost one batch of memory per worker; an undecodable file is
+skipped and named, and left out of the set's sha256, in every reading alike. An .npz is loaded
+whole by each process that decodes it: a set of ImageNet's size belongs in a folder.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterator
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from attnvgg_runtime.files import sha256_file
 
-from .data import image_transform, list_images, load_image, to_rgb
+from .data import image_transform, list_images, to_rgb, transform_image
 from .errors import CalibrationDataError
 from .preprocessing import Preprocessing
 
 
+@dataclass(frozen=True)
+class Unit:
+    """A batch of the set, the unit of work and of resumption: which entries, their labels and
+    the sha256 of each image's bytes (what a stored result is keyed by)."""
+
+    index: int
+    source: str
+    entries: tuple  # file paths (str), or indices into the .npz's ``images``
+    labels: tuple[int, ...]
+    image_sha256: tuple[str, ...]
+
+
 @dataclass
 class EvalSet:
-    """A labelled evaluation set: what it is, and its images a batch at a time."""
+    """A labelled evaluation set: what it is, each image's identity, and its batches."""
 
     source: str
     labels: np.ndarray  # the checkpoint's class index of each entry
     class_names: list[str]  # as found (folder names), in the order of the entries' classes
     _entries: list  # files, or indices into the .npz array
-    _array: np.ndarray | None = None
-    skipped: list[str] = field(default_factory=list)  # undecodable files, by name
-    ids: list[str] = field(default_factory=list)  # the identities of the decoded entries
-    identified: bool = False  # a whole pass recorded skipped and ids: later passes only decode
+    image_sha256: list[str] = field(default_factory=list)  # of each entry's bytes (identify)
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def batches(self, pre: Preprocessing, size: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(images, labels) a batch at a time; undecodable files are skipped and recorded, and
-        each file hashed for its identity, on the first whole pass only."""
-        identify = not self.identified
-        if identify:
-            self.skipped, self.ids = [], []
-        transform = image_transform(pre) if self._array is not None else None
-        for start in range(0, len(self._entries), size):
-            images, labels = [], []
-            for i in range(start, min(start + size, len(self._entries))):
-                entry = self._entries[i]
-                try:
-                    if self._array is None:
-                        images.append(load_image(entry, pre))
-                    elif self._array.dtype == np.uint8:
-                        images.append(transform(to_rgb(Image.fromarray(self._array[entry]))).numpy())
-                    else:
-                        images.append(self._array[entry])
-                except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-                    if identify:
-                        self.skipped.append(f"{entry} ({type(e).__name__})")
-                    continue
-                if identify:
-                    self.ids.append(f"{entry.relative_to(self.source).as_posix()}@"
-                                    f"{sha256_file(entry)[:16]}" if self._array is None
-                                    else f"{self.source}[{entry}]")
-                labels.append(self.labels[i])
-            if images:
-                yield np.stack(images).astype(np.float32), np.asarray(labels)
-        self.identified = True
+    def identify(self, progress: bool = True) -> None:
+        """The sha256 of every image's bytes (a file's, or the array element's), once."""
+        if self.image_sha256:
+            return
+        array = _array(self.source) if self.source.endswith(".npz") else None
+        self.image_sha256 = [
+            sha256_file(entry) if array is None else hashlib.sha256(array[entry].tobytes()).hexdigest()
+            for entry in tqdm(self._entries, desc="EVAL_DIR: identifying images", unit="image",
+                              leave=False, disable=not progress)]
 
-    def ids_sha256(self) -> str:
-        """Of the decoded entries (known after the first whole pass of ``batches``)."""
-        return hashlib.sha256("\n".join(self.ids).encode()).hexdigest()
+    def units(self, size: int) -> list[Unit]:
+        self.identify()
+        return [Unit(k, self.source, tuple(str(e) if isinstance(e, Path) else int(e)
+                                           for e in self._entries[start:start + size]),
+                     tuple(int(y) for y in self.labels[start:start + size]),
+                     tuple(self.image_sha256[start:start + size]))
+                for k, start in enumerate(range(0, len(self._entries), size))]
+
+    def entry_id(self, i: int) -> str:
+        """How the set's record names entry ``i`` (ids_sha256 hashes these)."""
+        entry = self._entries[i]
+        if isinstance(entry, Path):
+            return f"{entry.relative_to(self.source).as_posix()}@{self.image_sha256[i][:16]}"
+        return f"{self.source}[{entry}]"
+
+    def ids_sha256(self, decoded: np.ndarray) -> str:
+        """Of the entries decoded (``decoded``: a mask over the entries)."""
+        return hashlib.sha256("\n".join(self.entry_id(i) for i in np.flatnonzero(decoded))
+                              .encode()).hexdigest()
+
+
+def _array(source: str) -> np.ndarray:
+    stat = Path(source).stat()
+    return _array_of(source, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)  # a worker decodes many units of one set (keyed by its version)
+def _array_of(source: str, _mtime_ns: int, _size: int) -> np.ndarray:
+    with np.load(source, allow_pickle=False) as loaded:
+        return loaded["images"]
+
+
+def decode_unit(unit: Unit, pre: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """(the unit's decodable images, preprocessed, stacked; which entries they are, a mask).
+    A file whose bytes are not those identified is refused: on a cluster, a node that sees
+    another copy of EVAL_DIR would otherwise key its results to images it did not read."""
+    images, decoded = [], []
+    npz = unit.source.endswith(".npz")
+    array = _array(unit.source) if npz else None
+    transform = image_transform(pre) if npz else None
+    for entry, expected in zip(unit.entries, unit.image_sha256, strict=True):
+        data = Path(entry).read_bytes() if not npz else array[entry].tobytes()
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise CalibrationDataError(
+                f"EVAL_DIR image {entry} of {unit.source} changed since the evaluation identified it "
+                f"(or this machine sees another copy of it): its sha256 differs; run again")
+        try:
+            if not npz:
+                with Image.open(io.BytesIO(data)) as image:
+                    images.append(transform_image(image, pre))
+            elif array.dtype == np.uint8:
+                images.append(transform(to_rgb(Image.fromarray(array[entry]))).numpy())
+            else:
+                images.append(np.asarray(array[entry], np.float32))
+            decoded.append(True)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            decoded.append(False)
+    shape = (0, 3, *pre.crop)
+    return (np.stack(images).astype(np.float32) if images else np.zeros(shape, np.float32),
+            np.asarray(decoded, bool))
 
 
 def _class_indices(found: list[str], num_classes: int, labels: list[str] | None,
@@ -105,14 +154,14 @@ def load_eval_set(source: str | Path, num_classes: int, labels: list[str] | None
             if not {"images", "labels"} <= set(loaded.files):
                 raise CalibrationDataError(f"{path} holds {sorted(loaded.files)}; an evaluation "
                                            f".npz needs `images` and `labels` arrays")
-            array, found = loaded["images"], loaded["labels"].astype(np.int64)
+            found = loaded["labels"].astype(np.int64)
+            count = len(_array(str(path)))
         except (ValueError, OSError) as e:
             raise CalibrationDataError(f"cannot read {path} as .npz without pickles: {e}") from None
         if found.min() < 0 or found.max() >= num_classes:
             raise CalibrationDataError(f"{path}: labels span {found.min()}..{found.max()}, outside "
                                        f"the checkpoint's {num_classes} classes (NUM_CLASSES)")
-        return EvalSet(str(path), found, [str(i) for i in range(num_classes)],
-                       list(range(len(array))), array)
+        return EvalSet(str(path), found, [str(i) for i in range(num_classes)], list(range(count)))
     files, by_order = list_images(path, "EVAL_DIR")
     if by_order is None:
         loose = [p for p in files if p.parent == path]

@@ -20,7 +20,7 @@ from attnvgg_export.models import ConfigError
 from attnvgg_export.report.report import publish
 from attnvgg_export.verify.budgets import changed_budgets, load_tolerances
 from attnvgg_export.verify.cases import ShapeCase
-from attnvgg_export.verify.evaluate import EVAL_CASE, LabelledReference, judge_on_labels
+from attnvgg_export.verify.evaluate import EVAL_CASE, LabelledSet
 from attnvgg_export.verify.explain import EXPLAIN_IMAGES, first_past, module_errors, write_explain_json
 from attnvgg_export.verify.references import (
     REFERENCES_FILE,
@@ -126,7 +126,7 @@ class GateInputs:
     whole: bool  # every case, artifact and image: the run whose inputs become the golden I/O
     references: dict[str, np.ndarray]  # eager's outputs per case (eager itself is not kept: its
     # weights would sit beside every reader session; explain_graphs loads it again where needed)
-    labelled: LabelledReference | None  # EVAL_DIR
+    labelled: LabelledSet | None  # EVAL_DIR, each image identified
     built_rel_l2: dict[str, float]  # what the precision stage measured (drift)
 
 
@@ -165,10 +165,9 @@ def gate_inputs(manifest_path: Path, tolerances: Path | None, only: set[str] | N
     log("eager PyTorch fp32's outputs: " + ("computed" if computed else
         f"read from {root / REFERENCES_FILE} (this model's, by its key and sha256)"))
     labelled = None
-    if eval_dir:  # the user's labelled images: eager runs on them here
-        from attnvgg_export.verify.evaluate import eager_on_labels
-        labelled = eager_on_labels(eval_dir, manifest, _eager_model(manifest), log)
-        release_memory()
+    if eval_dir:  # the user's labelled images, read after the parity readings (evaluate.py)
+        from attnvgg_export.verify.evaluate import labelled_set
+        labelled = labelled_set(eval_dir, manifest, root, log=log)
     # the precision stage measured each graph with ONNX Runtime on every held-out image; drift is
     # judged against that (not on a subset of the images, whose figure is another)
     built = {r["path"]: r["rel_l2"] for r in manifest.parity.get("heldout-vs-eager", {}).values()
@@ -199,21 +198,18 @@ def eager_references(manifest: Manifest, images: int | None, cases: set[str] | N
                           all_cases, references)
 
 
-def measure(inputs: GateInputs, only: set[str] | None, strict_accuracy: bool,
-            log) -> tuple[list[ArtifactParity], dict]:
+def measure(inputs: GateInputs, only: set[str] | None) -> tuple[list[ArtifactParity], dict]:
     """Every artifact (or those in ``only``) under each of its readers, on every case, judged by
-    its budget: the box's per-artifact check (attnvgg_runtime.verify.check), and EVAL_DIR's
-    accuracy on each loaded reader. Returns the readings and the held-out outputs by label."""
+    its budget: the box's per-artifact check (attnvgg_runtime.verify.check). Returns the
+    readings and the held-out outputs by label."""
     checked = {name: Case(case.images, case.batch, inputs.references[name], case.labels, case.sources,
                           case.int8_gated, case.float_images) for name, case in inputs.cases.items()}
-    with_labels = (lambda entry, runner: judge_on_labels(
-        entry, runner, inputs.labelled, entry.budget, log, strict_accuracy)) if inputs.labelled else None
     results, outputs = [], {}
     for artifact in inputs.manifest.artifacts:
         if only is None or artifact.path in only:
             results += check_artifact(artifact, inputs.root, inputs.manifest, checked,
                                       inputs.budgets[artifact.precision], inputs.trained, outputs,
-                                      inputs.built_rel_l2.get(artifact.path), with_labels)
+                                      inputs.built_rel_l2.get(artifact.path))
     return results, outputs
 
 
@@ -244,13 +240,14 @@ def judge_build(inputs: GateInputs, results: list[ArtifactParity]) -> None:
                     measured=report["final"], budget=report["goal"]))
 
 
-def record(inputs: GateInputs, results: list[ArtifactParity], strict_accuracy: bool) -> ParityReport:
+def record(inputs: GateInputs, results: list[ArtifactParity], strict_accuracy: bool,
+           evaluation: dict | None = None) -> ParityReport:
     return ParityReport(inputs.manifest.variant, inputs.trained, results, inputs.heldout,
                         [shape for name, case in inputs.cases.items()  # every shape it proved
                          for shape in (name, case.stands_for) if shape],
                         {p: inputs.budgets[p] for p in sorted({a.precision for a in results})},
                         budgets_changed=inputs.changed,
-                        evaluation=inputs.labelled.record if inputs.labelled else None,
+                        evaluation=evaluation,
                         strict_accuracy=strict_accuracy)
 
 
@@ -281,7 +278,8 @@ def publish_gate(inputs: GateInputs, report: ParityReport, outputs: dict, log) -
 def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
                only: set[str] | None = None, cases: set[str] | None = None,
                eval_dir: str | Path | None = None, strict_accuracy: bool = False,
-               images: int | None = None, thorough: bool = False) -> ParityReport:
+               images: int | None = None, thorough: bool = False,
+               cluster: str | None = None) -> ParityReport:
     """The gate: read the build (gate_inputs), measure every reading against its budget
     (measure), judge what concerns an artifact as a whole (judge_build), record the verdict
     (record), explain the failing graphs, publish every file once (publish_gate).
@@ -295,17 +293,24 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
     (the corners follow them): what fits an emulated CPU in CI (`make test-isa`); the verdict then
     covers only them. ``thorough``: every graph on every image of every corner, the max batch a
     corner of its own, and eager run again (attnvgg_export.verify.cases.shape_cases): slower,
-    the same verdicts (tests/verify/test_gate_cost.py)."""
+    the same verdicts (tests/verify/test_gate_cost.py). ``cluster``: where EVAL_DIR is read, "auto"
+    (a local Ray cluster) or a Ray address (attnvgg_export.verify.cluster); None: in this process."""
     inputs = gate_inputs(manifest_path, tolerances, only, cases, eval_dir, images, log, thorough)
     _log_plan(inputs, tolerances, log)
-    results, outputs = measure(inputs, only, strict_accuracy, log)
+    results, outputs = measure(inputs, only)
+    evaluation = None
+    if inputs.labelled:
+        from attnvgg_export.verify.evaluate import evaluate_gate_readings
+
+        evaluation = evaluate_gate_readings(Path(manifest_path), inputs.manifest, inputs.labelled, results,
+                                            cluster, strict_accuracy, log)
     judge_build(inputs, results)
     exact = {a.path for a in inputs.manifest.artifacts if a.exact_int8_session_options is not None}
     explain_graphs(results, inputs.root, lambda: _eager_model(inputs.manifest), inputs.cases,
                    inputs.budgets, log, exact)
     for entry in results:
         _log_entry(entry, log)
-    report = record(inputs, results, strict_accuracy)
+    report = record(inputs, results, strict_accuracy, evaluation)
     publish_gate(inputs, report, outputs, log)
     return report
 

@@ -111,24 +111,27 @@ def _folder(root, classes=("cat", "dog"), per_class=3):
     return root
 
 
-def test_an_image_folder_streams_in_batches_and_skips_undecodable_files_by_name(tmp_path,
-                                                                             monkeypatch):
+def test_an_image_folder_is_identified_once_and_decoded_a_unit_at_a_time(tmp_path, monkeypatch):
     from attnvgg_export.calibration import evaluation
+    from attnvgg_export.calibration.evaluation import decode_unit
 
-    hashed = []
-    monkeypatch.setattr(evaluation, "sha256_file",
-                        lambda path: hashed.append(path) or "0" * 64)
     root = _folder(tmp_path / "eval")
     (root / "dog" / "broken.png").write_bytes(b"not a png")
     eval_set = load_eval_set(root, num_classes=2)
-    batches = list(eval_set.batches(PRE, size=2))
-    assert [len(x) for x, _ in batches] == [2, 2, 2] and batches[0][0].shape[1:] == (3, 32, 32)
-    assert np.concatenate([y for _, y in batches]).tolist() == [0, 0, 0, 1, 1, 1]
-    assert len(eval_set.skipped) == 1 and "broken.png" in eval_set.skipped[0]
-    first = eval_set.ids_sha256()
-    assert len(hashed) == 6  # each decoded file once
-    list(eval_set.batches(PRE, size=4))  # another pass (one per artifact): no file hashed again
-    assert eval_set.ids_sha256() == first and len(hashed) == 6 and len(eval_set.skipped) == 1
+    units = eval_set.units(2)
+    assert [len(u.entries) for u in units] == [2, 2, 2, 1] and len(set(eval_set.image_sha256)) == 4  # cat and dog share 3 images
+    assert [y for u in units for y in u.labels] == [0, 0, 0, 1, 1, 1, 1]
+    decoded = [decode_unit(u, PRE) for u in units]
+    assert decoded[0][0].shape == (2, 3, 32, 32)
+    mask = np.concatenate([d for _, d in decoded])
+    assert mask.tolist() == [True] * 6 + [False]  # dog/broken.png sorts last
+    hashed = []
+    monkeypatch.setattr(evaluation, "sha256_file", lambda path: hashed.append(path) or "0" * 64)
+    eval_set.units(4)  # another batch size: no file hashed again
+    assert hashed == [] and eval_set.ids_sha256(mask) != eval_set.ids_sha256(np.ones(7, bool))
+    (root / "cat" / "0.png").write_bytes((root / "cat" / "1.png").read_bytes())
+    with pytest.raises(CalibrationDataError, match="cat/0.png .*changed since the evaluation identified it"):
+        decode_unit(units[0], PRE)
 
 
 def test_class_folders_map_to_the_checkpoints_labels_by_name(tmp_path):
@@ -160,8 +163,11 @@ def test_an_npz_needs_labels_within_the_classes(tmp_path):
     with pytest.raises(CalibrationDataError, match="outside the checkpoint's 10 classes"):
         load_eval_set(tmp_path / "far.npz", 10)
     np.savez(tmp_path / "ok.npz", images=np.zeros((4, 32, 32), np.uint8), labels=np.array([0, 1, 2, 9]))
-    x, y = next(load_eval_set(tmp_path / "ok.npz", 10).batches(PRE, 8))
-    assert x.shape == (4, 3, 32, 32) and y.tolist() == [0, 1, 2, 9]
+    from attnvgg_export.calibration.evaluation import decode_unit
+
+    unit = load_eval_set(tmp_path / "ok.npz", 10).units(8)[0]
+    x, decoded = decode_unit(unit, PRE)
+    assert x.shape == (4, 3, 32, 32) and list(unit.labels) == [0, 1, 2, 9] and decoded.all()
 
 
 @pytest.mark.numerics
@@ -209,15 +215,15 @@ def test_a_drop_the_images_cannot_resolve_is_reported_and_fails_only_when_strict
     breach: a drop within budget by its point estimate whose interval the images cannot resolve
     is reported (with the images that would resolve it), and fails under STRICT_ACCURACY only; a
     point estimate over budget fails either way."""
-    from attnvgg_export.verify.evaluate import LabelledReference, judge_on_labels
+    from attnvgg_export.verify.evaluate import judge_results
+    from attnvgg_runtime.verify.accuracy import top_k_correct
     from attnvgg_runtime.verify.check import ArtifactParity
 
     def judged(lost: int, gained: int, strict: bool) -> ArtifactParity:
         artifact, eager, labels = _paired(600, lost=lost, gained=gained)
-        reference = LabelledReference(None, None, 32, eager, labels, {})
-        reference.logits = lambda run, desc: artifact  # the artifact's logits, as if run
         entry = ArtifactParity("model.int8-cpu.onnx", "int8")
-        judge_on_labels(entry, None, reference, {"accuracy_drop_max": 0.01}, lambda *_: None, strict)
+        judge_results(entry, *(top_k_correct(logits, labels, k) for logits in (artifact, eager) for k in (1, 5)),
+                      labels, {"accuracy_drop_max": 0.01}, lambda *_: None, strict)
         return entry
 
     unresolved = judged(lost=6, gained=2, strict=False)  # +0.67 points, interval across 1.00

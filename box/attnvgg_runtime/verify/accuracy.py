@@ -196,12 +196,21 @@ def judge_drop(artifact_logits: np.ndarray, eager_logits: np.ndarray, labels: np
     """The paired drop of one artifact against eager on the same labelled images, judged by
     ``drop_verdict``."""
     labels = np.asarray(labels)
-    lost, gained = (int(m.sum()) for m in verdict_changes(artifact_logits, eager_logits, labels))
-    top1 = {name: float(top_k_correct(logits, labels, k).mean())
-            for name, logits, k in (("top1", artifact_logits, 1), ("top5", artifact_logits, 5),
-                                    ("top1_eager", eager_logits, 1), ("top5_eager", eager_logits, 5))}
-    return AccuracyDrop(len(labels), **top1, lost=lost, gained=gained, budget=budget,
-                        **drop_verdict(lost, gained, len(labels), budget))
+    return judge_correct(top_k_correct(artifact_logits, labels, 1), top_k_correct(artifact_logits, labels, 5),
+                         top_k_correct(eager_logits, labels, 1), top_k_correct(eager_logits, labels, 5),
+                         budget)
+
+
+def judge_correct(top1: np.ndarray, top5: np.ndarray, top1_eager: np.ndarray, top5_eager: np.ndarray,
+                  budget: float) -> AccuracyDrop:
+    """``judge_drop`` from per-image correctness (top-1 and top-5, the artifact's and eager's on
+    the same images): what a stored per-image result keeps (attnvgg_export.verify.results)."""
+    top1, top1_eager = np.asarray(top1, bool), np.asarray(top1_eager, bool)
+    lost, gained = int((top1_eager & ~top1).sum()), int((top1 & ~top1_eager).sum())
+    rates = {name: float(np.asarray(correct, bool).mean()) for name, correct in
+             (("top1", top1), ("top5", top5), ("top1_eager", top1_eager), ("top5_eager", top5_eager))}
+    return AccuracyDrop(len(top1), **rates, lost=lost, gained=gained, budget=budget,
+                        **drop_verdict(lost, gained, len(top1), budget))
 
 
 def class_moves(artifact_logits: np.ndarray, eager_logits: np.ndarray,
@@ -209,7 +218,13 @@ def class_moves(artifact_logits: np.ndarray, eager_logits: np.ndarray,
     """Which classes move: per true class, the images eager got right and the artifact lost, and
     the reverse, where any did; most lost first."""
     labels = np.asarray(labels)
-    lost_images, gained_images = verdict_changes(artifact_logits, eager_logits, labels)
+    return moves_of(top_k_correct(artifact_logits, labels, 1), top_k_correct(eager_logits, labels, 1), labels)
+
+
+def moves_of(top1: np.ndarray, top1_eager: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """``class_moves`` from per-image top-1 correctness."""
+    top1, top1_eager, labels = np.asarray(top1, bool), np.asarray(top1_eager, bool), np.asarray(labels)
+    lost_images, gained_images = top1_eager & ~top1, top1 & ~top1_eager
     moves = []
     for label in np.unique(labels):
         mask = labels == label

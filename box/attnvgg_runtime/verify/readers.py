@@ -26,10 +26,10 @@ READERS = {"onnx": ("onnxruntime", "openvino"), "ort": ("onnxruntime",), "plan":
 KNOWN_READERS = ("onnxruntime", "openvino", "openvino-bf16", "tensorrt")  # the gate's names
 
 
-def runner_for(artifact: Artifact, root: Path, manifest: Manifest, reader: str):
+def runner_for(artifact: Artifact, root: Path, manifest: Manifest, reader: str, threads: int | None = None):
     """The artifact under one reader: ONNX Runtime and OpenVINO on the CPU (every portable graph
     is read by both), TensorRT for plans (GPU machines). ReaderUnavailable where this machine
-    cannot compute it."""
+    cannot compute it. ``threads``: the CPU readers' threads (None: every core)."""
     path = root / artifact.path
     if reader == "tensorrt":
         # version-compatible plans embed host code: trusted, since this build made them
@@ -43,18 +43,19 @@ def runner_for(artifact: Artifact, root: Path, manifest: Manifest, reader: str):
                                 "(int16 pair sums, docs/precision.md); ONNX Runtime reads this "
                                 "graph here, and its target is TensorRT")
     return _cpu_runner(path, reader, artifact.exact_int8_session_options is not None,
-                       precision_hint(artifact))
+                       precision_hint(artifact), threads=threads)
 
 
 def _cpu_runner(path: Path, reader: str, exact: bool, hint: str, optimization: str | None = None,
-                convert: bool = False):
+                convert: bool = False, threads: int | None = None):
     cpu = emulated_cpu()
     if cpu:  # the reader runs as that CPU would run it (attnvgg_runtime.readers.emulated)
         return EmulatedRunner(cpu, "openvino" if reader.startswith("openvino") else "onnxruntime",
                               path, exact, hint, optimization, convert)
     if reader.startswith("openvino"):
-        return OpenVinoRunner(path, hint, convert=convert)
-    return OnnxRuntimeRunner(path, exact_int8=exact, optimization=optimization, memory_arena=False)
+        return OpenVinoRunner(path, hint, threads=threads, convert=convert)
+    return OnnxRuntimeRunner(path, threads=threads, exact_int8=exact, optimization=optimization,
+                             memory_arena=False)
 
 
 def not_gated_here(artifact: Artifact, reader: str) -> str | None:
