@@ -119,7 +119,8 @@ def test_an_image_folder_is_identified_once_and_decoded_a_unit_at_a_time(tmp_pat
     (root / "dog" / "broken.png").write_bytes(b"not a png")
     eval_set = load_eval_set(root, num_classes=2)
     units = eval_set.units(2)
-    assert [len(u.entries) for u in units] == [2, 2, 2, 1] and len(set(eval_set.image_sha256)) == 4  # cat and dog share 3 images
+    assert [len(u.entries) for u in units] == [2, 2, 2, 1]
+    assert len(set(eval_set.image_sha256)) == 4  # cat and dog share three images
     assert [y for u in units for y in u.labels] == [0, 0, 0, 1, 1, 1, 1]
     decoded = [decode_unit(u, PRE) for u in units]
     assert decoded[0][0].shape == (2, 3, 32, 32)
@@ -222,8 +223,8 @@ def test_a_drop_the_images_cannot_resolve_is_reported_and_fails_only_when_strict
     def judged(lost: int, gained: int, strict: bool) -> ArtifactParity:
         artifact, eager, labels = _paired(600, lost=lost, gained=gained)
         entry = ArtifactParity("model.int8-cpu.onnx", "int8")
-        judge_results(entry, *(top_k_correct(logits, labels, k) for logits in (artifact, eager) for k in (1, 5)),
-                      labels, {"accuracy_drop_max": 0.01}, lambda *_: None, strict)
+        correct = [top_k_correct(logits, labels, k) for logits in (artifact, eager) for k in (1, 5)]
+        judge_results(entry, *correct, labels, {"accuracy_drop_max": 0.01}, lambda *_: None, strict)
         return entry
 
     unresolved = judged(lost=6, gained=2, strict=False)  # +0.67 points, interval across 1.00

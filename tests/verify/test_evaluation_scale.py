@@ -69,7 +69,8 @@ def test_the_same_results_bit_for_bit_in_process_and_on_a_local_two_worker_ray_c
     monkeypatch.setenv("EVAL_STORE", str(cluster))
     monkeypatch.setenv("EVAL_WORKERS", "2")
     lines = []
-    on_ray = run_parity(root / "manifest.json", log=lines.append, only={INT8}, eval_dir=eval_npz, cluster="auto")
+    on_ray = run_parity(root / "manifest.json", log=lines.append, only={INT8}, eval_dir=eval_npz,
+                        cluster="auto")
     assert any("on a local Ray cluster, 2 workers of 1 CPU" in line for line in lines), lines
     assert _rows(local) == _rows(cluster) and len(_rows(local)) == 3 * 600  # eager and two readers
     assert _accuracy(in_process) == _accuracy(on_ray)
@@ -114,7 +115,8 @@ def test_a_reading_with_results_missing_is_an_error_never_a_pass(digits_build, e
     from attnvgg_runtime.manifest import read_manifest
 
     manifest = read_manifest(digits_build.manifest)
-    labelled = labelled_set(eval_npz, manifest, tmp_path, store=tmp_path / "empty.sqlite", log=lambda *_: None)
+    labelled = labelled_set(eval_npz, manifest, tmp_path, store=tmp_path / "empty.sqlite",
+                            log=lambda *_: None)
     with ResultStore(labelled.store) as store, pytest.raises(RuntimeError, match="600 of 600 EVAL_DIR images "
                                                              "have no stored result"):
         stored_results(store, artifact_reading(manifest, INT8, "onnxruntime"), labelled, ["any"])
