@@ -144,7 +144,7 @@ def build(variant: str, checkpoint: str | Path | None = None, model=None, *,
                            log)
     build_engines(manifest, backend, log)
     report = run_parity(manifest, eval_dir=eval_dir, log=log,
-                        cluster=eval_cluster or cluster_from_environment())
+                        cluster=cluster_from_environment(eval_cluster))
     if not report.passed:
         raise GateFailed(f"the parity gate failed {len(report.failures())} checks; first: "
                          f"{report.failures()[0]} ({folder / 'report.md'})", read_result(manifest))

@@ -112,7 +112,7 @@ def _cmd_parity(args: argparse.Namespace) -> int:
                         cases=set(args.cases) if args.cases is not None else None,
                         eval_dir=args.eval_dir, strict_accuracy=args.strict_accuracy,
                         images=args.images, thorough=args.thorough,
-                        cluster=args.eval_cluster or cluster_from_environment())
+                        cluster=cluster_from_environment(args.eval_cluster))
     skipped, warnings = report.skipped(), report.warnings()
     for warning in warnings:  # passed, not proven: each on its own line, the count on the last
         print(f"WARNING: {warning}")

@@ -107,3 +107,22 @@ def test_the_gate_cost_table_is_rendered_from_its_stored_run_and_kept_the_verdic
         assert all(run["readings"].keys() == result["runs"][0]["readings"].keys() for run in result["runs"])
         assert compare(result)["differing_verdicts"] == [], name  # the lighter gate's verdicts
         assert {run["label"] for run in result["runs"]} == {"baseline", "first run", "re-run"}
+
+
+def test_the_eval_scale_table_is_rendered_from_its_stored_run_and_its_model_held():
+    import json
+
+    from benchmarks.eval_scale import DOCUMENT
+    from benchmarks.eval_scale import render as render_scale
+
+    blocks = re.findall(r"<!-- eval-scale:(\S+):begin -->\n(.*?)<!-- eval-scale:\1:end -->",
+                        DOCUMENT.read_text(), re.S)
+    assert blocks, f"{DOCUMENT.name} carries no eval-scale block"
+    for name, block in blocks:
+        result = json.loads((RUNS / name / "eval-scale.json").read_text())
+        assert block == render_scale(result), f"block {name} is not what its run renders"
+        check = result["check"]
+        assert check["images"] > 0 and abs(check["ratio"] - 1) <= check["tolerance"] <= 0.2, check
+        assert result["same_results"], "in process and on Ray: the same top-5 for every image and reading"
+        hours = [row["hours"] for row in result["projection"]["table"]]
+        assert hours == sorted(hours, reverse=True) and result["readings"] >= 2

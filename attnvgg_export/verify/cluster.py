@@ -7,7 +7,8 @@ Named by ``RAY_ADDRESS`` (an existing cluster: every node must see the build fol
 at the same paths, a shared file system, and have this toolchain installed; a worker checks
 each artifact's and each image's sha256 before it reads them, so a node with another copy is
 an error, not another result) or ``EVAL_CLUSTER=auto`` (a local cluster of this machine's
-cores). ``EVAL_WORKER_CPUS`` (default 1): the cores, and reader threads, of each actor;
+cores, started and stopped by the gate). ``EVAL_WORKER_CPUS`` (default 1): the cores, and
+reader threads, of each actor;
 ``EVAL_WORKERS``: how many actors (default: the cluster's cores over that). Each actor holds one
 session and one unit at a time: its memory does not grow with the number of images.
 """
@@ -29,15 +30,22 @@ from attnvgg_runtime.readers import runtime_module
 if TYPE_CHECKING:
     from attnvgg_export.calibration.evaluation import Unit
     from attnvgg_export.calibration.preprocessing import Preprocessing
-    from attnvgg_export.verify.evaluate import RunnerSpec
+    from attnvgg_export.verify.reading import RunnerSpec
 
 INSTALL_HINT = "pip install 'attnvgg-export[ray]' (Ray Data), or leave RAY_ADDRESS and EVAL_CLUSTER unset"
 
 
-def cluster_from_environment() -> str | None:
-    """``auto``, a Ray address, or None (in process): EVAL_CLUSTER first, then RAY_ADDRESS."""
-    named = os.environ.get("EVAL_CLUSTER") or os.environ.get("RAY_ADDRESS")
-    return named or None
+LOCAL = "local"  # a cluster this process starts on this machine's cores
+
+
+def cluster_from_environment(named: str | None = None) -> str | None:
+    """Where EVAL_DIR is read: LOCAL (``named`` or EVAL_CLUSTER is ``auto``), a Ray address
+    (``named``, EVAL_CLUSTER, then RAY_ADDRESS: ``auto`` there is Ray's, an existing cluster on
+    this machine), or None: in this process."""
+    named = named or os.environ.get("EVAL_CLUSTER")
+    if named:
+        return LOCAL if named in ("auto", LOCAL) else named
+    return os.environ.get("RAY_ADDRESS") or None
 
 
 def _positive(name: str, default: int | None) -> int | None:
@@ -73,7 +81,7 @@ class _ReadingActor:
     """One reader session for the actor's life; a unit per call."""
 
     def __init__(self, spec: RunnerSpec):
-        from attnvgg_export.verify.evaluate import cpu_key, make_runner
+        from attnvgg_export.verify.reading import cpu_key, make_runner
         from attnvgg_runtime.readers import reader_version
 
         self.runner = make_runner(spec)
@@ -81,7 +89,7 @@ class _ReadingActor:
         self.version = reader_version(spec.reading.reader)
 
     def __call__(self, batch: dict) -> dict:
-        from attnvgg_export.verify.evaluate import read_decoded
+        from attnvgg_export.verify.reading import read_decoded
 
         units, results = [], []
         for unit_json, data, shape, decoded in zip(batch["unit"], batch["images"], batch["shape"],
@@ -96,7 +104,7 @@ class _ReadingActor:
 
 
 def _cpu_of_node() -> str:
-    from attnvgg_export.verify.evaluate import cpu_key
+    from attnvgg_export.verify.reading import cpu_key
 
     return cpu_key()
 
@@ -109,10 +117,9 @@ class RayCluster:
         self.ray = runtime_module("ray", INSTALL_HINT, ConfigError)
         runtime_module("ray.data", INSTALL_HINT, ConfigError)
         self.address = address
-        local = address == "auto"
+        local = address == LOCAL
         init = {"num_cpus": os.cpu_count()} if local else {"address": address}
-        if os.environ.get("RAY_ADDRESS") and local:
-            os.environ.pop("RAY_ADDRESS")  # EVAL_CLUSTER=auto asks for a local one
+        self._ray_address = os.environ.pop("RAY_ADDRESS", None) if local else None  # restored on close
         try:
             self.ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                           configure_logging=False, **init)
@@ -132,7 +139,7 @@ class RayCluster:
                 f"each result is kept with the CPU that computed it")
 
     def describe(self) -> str:
-        where = "a local Ray cluster" if self.address == "auto" else f"Ray at {self.address}"
+        where = "a local Ray cluster" if self.address == LOCAL else f"Ray at {self.address}"
         return f"{where}, {self.workers} workers of {self.worker_cpus} CPU"
 
     def _node_cpus(self) -> list[str]:
@@ -170,3 +177,5 @@ class RayCluster:
 
     def close(self) -> None:
         self.ray.shutdown()
+        if self._ray_address is not None:
+            os.environ["RAY_ADDRESS"] = self._ray_address

@@ -12,8 +12,6 @@ were read, and an evaluation stopped half-way resumes at the first unit it had n
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,11 +21,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from attnvgg_export.verify.results import STORE_FILE, ImageResult, Reading, ResultStore, top_classes
-from attnvgg_runtime.manifest import Manifest, ManifestError, read_manifest
+from attnvgg_export.verify.reading import RunnerSpec, cpu_key, eager_identity, make_runner, read_unit
+from attnvgg_export.verify.results import STORE_FILE, ImageResult, Reading, ResultStore
+from attnvgg_runtime.manifest import Manifest
 from attnvgg_runtime.readers import reader_version, release_memory
-from attnvgg_runtime.readers.cpu import cpu_identity
-from attnvgg_runtime.readers.emulated import emulated_cpu
 from attnvgg_runtime.verify.accuracy import judge_correct, moves_of
 from attnvgg_runtime.verify.findings import Finding, error_margin
 
@@ -40,21 +37,6 @@ EVAL_CASE = "EVAL_DIR"  # the case a finding on the labelled evaluation set name
 EAGER = "eager PyTorch fp32"
 
 
-def cpu_key() -> str:
-    """The CPU a result is computed on, as the store keys it: its model name (which fixes the
-    kernels' ISA), or the emulated one."""
-    emulated = emulated_cpu()
-    return f"emulated {emulated}" if emulated else cpu_identity()["model"]
-
-
-def eager_identity(manifest: Manifest) -> str:
-    """What eager's results are a property of, in place of an artifact's sha256: the model record
-    (checkpoint and its sha256, variant, width, classes) and the fp32 graph exported from it."""
-    fp32 = next(a for a in manifest.artifacts if a.precision == "fp32" and a.format == "onnx")
-    return hashlib.sha256(json.dumps({"model": manifest.model, "fp32_graph_sha256": fp32.sha256},
-                                     sort_keys=True).encode()).hexdigest()
-
-
 def eager_reading(manifest: Manifest) -> Reading:
     return Reading(EAGER, None, "eager", eager_identity(manifest), reader_version("eager"))
 
@@ -62,57 +44,6 @@ def eager_reading(manifest: Manifest) -> Reading:
 def artifact_reading(manifest: Manifest, path: str, reader: str) -> Reading:
     return Reading(f"{path} [{reader}]", path, reader, manifest.artifact(path).sha256,
                    reader_version(reader))
-
-
-@dataclass(frozen=True)
-class RunnerSpec:
-    """How a worker makes a reading's runner, from files it can see (picklable)."""
-
-    manifest: str  # the manifest's path
-    reading: Reading
-    threads: int | None = None  # None: every core of the machine
-
-
-def make_runner(spec: RunnerSpec):
-    """The reading's runner, after checking that the bytes this process sees are those the
-    evaluation keys its results to (on a cluster: the node's copy of the build)."""
-    manifest_path = Path(spec.manifest)
-    manifest = read_manifest(manifest_path)
-    reading = spec.reading
-    if reading.artifact is None:
-        if eager_identity(manifest) != reading.sha256:
-            raise ManifestError(f"{manifest_path} is not the build this evaluation was planned on "
-                                f"(its model differs); give every worker the same build")
-        import torch
-
-        from attnvgg_export.runtime.eager import eager_runner, model_from_manifest
-
-        if spec.threads:
-            torch.set_num_threads(spec.threads)
-        return eager_runner(model_from_manifest(manifest))
-    from attnvgg_runtime.files import sha256_file
-    from attnvgg_runtime.verify.readers import runner_for
-
-    artifact = manifest.artifact(reading.artifact)
-    for item in artifact.files():
-        if sha256_file(manifest_path.parent / item.path) != item.sha256 or artifact.sha256 != reading.sha256:
-            raise ManifestError(f"{manifest_path.parent / item.path} is not the artifact this evaluation "
-                                f"was planned on (its sha256 differs): give every worker the same build")
-    return runner_for(artifact, manifest_path.parent, manifest, reading.reader, threads=spec.threads)
-
-
-def read_unit(runner, unit: Unit, pre: Preprocessing) -> list[ImageResult]:
-    """One unit's images decoded and read: each image's top-5 (None where undecodable)."""
-    from attnvgg_export.calibration.evaluation import decode_unit
-
-    return read_decoded(runner, unit, *decode_unit(unit, pre))
-
-
-def read_decoded(runner, unit: Unit, images: np.ndarray, decoded: np.ndarray) -> list[ImageResult]:
-    """A decoded unit read (a cluster decodes in one stage and reads in the next)."""
-    top = iter(top_classes(runner(images)).tolist() if len(images) else [])
-    return [ImageResult(sha, label, tuple(next(top)) if ok else None)
-            for sha, label, ok in zip(unit.image_sha256, unit.labels, decoded, strict=True)]
 
 
 @dataclass
@@ -285,7 +216,7 @@ def evaluate_eager(manifest_path: Path, manifest: Manifest, labelled: LabelledSe
 def cluster_name(cluster: str | None) -> str:
     if not cluster:
         return "in process"
-    return "a local Ray cluster" if cluster == "auto" else f"Ray at {cluster}"
+    return "a local Ray cluster" if cluster == "local" else f"Ray at {cluster}"
 
 
 def judge_on_labels(entry, reading: Reading, evaluation: LabelledEvaluation, budget: dict, log=print,

@@ -293,7 +293,7 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
     (the corners follow them): what fits an emulated CPU in CI (`make test-isa`); the verdict then
     covers only them. ``thorough``: every graph on every image of every corner, the max batch a
     corner of its own, and eager run again (attnvgg_export.verify.cases.shape_cases): slower,
-    the same verdicts (tests/verify/test_gate_cost.py). ``cluster``: where EVAL_DIR is read, "auto"
+    the same verdicts (tests/verify/test_gate_cost.py). ``cluster``: where EVAL_DIR is read, "local"
     (a local Ray cluster) or a Ray address (attnvgg_export.verify.cluster); None: in this process."""
     inputs = gate_inputs(manifest_path, tolerances, only, cases, eval_dir, images, log, thorough)
     _log_plan(inputs, tolerances, log)

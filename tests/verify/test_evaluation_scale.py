@@ -70,7 +70,7 @@ def test_the_same_results_bit_for_bit_in_process_and_on_a_local_two_worker_ray_c
     monkeypatch.setenv("EVAL_WORKERS", "2")
     lines = []
     on_ray = run_parity(root / "manifest.json", log=lines.append, only={INT8}, eval_dir=eval_npz,
-                        cluster="auto")
+                        cluster="local")
     assert any("on a local Ray cluster, 2 workers of 1 CPU" in line for line in lines), lines
     assert _rows(local) == _rows(cluster) and len(_rows(local)) == 3 * 600  # eager and two readers
     assert _accuracy(in_process) == _accuracy(on_ray)
