@@ -85,7 +85,7 @@ class _ReadingActor:
         from attnvgg_runtime.readers import reader_version
 
         self.runner = make_runner(spec)
-        self.cpu = cpu_key()
+        self.cpu = cpu_key(spec.threads)
         self.version = reader_version(spec.reading.reader)
 
     def __call__(self, batch: dict) -> dict:
@@ -103,10 +103,10 @@ class _ReadingActor:
                 "version": [self.version] * len(units)}
 
 
-def _cpu_of_node() -> str:
+def _cpu_of_node(threads: int) -> str:
     from attnvgg_export.verify.reading import cpu_key
 
-    return cpu_key()
+    return cpu_key(threads)
 
 
 class RayCluster:
@@ -126,6 +126,9 @@ class RayCluster:
         except ConnectionError as e:
             raise ConfigError(f"cannot reach the Ray cluster at {address} ({e}); check RAY_ADDRESS, "
                               f"or unset it to evaluate in this process") from None
+        import logging
+
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines
         context = self.ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours counts images across workers (evaluate.Progress)
         context.verbose_progress = False
@@ -149,7 +152,8 @@ class RayCluster:
         probe = self.ray.remote(num_cpus=0)(_cpu_of_node)
         nodes = [n["NodeID"] for n in self.ray.nodes() if n.get("Alive") and n["Resources"].get("CPU")]
         return sorted(set(self.ray.get([
-            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+                self.worker_cpus)
             for node in nodes])))
 
     def run(self, spec: RunnerSpec, units: list[Unit], pre: Preprocessing,
@@ -161,10 +165,14 @@ class RayCluster:
         spec = replace(spec, threads=self.worker_cpus)
         by_index = {u.index: u for u in units}
         dataset = (data.from_items([_unit_row(u) for u in units], override_num_blocks=len(units))
-                   .map(_decode, fn_kwargs={"pre": pre}, num_cpus=0, concurrency=self.workers)
+                   .map(_decode, fn_kwargs={"pre": pre}, num_cpus=0,
+                        compute=data.TaskPoolStrategy(size=self.workers))
                    .map_batches(_ReadingActor, fn_constructor_kwargs={"spec": spec}, batch_size=1,
                                 num_cpus=self.worker_cpus, batch_format="numpy",
-                                compute=data.ActorPoolStrategy(size=min(self.workers, len(units)))))
+                                # one batch queued per actor: else the first actors take the
+                                # batches while the last wait (4 batches of a reading: one actor)
+                                compute=data.ActorPoolStrategy(size=min(self.workers, len(units)),
+                                                               max_tasks_in_flight_per_actor=1)))
         for row in dataset.iter_rows():
             if row["version"] != spec.reading.version:
                 raise ConfigError(f"a worker reads {spec.reading.reader} with {row['version']}, this "

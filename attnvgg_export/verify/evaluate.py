@@ -96,7 +96,7 @@ def run_in_process(spec: RunnerSpec, units: list[Unit], pre: Preprocessing,
                    on_unit: Callable[[Unit, list[ImageResult], str], None]) -> None:
     """The default: one session in this process, every unit in order, then let go."""
     runner = make_runner(spec)
-    cpu = cpu_key()
+    cpu = cpu_key(spec.threads)
     for unit in units:
         on_unit(unit, read_unit(runner, unit, pre), cpu)
     del runner

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,11 +24,14 @@ if TYPE_CHECKING:
     from attnvgg_export.calibration.preprocessing import Preprocessing
 
 
-def cpu_key() -> str:
-    """The CPU a result is computed on, as the store keys it: its model name (which fixes the
-    kernels' ISA), or the emulated one."""
+def cpu_key(threads: int | None = None) -> str:
+    """The kernels a result is computed by, as the store keys it: the CPU's model name (which fixes
+    the kernels' ISA), or the emulated one, and the reader's threads: eager's and OpenVINO's fp32
+    outputs move in the last bits with the thread count (1e-8 at full size), which can reorder
+    the top-5 of an untrained model's near-equal logits."""
     emulated = emulated_cpu()
-    return f"emulated {emulated}" if emulated else cpu_identity()["model"]
+    model = f"emulated {emulated}" if emulated else cpu_identity()["model"]
+    return f"{model}, {threads or os.cpu_count() or 1} threads"
 
 
 def eager_identity(manifest: Manifest) -> str:

@@ -34,7 +34,7 @@ TOP_K = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     artifact_sha256 TEXT NOT NULL,
-    reader TEXT NOT NULL,
+    reader TEXT NOT NULL,           -- "openvino-bf16 (openvino 2025.4.0)"
     cpu TEXT NOT NULL,
     preprocessing_sha256 TEXT NOT NULL,
     image_sha256 TEXT NOT NULL,
@@ -56,6 +56,12 @@ class Reading:
     reader: str  # onnxruntime, openvino, openvino-bf16, tensorrt, eager
     sha256: str  # the bytes read (eager: eager_identity)
     version: str  # the reader's library and version, "onnxruntime 1.23.2"
+
+    @property
+    def key(self) -> str:
+        """The store's reader column: the reader and its library version (the bf16 entry and
+        OpenVINO's fp32 reading of one IR are one library, and two readings)."""
+        return f"{self.reader} ({self.version})"
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,7 @@ class ResultStore:
 
     def add(self, reading: Reading, cpu: str, preprocessing: str, results: Iterable[ImageResult]) -> None:
         """One batch's results, committed together (a batch half-written is not kept)."""
-        rows = [(reading.sha256, reading.version, cpu, preprocessing, r.image_sha256, int(r.label),
+        rows = [(reading.sha256, reading.key, cpu, preprocessing, r.image_sha256, int(r.label),
                  None if r.top5 is None else ",".join(map(str, r.top5)),
                  None if r.top5 is None else int(r.correct1), None if r.top5 is None else int(r.correct5))
                 for r in results]
@@ -122,7 +128,7 @@ class ResultStore:
         found = self._db.execute(
             f"SELECT image_sha256, label, top5, cpu FROM results WHERE artifact_sha256 = ? AND reader = ? "
             f"AND preprocessing_sha256 = ? AND cpu IN ({','.join('?' * len(cpus))})",
-            (reading.sha256, reading.version, preprocessing, *cpus))
+            (reading.sha256, reading.key, preprocessing, *cpus))
         return {image: ImageResult(image, label, None if top5 is None else tuple(map(int, top5.split(","))))
                 for image, label, top5, _ in found}
 
@@ -134,5 +140,5 @@ class ResultStore:
         found = self._db.execute(
             f"SELECT DISTINCT cpu, image_sha256 FROM results WHERE artifact_sha256 = ? AND reader = ? "
             f"AND preprocessing_sha256 = ? AND cpu IN ({','.join('?' * len(cpus))})",
-            (reading.sha256, reading.version, preprocessing, *cpus))
+            (reading.sha256, reading.key, preprocessing, *cpus))
         return sorted({cpu for cpu, image in found if image in wanted})

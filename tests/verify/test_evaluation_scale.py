@@ -135,3 +135,17 @@ def test_evaluating_in_process_imports_no_ray(digits_build, eval_npz, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env={"EVAL_STORE": str(tmp_path / "s.sqlite"), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_two_readers_of_one_library_keep_their_own_results(tmp_path):
+    # OpenVINO's fp32 reading of an IR and its bf16 entry: the same bytes, one library version
+    from attnvgg_export.verify.results import ImageResult, Reading, ResultStore
+
+    fp32, bf16 = (Reading(f"model.xml [{r}]", "model.xml", r, "a" * 64, "openvino 2025.4.0")
+                  for r in ("openvino", "openvino-bf16"))
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        store.add(fp32, "cpu", "pre", [ImageResult("i" * 64, 3, (3, 1, 2, 0, 4))])
+        store.add(bf16, "cpu", "pre", [ImageResult("i" * 64, 3, (1, 3, 2, 0, 4))])
+        assert store.results(fp32, ["cpu"], "pre")["i" * 64].correct1
+        assert not store.results(bf16, ["cpu"], "pre")["i" * 64].correct1
+        assert store.results(fp32, ["another cpu"], "pre") == {}
