@@ -137,6 +137,8 @@ class RayCluster:
         total = int(self.ray.cluster_resources().get("CPU", 1))
         self.workers = _positive("EVAL_WORKERS", max(1, total // self.worker_cpus))
         self.cpus = self._node_cpus()
+        if not self.cpus:  # nothing could read: an error, never an evaluation of nothing
+            raise ConfigError(f"the Ray cluster at {address} has no live node with CPUs to read on")
         if len(self.cpus) > 1:
             log(f"EVAL_DIR: the cluster's nodes have {len(self.cpus)} CPU models ({', '.join(self.cpus)}); "
                 f"each result is kept with the CPU that computed it")

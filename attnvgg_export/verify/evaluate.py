@@ -150,17 +150,8 @@ def evaluate_readings(manifest_path: Path, labelled: LabelledSet, readings: Iter
     return cpus
 
 
-@dataclass
-class Judged:
-    """One reading's results on the set, as arrays over the images both it and eager decoded."""
-
-    correct1: np.ndarray
-    correct5: np.ndarray
-    cpus: list[str]
-
-
-def stored_results(store: ResultStore, reading: Reading, labelled: LabelledSet, cpus: list[str],
-                   decoded: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stored_results(store: ResultStore, reading: Reading, labelled: LabelledSet,
+                   cpus: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(top-1 right, top-5 right, decoded) per entry of the set, from the store; an entry with no
     result is an error (the evaluation did not finish), never a pass."""
     found = store.results(reading, cpus, labelled.preprocessing_sha256)
