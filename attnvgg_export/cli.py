@@ -75,7 +75,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_precision(args: argparse.Namespace) -> int:
-    from attnvgg_export.graphs.allocator import keep_freed_memory
     from attnvgg_export.graphs.precision import PrecisionConfig, build_precision_graphs
 
     settings = dict(
@@ -88,7 +87,6 @@ def _cmd_precision(args: argparse.Namespace) -> int:
         tolerances=Path(args.tolerances) if args.tolerances else None)
     # unset options keep the stage's own defaults (the parser imports nothing heavy to know them)
     config = PrecisionConfig(**{k: v for k, v in settings.items() if v is not None})
-    keep_freed_memory()
     build_precision_graphs(Path(args.manifest), config)
     return 0
 

@@ -5,27 +5,45 @@ each setting in a fresh process (the allocator is set before anything is allocat
 
 - NCHW, glibc's allocator: eager as a user's process runs it (the speed report's eager row)
 - channels-last: ``attnvgg_export.runtime.eager.run_torch``, the gate's and the precision stage's references
-- channels-last, freed memory kept: the precision stage (``attnvgg_export.graphs.allocator``)
+- channels-last, freed memory kept: glibc told to keep what it frees (mmap and trimming off),
+  which the precision stage set until its peak memory counted more (docs/precision.md)
+- channels-last, huge pages: glibc's large blocks on transparent huge pages
+  (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, glibc >= 2.35), as ``make precision`` runs
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import time
 
-SETTINGS = {"NCHW, glibc defaults": ("nchw", False),
-            "channels-last": ("channels_last", False),
-            "channels-last, freed memory kept": ("channels_last", True)}
+HUGE_PAGES = "glibc.malloc.hugetlb=1"  # GLIBC_TUNABLES: what the Makefile's precision stage runs with
+SETTINGS = {"NCHW, glibc defaults": ("nchw", False, ""),
+            "channels-last": ("channels_last", False, ""),
+            "channels-last, freed memory kept": ("channels_last", True, ""),
+            "channels-last, huge pages": ("channels_last", False, HUGE_PAGES)}
+
+
+def keep_freed_memory() -> bool:
+    """glibc's mmap and trimming off (mallopt), so that a freed block is reused rather than
+    unmapped and faulted in again; True where the C library took the settings."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def time_batch(variant: str, batch: int, size: int, layout: str, keep: bool, repeats: int) -> float:
     """Median seconds of one eager batch (random init: speed does not depend on the weights)."""
     if keep:
-        from attnvgg_export.graphs.allocator import keep_freed_memory
-
         assert keep_freed_memory(), "glibc's mallopt is not available here"
     import torch
 
@@ -55,7 +73,8 @@ def main() -> None:
     args = parser.parse_args()
     shape = [args.variant, args.batch, args.size]
     if args.child:
-        print(time_batch(*shape, *SETTINGS[args.child], args.repeats))
+        layout, keep, _ = SETTINGS[args.child]
+        print(time_batch(*shape, layout, keep, args.repeats))
         return
     print(f"eager fp32 {args.variant}, batch {args.batch} at {args.size}x{args.size}, median of "
           f"{args.repeats}, one process per setting")
@@ -64,7 +83,8 @@ def main() -> None:
         out = subprocess.run([sys.executable, "-m", "benchmarks.eager_settings", "--child", name,
                               "--variant", args.variant, "--batch", str(args.batch), "--size",
                               str(args.size), "--repeats", str(args.repeats)],
-                             check=True, capture_output=True, text=True).stdout
+                             check=True, capture_output=True, text=True,
+                             env={**os.environ, "GLIBC_TUNABLES": SETTINGS[name][2]}).stdout
         seconds = float(out.split()[-1])
         baseline = baseline or seconds
         print(f"  {name:34s} {seconds * 1000:8.1f} ms  {baseline / seconds:.2f}x")

@@ -286,14 +286,20 @@ def calibrate(model_path: Path, images: ImageSet | Sequence[ImageSet], cache_dir
                 outputs = session.run_with_ort_values(
                     tensors, {input_name: ort.OrtValue.ortvalue_from_numpy(batch)})
                 # folded in a tensor at a time (the collector keeps each tensor's state apart),
-                # each one's copy in numpy released before the next: at full size the batch's
-                # activations are ~1 GB, and all of them copied at once would be twice that. A
-                # copy, since the collector overwrites what it reads and an output can be a view
-                # of the input batch, which is the caller's images
+                # each one released before the next. The collector overwrites what it reads, so
+                # an output that may share memory with the input batch (the caller's images) or
+                # with an output still to fold is copied first; the others are ORT's own buffers,
+                # read in place (copying each was ~1 GB of fresh pages a batch at full size)
+                arrays = [o.numpy() for o in outputs]
+                del outputs
                 for i, name in enumerate(tensors):
-                    collector.add({name: np.array(outputs[i].numpy())})
-                    outputs[i] = None
-                del outputs  # this batch's activations: released before the next batch runs
+                    value = arrays[i]
+                    arrays[i] = None
+                    if any(a is not None and np.may_share_memory(value, a)
+                           for a in (batch, *arrays[i + 1:])):
+                        value = value.copy()
+                    collector.add({name: value})
+                    del value  # this tensor's activations: released before the next is folded
                 progress.update(len(batch))
         del session
     ranges = collector.ranges()
