@@ -228,22 +228,30 @@ class StreamingCollector:
         return TensorsData(CalibrationMethod.MinMax, dict(self.minmax))
 
 
+def save_with_outputs(source: Path, tensors: Sequence[str], folder: Path) -> Path:
+    """``source`` with ``tensors`` among its outputs, saved as ``folder``/augmented.onnx with its
+    weights as one raw file beside it (protobuf serializes a 550 MB VGG16 in ~5 s and holds the
+    bytes; this writes them in ~1 s), the loaded graph let go before returning: a session on it
+    also returns those intermediate tensors (calibration's activations, explain's module
+    outputs), and its copy of the weights is the only one left."""
+    model = onnx.load(str(source))
+    present = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors
+                              if t not in present)
+    augmented = Path(folder) / "augmented.onnx"
+    onnx.save_model(model, str(augmented), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="augmented.weights")
+    del model
+    release_memory()  # the graph's copy, before a session reads the weights again
+    return augmented
+
+
 def _session_with_outputs(model_path: Path, tensors: Sequence[str], folder: Path):
     """An inference-speed ONNX Runtime session (all threads, graph optimizations on: fusions that
     would hide a requested tensor are not applied) that also returns ``tensors``."""
     import onnxruntime as ort
 
-    model = onnx.load(str(model_path))
-    present = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors
-                              if t not in present)
-    augmented = folder / "augmented.onnx"
-    # weights as raw bytes beside the graph: protobuf serializes a 550 MB VGG16 in ~5 s, this
-    # writes it in ~1 s
-    onnx.save_model(model, str(augmented), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="augmented.weights")
-    del model
-    release_memory()  # the graph's copy, before the session reads the weights again
+    augmented = save_with_outputs(model_path, tensors, folder)
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
     options.log_severity_level = 3

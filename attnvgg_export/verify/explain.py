@@ -12,6 +12,7 @@ memory does not grow with the number of images.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,36 +54,31 @@ def read_module_outputs(path: Path) -> list[dict]:
     return [m for m in json.loads(props.get(MODULE_OUTPUTS_KEY, "[]")) if m["tensor"] in produced]
 
 
-def _with_outputs(graph: Path, tensors: list[str]) -> bytes:
-    model = onnx.load(str(graph))
-    present = {o.name for o in model.graph.output}
-    for name in tensors:
-        if name not in present:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    return model.SerializeToString()
-
-
 def module_errors(graph: Path, model: nn.Module, images: np.ndarray, batch: int = 2,
                   exact_int8: bool = False) -> list[ModuleError]:
     """Each mapped module's output error in ``graph`` (run by ONNX Runtime, ``exact_int8`` as in
     OnnxRuntimeRunner) against ``model``. Small batches: every module's output of both is held
     at once (at full size and batch 8, about 1.4 GB of them)."""
+    from attnvgg_export.calibration.calibrate import save_with_outputs  # torch, as eager's
     from attnvgg_export.runtime.eager import module_outputs  # torch: imported where eager runs
 
     modules = read_module_outputs(graph)
     if not modules:
         raise ToolchainError(f"{graph} holds no module map (it was not written by this toolchain's "
                              f"export, or was re-saved by another tool); re-export it")
-    runner = OnnxRuntimeRunner(_with_outputs(graph, [m["tensor"] for m in modules]),
-                               exact_int8=exact_int8, memory_arena=False)
-    names = [o.name for o in runner.session.get_outputs()]
     errors = [RelativeL2() for _ in modules]
-    for start in range(0, len(images), batch):
-        x = np.ascontiguousarray(images[start:start + batch])
-        eager = module_outputs(model, [m["module"] for m in modules], x)
-        outputs = dict(zip(names, runner.session.run(None, {runner.input_name: x}), strict=True))
-        for error, m in zip(errors, modules, strict=True):
-            error.add(outputs[m["tensor"]], eager[m["module"]])
+    # the graph with its module outputs saved beside its weights: in memory it would be the graph
+    # loaded, its serialized bytes and the session's weights at once (the gate's peak at full size)
+    with tempfile.TemporaryDirectory(prefix="explain-") as tmp:
+        augmented = save_with_outputs(graph, [m["tensor"] for m in modules], Path(tmp))
+        runner = OnnxRuntimeRunner(augmented, exact_int8=exact_int8, memory_arena=False)
+        names = [o.name for o in runner.session.get_outputs()]
+        for start in range(0, len(images), batch):
+            x = np.ascontiguousarray(images[start:start + batch])
+            eager = module_outputs(model, [m["module"] for m in modules], x)
+            outputs = dict(zip(names, runner.session.run(None, {runner.input_name: x}), strict=True))
+            for error, m in zip(errors, modules, strict=True):
+                error.add(outputs[m["tensor"]], eager[m["module"]])
     rel = [e.value for e in errors]
     previous = [0.0, *rel[:-1]]
     return [ModuleError(m["module"], m["kind"], m["tensor"], r, r - p)
