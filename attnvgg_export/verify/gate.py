@@ -24,14 +24,14 @@ from attnvgg_export.verify.evaluate import EVAL_CASE, LabelledSet
 from attnvgg_export.verify.explain import EXPLAIN_IMAGES, first_past, module_errors, write_explain_json
 from attnvgg_export.verify.references import (
     REFERENCES_FILE,
-    GateReferences,
+    computed_apart,
     read_references,
     write_references,
 )
 from attnvgg_export.verify.structure import static_violations
 from attnvgg_runtime.files import atomic_path, write_text_atomic
 from attnvgg_runtime.manifest import INT8_MIN_SIDE, Manifest, read_manifest, verify_artifacts
-from attnvgg_runtime.readers import release_memory, run_batches
+from attnvgg_runtime.readers import release_memory
 from attnvgg_runtime.readers.cpu import cpu_identity
 from attnvgg_runtime.readers.emulated import emulated_cpu
 from attnvgg_runtime.verify.check import ArtifactParity, Case, check_artifact
@@ -151,8 +151,8 @@ def gate_inputs(manifest_path: Path, tolerances: Path | None, only: set[str] | N
                           f"{', '.join(sorted(listed))}")
     stored = read_references(root, manifest) if images is None and not thorough else None
     computed = stored is None
-    if computed:
-        stored = eager_references(manifest, images, cases, thorough)
+    if computed:  # in a child process: torch and eager's heap stay out of this one
+        stored = computed_apart(manifest_path, images, cases, thorough)
     unknown = (cases or set()) - set(stored.cases)
     if unknown:
         raise ConfigError(f"no shape case {sorted(unknown)} in this build; its cases: "
@@ -175,27 +175,6 @@ def gate_inputs(manifest_path: Path, tolerances: Path | None, only: set[str] | N
     return GateInputs(root, manifest, budgets, changed_budgets(manifest.variant, tolerances),
                       manifest.trained, stored.heldout, chosen, whole,
                       {name: stored.references[name] for name in chosen}, labelled, built)
-
-
-def eager_references(manifest: Manifest, images: int | None, cases: set[str] | None,
-                     thorough: bool = False) -> GateReferences:
-    """The held-out set rebuilt from the manifest's record (its first ``images``), its cases, and
-    eager's outputs on them (on the chosen ``cases`` and the held-out one only, where given).
-    torch is imported here, and the model let go before any reader session is made."""
-    from attnvgg_export.calibration.data import NOISE
-    from attnvgg_export.verify.cases import heldout_images, shape_cases
-
-    heldout = heldout_images(manifest)
-    if images is not None:
-        heldout = heldout.first(images)
-    all_cases = shape_cases(manifest.dynamic, heldout, noise=manifest.data_split["source"] == NOISE,
-                            thorough=thorough)
-    references = _eager_outputs(manifest, {name: case for name, case in all_cases.items()
-                                           if cases is None or name in cases | {"heldout"}})
-    release_memory()  # the model is gone with _eager_outputs' frame
-    return GateReferences({"images": len(heldout), "distinct_sources": heldout.distinct_sources(),
-                           "source": heldout.source, "ids_sha256": heldout.ids_sha256()},
-                          all_cases, references)
 
 
 def measure(inputs: GateInputs, only: set[str] | None) -> tuple[list[ArtifactParity], dict]:
@@ -313,14 +292,6 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
     report = record(inputs, results, strict_accuracy, evaluation)
     publish_gate(inputs, report, outputs, log)
     return report
-
-
-def _eager_outputs(manifest: Manifest, cases: dict[str, ShapeCase]) -> dict[str, np.ndarray]:
-    from attnvgg_export.runtime.eager import run_torch
-
-    model = _eager_model(manifest)
-    return {name: run_batches(lambda x: run_torch(model, x), case.images, case.batch)
-            for name, case in cases.items()}
 
 
 def _eager_model(manifest: Manifest):

@@ -94,3 +94,47 @@ def test_golden_io_writes_the_merged_corner_as_a_case_of_its_own(gated_build):
     # the same images, eager's same outputs: one run of the gate, two shapes for the box
     assert np.array_equal(np.concatenate(batches)[:count], np.concatenate(held)[:count])
     assert np.allclose(outputs[:count], held_outputs[:count], rtol=1e-5, atol=1e-6)
+
+
+def test_eagers_outputs_are_computed_in_a_process_of_their_own_the_same_as_in_this_one(gated_build,
+                                                                                    tmp_path):
+    """A gate that computes eager's outputs does it in a child Python: torch is never imported
+    in the gate's process while its readers run (at full size torch and eager's heap under the
+    reader sessions made the first run's peak 3.26 GiB, where a re-run's was 2.63), and the
+    outputs are the ones computed here."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from attnvgg_export.verify.references import eager_references
+
+    root = copy_build(gated_build, tmp_path)
+    (root / REFERENCES_FILE).unlink()  # not stored: the gate computes them
+    script = ("import sys\n"
+              "from attnvgg_export.verify.gate import gate_inputs\n"
+              "inputs = gate_inputs(sys.argv[1], None, None, None, None, None, print)\n"
+              "assert 'torch' not in sys.modules, 'the gate imported torch'\n")
+    done = subprocess.run([sys.executable, "-c", script, str(root / "manifest.json")], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "eager PyTorch fp32's outputs: computed" in done.stdout
+    stored = read_references(root, read_manifest(root / "manifest.json"))  # what the child computed
+    here = eager_references(read_manifest(root / "manifest.json"), None, None)
+    assert stored.cases.keys() == here.cases.keys() and stored.heldout == here.heldout
+    for name in here.cases:
+        assert np.array_equal(stored.cases[name].images, here.cases[name].images), name
+        assert np.array_equal(stored.references[name], here.references[name]), name
+
+
+def test_an_error_in_eagers_process_is_raised_in_the_gate_as_itself(gated_build, tmp_path):
+    from attnvgg_export.verify.references import computed_apart
+    from attnvgg_runtime.manifest import ManifestError, write_manifest
+
+    root = copy_build(gated_build, tmp_path)
+    manifest = read_manifest(root / "manifest.json")
+    manifest.model = {**manifest.model, "checkpoint": str(root / "weights.safetensors"),
+                      "checkpoint_sha256": "0" * 64}
+    (root / "weights.safetensors").write_bytes(b"not the weights the build was made from")
+    write_manifest(root / "manifest.json", manifest)
+    with pytest.raises(ManifestError, match="changed since the build"):
+        computed_apart(root / "manifest.json", None, None)
