@@ -1,7 +1,7 @@
 """EVAL_DIR's throughput in this process and on a local Ray cluster, measured in one run, and the
 wall time of a 50,000-image validation set projected onto 1, 8 and 64 machines of this size:
 
-    .venv/bin/python -m benchmarks.eval_scale build/se --images 128 --name eval-scale-zen5
+    .venv/bin/python -m benchmarks.eval_scale build/se --images 256 --name eval-scale-zen5
     .venv/bin/python -m benchmarks.eval_scale --name eval-scale-zen5    # re-render the stored run
 
 On ``build`` (a whole build with its gate's parity.json and bench.json): an .npz of ``--images``
@@ -217,6 +217,9 @@ def measure(build: Path, images: int, tolerance: float) -> dict:
     small, large = images // 4, images // 2
     rounds = {n: project_ray(n, 1, per_image, decode, batch, workers, 0) for n in (small, large)}
     walls = {small: runs["ray_quarter"]["wall_s"], large: runs["ray_half"]["wall_s"]}
+    if rounds[large] == rounds[small]:
+        raise SystemExit(f"{small} and {large} images are the same rounds of batches of {batch} on "
+                         f"{workers} workers: nothing to fit; run with more --images")
     efficiency = (rounds[large] - rounds[small]) / max(1e-9, walls[large] - walls[small])
     fixed = max(0.0, walls[large] - rounds[large] / efficiency)
     checks = {"in_process": {"images": images, "measured_s": runs["in_process"]["wall_s"],
@@ -310,7 +313,7 @@ def render(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("build", nargs="?", type=Path, help="a full build (parity.json, bench.json)")
-    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--tolerance", type=float, default=0.2)
     parser.add_argument("--name", required=True, help="docs/runs/<name>/")
     args = parser.parse_args()
