@@ -101,6 +101,9 @@ def main() -> None:
                         help="a build folder, e.g. build/se (none: re-render the stored run)")
     parser.add_argument("--name", required=True)
     parser.add_argument("--description", help="what, where, which command (with a build)")
+    parser.add_argument("--time-file", type=Path,
+                        help="`/usr/bin/time -v` of the command that made the build (.ci/run keeps "
+                             "build/make-engine.time.txt): its peak is stored and rendered with the run")
     args = parser.parse_args()
     run = RUNS / args.name
     if args.build is None:  # the renderer changed, the run did not
@@ -113,11 +116,20 @@ def main() -> None:
     for name in ("bench.json", "parity.json"):
         shutil.copyfile(args.build / name, run / name)
     manifest = json.loads((args.build / "manifest.json").read_text())
+    peaks = {"export": manifest["export"]["peak_rss_mib"],
+             "precision": manifest["calibration"]["peak_rss_mib"]}
+    if args.time_file:
+        text = args.time_file.read_text()
+        found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+        if not found:
+            parser.error(f"{args.time_file} holds no 'Maximum resident set size': "
+                         f"not the output of /usr/bin/time -v")
+        peaks = {"the whole build (its largest process, /usr/bin/time -v)": int(found[1]) // 1024, **peaks}
+        shutil.copyfile(args.time_file, run / "make-engine.time.txt")
     stages = {"description": args.description,
               "timings_s": {"export": manifest["export"]["timings_s"],
                             "precision": manifest["calibration"]["timings_s"]},
-              "peak_rss_mib": {"export": manifest["export"]["peak_rss_mib"],
-                               "precision": manifest["calibration"]["peak_rss_mib"]}}
+              "peak_rss_mib": peaks}
     (run / "stages.json").write_text(json.dumps(stages, indent=2) + "\n")
     written = render_into_documents(args.name, run)
     print(f"wrote {run} and the block {args.name} in {', '.join(map(str, written))}")
