@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from attnvgg_export.verify.explain import EXPLAIN_IMAGES, first_past, module_err
 from attnvgg_export.verify.references import (
     REFERENCES_FILE,
     computed_apart,
+    eager_references,
     read_references,
     write_references,
 )
@@ -151,8 +153,10 @@ def gate_inputs(manifest_path: Path, tolerances: Path | None, only: set[str] | N
                           f"{', '.join(sorted(listed))}")
     stored = read_references(root, manifest) if images is None and not thorough else None
     computed = stored is None
-    if computed:  # in a child process: torch and eager's heap stay out of this one
-        stored = computed_apart(manifest_path, images, cases, thorough)
+    if computed:  # apart, so that torch and eager's heap stay out of this process; where torch is
+        # here already (a library user's process, the tests), a child would only add its start
+        stored = (eager_references(manifest, images, cases, thorough) if "torch" in sys.modules
+                  else computed_apart(manifest_path, images, cases, thorough))
     unknown = (cases or set()) - set(stored.cases)
     if unknown:
         raise ConfigError(f"no shape case {sorted(unknown)} in this build; its cases: "

@@ -12,10 +12,12 @@ preprocessing, the rule that made the cases (CASES_RULE) and the torch version t
 them; and where its own sha256 is the one the manifest records. Anything else computes them
 again with eager and rewrites the file.
 
-They are computed in a child Python (``computed_apart``; ``python -m
-attnvgg_export.verify.references``): torch, the model and what eager's batches leave on the heap
-then never share the gate's process with its reader sessions, so a gate that computes them peaks
-where one that reads them does (docs/toolchain.md, "What the gate costs").
+A gate whose process has not imported torch (`make parity`, `attnvgg-export parity`) computes
+them in a child Python (``computed_apart``; ``python -m attnvgg_export.verify.references``):
+torch, the model and what eager's batches leave on the heap then never share the gate's process
+with its reader sessions, so a gate that computes them peaks where one that reads them does
+(docs/toolchain.md, "What the gate costs"). Where torch is imported already, they are computed
+in process.
 """
 
 from __future__ import annotations
