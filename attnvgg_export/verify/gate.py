@@ -155,8 +155,11 @@ def gate_inputs(manifest_path: Path, tolerances: Path | None, only: set[str] | N
     computed = stored is None
     if computed:  # apart, so that torch and eager's heap stay out of this process; where torch is
         # here already (a library user's process, the tests), a child would only add its start
-        stored = (eager_references(manifest, images, cases, thorough) if "torch" in sys.modules
-                  else computed_apart(manifest_path, images, cases, thorough))
+        if "torch" in sys.modules:
+            stored = eager_references(manifest, images, cases, thorough)
+            release_memory()  # eager's model and batches, before the first reader session
+        else:
+            stored = computed_apart(manifest_path, images, cases, thorough)
     unknown = (cases or set()) - set(stored.cases)
     if unknown:
         raise ConfigError(f"no shape case {sorted(unknown)} in this build; its cases: "
