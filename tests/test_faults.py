@@ -62,9 +62,13 @@ def kill_when(out: Path, args: list[str], ready, timeout: float = 300) -> None:
     """Run make; SIGKILL its whole process group once ready(log_text) is true."""
     command = ["make", "--no-print-directory", "-C", str(REPO), *args, *TINY, f"OUT={out}"]
     log = out / "build.log"
+    # a killed process cannot remove its temporary files (calibration's augmented graph): they go
+    # in the test's folder, not the machine's /tmp
+    scratch = out / "tmp"
+    scratch.mkdir(exist_ok=True)
     with open(log, "w") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, env={**os.environ, "TMPDIR": str(scratch)})
     deadline = time.monotonic() + timeout
     try:
         while not ready(log.read_text()):
