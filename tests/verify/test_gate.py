@@ -347,7 +347,7 @@ def test_cli_exit_code_is_the_verdict(precision_build, tmp_path, capsys):
     assert main(args) == 0
     strict = tmp_path / "strict.toml"
     strict.write_text("[precision.int8]\nrel_l2_max = 1e-6\n")
-    assert main(args + ["--tolerances", str(strict)]) == 1
+    assert main(args + ["--tolerances", str(strict), "--artifacts", "model.int8-cpu.onnx"]) == 1
     captured = capsys.readouterr()
     assert "parity: FAILED" in captured.err
     # the budgets a user's file changed are printed, and recorded with the verdict

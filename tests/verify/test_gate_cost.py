@@ -67,8 +67,8 @@ def test_a_gate_rerun_reads_eagers_outputs_only_while_they_are_this_models(gated
     data = bytearray((root / REFERENCES_FILE).read_bytes())
     data[-100] ^= 0xFF
     (root / REFERENCES_FILE).write_bytes(bytes(data))
-    third_log = []
-    assert run_parity(manifest, log=third_log.append).passed
+    third_log = []  # one artifact is enough to see eager computed again
+    assert run_parity(manifest, log=third_log.append, only={"model.onnx"}).passed
     assert any("computed" in line for line in third_log if line.startswith("eager PyTorch"))
     # another model, split, range or torch (the key): not read
     assert read_references(root, read_manifest(manifest)) is not None
