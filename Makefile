@@ -142,8 +142,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 # The suite, without the tests marked slow (full-size VGG16, training the digits fixture afresh,
-# whole builds driven through make: kills, rebuilds, two at once): `make test-slow` runs those,
-# and CI runs both.
+# whole builds driven through make (kills, rebuilds, two at once) or build() (the API docs'
+# example), a local Ray cluster): `make test-slow` runs those, and CI runs both.
 test: lint
 	$(PY) -m pytest -m "not slow" --durations=10
 

@@ -17,6 +17,7 @@ from attnvgg_export.models import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a whole build (every stage, parity, bench): `make test-slow`, in CI
 def test_the_docs_example_builds_a_model_in_memory_and_reads_back_a_typed_result(tmp_path, monkeypatch):
     code = re.search(r"```python\n(.*?)```", (ROOT / "docs" / "api.md").read_text(), re.S).group(1)
     monkeypatch.chdir(tmp_path)  # out="build/api" lands in the test's folder

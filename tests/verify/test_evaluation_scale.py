@@ -57,6 +57,7 @@ def _counting_reads(monkeypatch, stop_after: int | None = None) -> list[int]:
     return read
 
 
+@pytest.mark.slow  # starts a local Ray cluster (~30 s on 2 cores): `make test-slow`, in CI
 def test_the_same_results_bit_for_bit_in_process_and_on_a_local_two_worker_ray_cluster(
         digits_build, eval_npz, tmp_path, monkeypatch):
     pytest.importorskip("ray", reason="the ray extra (make setup installs it)")
