@@ -34,9 +34,9 @@ from onnxruntime.quantization.calibrate import (
 )
 from tqdm import tqdm
 
+from attnvgg_export.calibration.graph_outputs import save_with_outputs
 from attnvgg_export.models import ConfigError
 from attnvgg_runtime.files import sha256_file
-from attnvgg_runtime.readers import release_memory
 
 from .data import ImageSet
 from .errors import CalibrationDataError, CalibrationRangeError
@@ -226,24 +226,6 @@ class StreamingCollector:
             with contextlib.redirect_stdout(io.StringIO()):
                 return TensorsData(METHODS[self.method], self.histograms.compute_collection_result())
         return TensorsData(CalibrationMethod.MinMax, dict(self.minmax))
-
-
-def save_with_outputs(source: Path, tensors: Sequence[str], folder: Path) -> Path:
-    """``source`` with ``tensors`` among its outputs, saved as ``folder``/augmented.onnx with its
-    weights as one raw file beside it (protobuf serializes a 550 MB VGG16 in ~5 s and holds the
-    bytes; this writes them in ~1 s), the loaded graph let go before returning: a session on it
-    also returns those intermediate tensors (calibration's activations, explain's module
-    outputs), and its copy of the weights is the only one left."""
-    model = onnx.load(str(source))
-    present = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in tensors
-                              if t not in present)
-    augmented = Path(folder) / "augmented.onnx"
-    onnx.save_model(model, str(augmented), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="augmented.weights")
-    del model
-    release_memory()  # the graph's copy, before a session reads the weights again
-    return augmented
 
 
 def _session_with_outputs(model_path: Path, tensors: Sequence[str], folder: Path):

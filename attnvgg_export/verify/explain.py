@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from attnvgg_export.calibration.graph_outputs import save_with_outputs
 from attnvgg_export.models import ToolchainError
 from attnvgg_export.report.report import format_module_errors
 from attnvgg_export.verify.cases import heldout_images
@@ -59,7 +60,6 @@ def module_errors(graph: Path, model: nn.Module, images: np.ndarray, batch: int 
     """Each mapped module's output error in ``graph`` (run by ONNX Runtime, ``exact_int8`` as in
     OnnxRuntimeRunner) against ``model``. Small batches: every module's output of both is held
     at once (at full size and batch 8, about 1.4 GB of them)."""
-    from attnvgg_export.calibration.calibrate import save_with_outputs  # torch, as eager's
     from attnvgg_export.runtime.eager import module_outputs  # torch: imported where eager runs
 
     modules = read_module_outputs(graph)

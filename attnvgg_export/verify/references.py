@@ -148,13 +148,25 @@ def computed_apart(manifest_path: Path, images: int | None, cases: set[str] | No
         done = subprocess.run([sys.executable, "-m", __name__, str(manifest_path), str(out), str(error),
                                request], check=False)
         if error.is_file():
-            raised = json.loads(error.read_text())
-            cls = getattr(importlib.import_module(raised["module"]), raised["class"], ToolchainError)
-            raise cls(raised["message"])
+            raise forwarded_error(json.loads(error.read_text()))
         if done.returncode != 0 or not out.is_file():
             raise ToolchainError(f"eager PyTorch's references for {manifest_path} failed in their "
                                  f"process (exit {done.returncode}; its output is above)")
         return _load(out)
+
+
+def forwarded_error(raised: dict) -> ToolchainError:
+    """The child's error as the toolchain class it was raised as. A name that is not one of the
+    toolchain's errors (an edited record, a class since renamed) is not imported blindly: it is a
+    ToolchainError whose message names it."""
+    try:
+        cls = getattr(importlib.import_module(raised["module"]), raised["class"])
+    except (ImportError, AttributeError):
+        cls = None
+    if isinstance(cls, type) and issubclass(cls, ToolchainError):
+        return cls(raised["message"])
+    return ToolchainError(f"{raised['module']}.{raised['class']} (not a toolchain error) in eager's "
+                          f"process: {raised['message']}")
 
 
 def _child(argv: list[str] | None = None) -> None:

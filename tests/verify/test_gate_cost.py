@@ -138,3 +138,15 @@ def test_an_error_in_eagers_process_is_raised_in_the_gate_as_itself(gated_build,
     write_manifest(root / "manifest.json", manifest)
     with pytest.raises(ManifestError, match="changed since the build"):
         computed_apart(root / "manifest.json", None, None)
+
+
+def test_a_forwarded_error_is_a_toolchain_class_or_says_what_it_was():
+    from attnvgg_export.models import ConfigError, ToolchainError
+    from attnvgg_export.verify.references import forwarded_error
+
+    known = forwarded_error({"module": "attnvgg_export.models", "class": "ConfigError", "message": "m"})
+    assert type(known) is ConfigError and str(known) == "m"
+    for module, name in (("builtins", "SystemExit"), ("attnvgg_export.models", "NoSuchError"),
+                         ("no_such_module", "ConfigError"), ("attnvgg_export.models", "Path")):
+        error = forwarded_error({"module": module, "class": name, "message": "m"})
+        assert type(error) is ToolchainError and f"{module}.{name}" in str(error), (module, name)
