@@ -96,7 +96,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     config = BenchConfig(batches=tuple(args.batches), seconds_per_case=args.seconds,
                          torch_compile=not args.no_compile)
-    run_bench(Path(args.manifest), config)
+    run_bench(Path(args.manifest), config, plan_code_allowed=args.allow_plan_code)
     return 0
 
 
@@ -110,7 +110,8 @@ def _cmd_parity(args: argparse.Namespace) -> int:
                         cases=set(args.cases) if args.cases is not None else None,
                         eval_dir=args.eval_dir, strict_accuracy=args.strict_accuracy,
                         images=args.images, thorough=args.thorough,
-                        cluster=cluster_from_environment(args.eval_cluster))
+                        cluster=cluster_from_environment(args.eval_cluster),
+                        plan_code_allowed=args.allow_plan_code)
     skipped, warnings = report.skipped(), report.warnings()
     for warning in warnings:  # passed, not proven: each on its own line, the count on the last
         print(f"WARNING: {warning}")
@@ -337,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     bench.add_argument("--seconds", type=float, default=10.0, help="time per runtime and batch")
     bench.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    for command in (parity, bench):
+        command.add_argument("--allow-plan-code", action="store_true",
+                             help="let TensorRT plans run the host code they embed (version-compatible "
+                             "plans); only for plans you trust: off by default, never by the manifest")
     bench.set_defaults(run=_cmd_bench)
     return parser
 

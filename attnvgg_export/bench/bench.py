@@ -25,7 +25,7 @@ from attnvgg_export.report.report import (
 )
 from attnvgg_export.runtime.eager import eager_runner, model_from_manifest
 from attnvgg_runtime.files import write_text_atomic
-from attnvgg_runtime.manifest import Manifest, read_manifest
+from attnvgg_runtime.manifest import Manifest, inside_build, read_manifest
 from attnvgg_runtime.readers.cpu import cpu_identity, exact_int8_options, openvino_has_bf16
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from attnvgg_runtime.readers.openvino import OpenVinoRunner, precision_hint, reader_name
@@ -44,8 +44,11 @@ class Row:
     runtime_options: dict | None = None
 
 
-def bench_rows(manifest: Manifest, root: Path, config: BenchConfig, bf16: bool) -> dict[str, Row]:
-    """name -> Row. eager fp32 first: every speedup is over it."""
+def bench_rows(manifest: Manifest, root: Path, config: BenchConfig, bf16: bool,
+               plan_code_allowed: bool = False) -> dict[str, Row]:
+    """name -> Row. eager fp32 first: every speedup is over it. ``plan_code_allowed``: TensorRT
+    plans may run the host code they embed, as the person running the bench asked
+    (--allow-plan-code); never by the manifest."""
     model = model_from_manifest(manifest)
     rows = {"eager fp32": Row(lambda: eager_runner(model), "fp32", "eager")}
     if bf16:
@@ -53,9 +56,8 @@ def bench_rows(manifest: Manifest, root: Path, config: BenchConfig, bf16: bool) 
     if config.torch_compile:
         rows["torch.compile fp32"] = Row(lambda: eager_runner(model, compiled=True), "fp32",
                                          "torch.compile")
-    trusted = (manifest.tensorrt or {}).get("version_compatible", False)
     for a in manifest.artifacts:
-        path, options = root / a.path, a.runtime_options or None
+        path, options = inside_build(root, a.path), a.runtime_options or None
         if a.target in ("onnxruntime-cpu", "any") and a.format in ("onnx", "ort"):
             # as the gate measured it and the consumer runs it (exact int8 where recorded)
             exact = a.exact_int8_session_options is not None
@@ -73,12 +75,13 @@ def bench_rows(manifest: Manifest, root: Path, config: BenchConfig, bf16: bool) 
             )
 
             rows[f"tensorrt {a.path}"] = Row(
-                lambda p=path: TensorRTRunner(p, host_code_allowed=trusted), a.precision,
+                lambda p=path: TensorRTRunner(p, host_code_allowed=plan_code_allowed), a.precision,
                 "tensorrt", a.path, "tensorrt")
     return rows
 
 
-def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print) -> Path:
+def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print,
+              plan_code_allowed: bool = False) -> Path:
     config = config or BenchConfig()
     manifest_path = Path(manifest_path)
     root = manifest_path.parent
@@ -103,7 +106,7 @@ def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print)
     log(f"machine: {cpu['model']} ({', '.join(cpu['isa'])}); GEMM probes: "
         + "; ".join(f"{lib} " + ", ".join(f"{k} {v:.0f}" for k, v in p.items())
                     for lib, p in probes.items()) + " GMAC/s")
-    rows = bench_rows(manifest, root, config, bf16)
+    rows = bench_rows(manifest, root, config, bf16, plan_code_allowed)
     results: dict[str, dict] = {}
     inputs = {b: np.random.default_rng(b).standard_normal((b, 3, height, width), dtype=np.float32)
               for b in config.batches}

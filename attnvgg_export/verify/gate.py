@@ -184,7 +184,8 @@ def gate_inputs(manifest_path: Path, tolerances: Path | None, only: set[str] | N
                       {name: stored.references[name] for name in chosen}, labelled, built)
 
 
-def measure(inputs: GateInputs, only: set[str] | None) -> tuple[list[ArtifactParity], dict]:
+def measure(inputs: GateInputs, only: set[str] | None,
+            plan_code_allowed: bool = False) -> tuple[list[ArtifactParity], dict]:
     """Every artifact (or those in ``only``) under each of its readers, on every case, judged by
     its budget: the box's per-artifact check (attnvgg_runtime.verify.check). Returns the
     readings and the held-out outputs by label."""
@@ -195,7 +196,8 @@ def measure(inputs: GateInputs, only: set[str] | None) -> tuple[list[ArtifactPar
         if only is None or artifact.path in only:
             results += check_artifact(artifact, inputs.root, inputs.manifest, checked,
                                       inputs.budgets[artifact.precision], inputs.trained, outputs,
-                                      inputs.built_rel_l2.get(artifact.path))
+                                      inputs.built_rel_l2.get(artifact.path),
+                                      plan_code_allowed=plan_code_allowed)
     return results, outputs
 
 
@@ -265,7 +267,7 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
                only: set[str] | None = None, cases: set[str] | None = None,
                eval_dir: str | Path | None = None, strict_accuracy: bool = False,
                images: int | None = None, thorough: bool = False,
-               cluster: str | None = None) -> ParityReport:
+               cluster: str | None = None, plan_code_allowed: bool = False) -> ParityReport:
     """The gate: read the build (gate_inputs), measure every reading against its budget
     (measure), judge what concerns an artifact as a whole (judge_build), record the verdict
     (record), explain the failing graphs, publish every file once (publish_gate).
@@ -280,10 +282,12 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
     covers only them. ``thorough``: every graph on every image of every corner, the max batch a
     corner of its own, and eager run again (attnvgg_export.verify.cases.shape_cases): slower,
     the same verdicts (tests/verify/test_gate_cost.py). ``cluster``: where EVAL_DIR is read, "local"
-    (a local Ray cluster) or a Ray address (attnvgg_export.verify.cluster); None: in this process."""
+    (a local Ray cluster) or a Ray address (attnvgg_export.verify.cluster); None: in this process.
+    ``plan_code_allowed``: TensorRT plans may run the host code they embed (version-compatible
+    plans), as the person running the gate asked (--allow-plan-code); never by the manifest."""
     inputs = gate_inputs(manifest_path, tolerances, only, cases, eval_dir, images, log, thorough)
     _log_plan(inputs, tolerances, log)
-    results, outputs = measure(inputs, only)
+    results, outputs = measure(inputs, only, plan_code_allowed)
     evaluation = None
     if inputs.labelled:
         from attnvgg_export.verify.evaluate import evaluate_gate_readings

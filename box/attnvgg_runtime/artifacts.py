@@ -3,16 +3,20 @@ and each one loaded with its sha256 checked, read as the gate reads it."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
 
 from attnvgg_runtime.errors import ToolchainError
-from attnvgg_runtime.files import sha256_file
-from attnvgg_runtime.manifest import Artifact, ArtifactFile, Manifest, ManifestError
+from attnvgg_runtime.manifest import Artifact, ArtifactFile, Manifest, ManifestError, inside_build
 
 
 class ArtifactChanged(ToolchainError):
     """An artifact's bytes are not those the manifest lists."""
+
+
+class ArtifactUnreadable(ToolchainError):
+    """The runtime cannot load an artifact whose bytes are the ones the manifest lists."""
 
 
 # runtime -> (the manifest target it serves, the formats it reads)
@@ -30,27 +34,40 @@ def runnable(manifest: Manifest, runtime: str) -> list[Artifact]:
     return [a for a in manifest.artifacts if a.format in formats and a.target in (target, "any")]
 
 
-def verified_path(manifest_path: Path, item: Artifact | ArtifactFile) -> Path:
-    path = Path(manifest_path).parent / item.path
+def verified_bytes(manifest_path: Path, item: Artifact | ArtifactFile) -> bytes:
+    """The file's bytes, read once from inside the build folder and checked against the
+    manifest's sha256: the runtime is handed these very bytes, never the path again."""
+    path = inside_build(Path(manifest_path).parent, item.path, str(manifest_path))
     if not path.is_file():
         raise ManifestError(f"{path}, listed in {manifest_path}, is missing: copy the whole build "
                             f"folder to this box")
-    if sha256_file(path) != item.sha256:
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != item.sha256:
         raise ArtifactChanged(f"{path} does not match the sha256 in the manifest: it was changed "
-                          f"or damaged after the build; refusing to run it")
-    return path
+                              f"or damaged after the build; refusing to run it")
+    return data
 
 
 def load_runner(manifest_path: Path, artifact: Artifact, runtime: str):
-    """A callable batch -> logits for the artifact, sha256 checked (an IR's weights too), read
-    as the gate reads it (attnvgg_runtime.readers: exact int8 where this CPU's pair sums saturate
-    and the manifest asks for it, the bf16 entry's precision hint)."""
-    path = verified_path(manifest_path, artifact)
-    if runtime == "openvino":
-        from attnvgg_runtime.readers.openvino import OpenVinoRunner, precision_hint
+    """A callable batch -> logits for the artifact, made from the bytes whose sha256 was checked
+    (an IR's weights too), read as the gate reads it (attnvgg_runtime.readers: exact int8 where
+    this CPU's pair sums saturate and the manifest asks for it, the bf16 entry's precision hint)."""
+    data = verified_bytes(manifest_path, artifact)
+    weights = verified_bytes(manifest_path, artifact.weights) if runtime == "openvino" else None
+    try:
+        if runtime == "openvino":
+            from attnvgg_runtime.readers.openvino import OpenVinoRunner, precision_hint
 
-        verified_path(manifest_path, artifact.weights)
-        return OpenVinoRunner(path, precision_hint(artifact))
-    from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+            return OpenVinoRunner((data, weights), precision_hint(artifact))
+        from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(path, exact_int8=artifact.exact_int8_session_options is not None)
+        return OnnxRuntimeRunner(data, exact_int8=artifact.exact_int8_session_options is not None)
+    except ToolchainError:
+        raise
+    except Exception as e:  # the runtime's own error: the file is not a model it reads
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ArtifactUnreadable(
+            f"{artifact.path}, listed in {manifest_path}, has the listed sha256 but {runtime} cannot "
+            f"load it ({type(e).__name__}: {reason}): "
+            f"the build wrote a file this runtime does not read; rebuild it with `make engine`, or "
+            f"use another runtime (--runtime)") from None

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from attnvgg_runtime.artifacts import installed_runtimes, load_runner, runnable
+from attnvgg_runtime.errors import ReaderUnavailable, ToolchainError
 from attnvgg_runtime.files import write_text_atomic
 from attnvgg_runtime.manifest import read_manifest, verify_artifacts
 from attnvgg_runtime.probe import box_identity
@@ -19,6 +20,12 @@ from attnvgg_runtime.readers import reader_version
 from attnvgg_runtime.timing import BenchConfig, latency
 
 BOX_BENCH_JSON = "box-bench.json"
+
+
+class NothingTimed(ToolchainError):
+    """A bench that timed nothing: an error (exit 2), and box-bench.json is left as it was."""
+
+
 def bench_box(manifest_path: Path, batches: tuple[int, ...] = (1, 8), seconds: float = 5.0,
               log=print) -> dict:
     """p50/p90 latency of every artifact each installed runtime serves, at the opt size; returns
@@ -29,8 +36,16 @@ def bench_box(manifest_path: Path, batches: tuple[int, ...] = (1, 8), seconds: f
     dyn = manifest.dynamic
     config = BenchConfig(batches=batches, seconds_per_case=seconds, torch_compile=False)
     box = box_identity()
+    runtimes = installed_runtimes()
+    if not runtimes:
+        raise ReaderUnavailable("neither onnxruntime nor openvino is installed here, so nothing can be "
+                                "timed: install the runtime wheel's [onnxruntime] or [openvino] extra "
+                                "(docs/edge.md)")
+    if not any(runnable(manifest, r) for r in runtimes):
+        raise NothingTimed(f"{manifest_path} lists no artifact that {', '.join(runtimes)} runs; "
+                           f"install the runtime its artifacts are for (docs/edge.md)")
     rows = []
-    for runtime in installed_runtimes():
+    for runtime in runtimes:
         for artifact in runnable(manifest, runtime):
             run = load_runner(manifest_path, artifact, runtime)
             for size in batches:

@@ -25,6 +25,33 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return number
+
+
+def _batches(value: str) -> tuple[int, ...]:
+    batches = tuple(_positive(b) for b in _csv(value))
+    if not batches:
+        raise argparse.ArgumentTypeError(f"{value!r} names no batch size (e.g. 1,8)")
+    return batches
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnvgg-runtime", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,11 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--case", type=_csv, help="only these golden cases (comma-separated), e.g. heldout")
     verify.add_argument("--artifact", type=_csv, help="only artifacts whose path matches these patterns")
     verify.add_argument("--reader", type=_csv, help="only these readers: onnxruntime, openvino, ...")
-    verify.add_argument("--images", type=int, help="only the first N images of each case (whole batches)")
+    verify.add_argument("--images", type=_positive,
+                        help="only the first N images of each case (whole batches)")
+    verify.add_argument("--allow-plan-code", action="store_true",
+                        help="let TensorRT plans run the host code they embed (version-compatible "
+                        "plans): only for plans you trust; off by default, never by the manifest")
     bench = sub.add_parser("bench", help="time every CPU artifact under every runtime installed here")
     bench.add_argument("manifest", type=Path)
-    bench.add_argument("--batches", type=lambda v: tuple(int(b) for b in _csv(v)), default=(1, 8))
-    bench.add_argument("--seconds", type=float, default=5.0, help="per artifact and batch (default 5)")
+    bench.add_argument("--batches", type=_batches, default=(1, 8), help="comma-separated (default 1,8)")
+    bench.add_argument("--seconds", type=_seconds, default=5.0, help="per artifact and batch (default 5)")
     classify = sub.add_parser("classify", help="top-5 classes of image files")
     classify.add_argument("manifest", type=Path)
     classify.add_argument("images", type=Path, nargs="+")
@@ -47,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="default: the fastest this box's bench timed, else the build's "
                           "recommendation, else fp32")
     classify.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None)
-    classify.add_argument("--top", type=int, default=5)
+    classify.add_argument("--top", type=_positive, default=5)
     classify.add_argument("--allow-unverified", action="store_true",
                           help="run an artifact without a passing verdict for its bytes (says so "
                           "on stderr); by default it is refused")
@@ -68,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
             restriction = Restriction(args.case, args.artifact, args.reader, args.images)
             report = verify_build(args.manifest, restriction=restriction,
-                                  log=functools.partial(print, flush=True))
+                                  log=functools.partial(print, flush=True),
+                                  plan_code_allowed=args.allow_plan_code)
             return 0 if report["passed"] else 1
         if args.command == "bench":
             from attnvgg_runtime.bench import bench_box

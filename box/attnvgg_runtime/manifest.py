@@ -7,7 +7,7 @@ import json
 import platform
 from dataclasses import dataclass, field, fields
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from attnvgg_runtime.errors import ToolchainError
 from attnvgg_runtime.files import sha256_file, write_text_atomic
@@ -28,6 +28,35 @@ _VERSIONED = ("torch", "torchvision", "onnx", "onnxscript", "onnxsim", "onnxrunt
 
 class ManifestError(ToolchainError):
     """The manifest or an artifact it lists is missing, malformed or was changed."""
+
+
+class OutsideBuild(ManifestError):
+    """A path the manifest names that leads out of its build folder (absolute, ``..``, or a
+    symlink out): a box reads nothing but its build folder."""
+
+
+def relative_path(path: str, where: str) -> str:
+    """``path`` as the manifest must write it: relative, forward slashes, never climbing out
+    (no ``..``). Refused otherwise, naming it: the manifest is the box's root of trust, and a
+    path out of the build folder would have it open and hash any file on the box."""
+    pure = PurePosixPath(path) if isinstance(path, str) else None
+    if (pure is None or not path or pure.is_absolute() or PureWindowsPath(path).is_absolute()
+            or PureWindowsPath(path).drive or "\\" in path or ".." in pure.parts or "\0" in path):
+        raise OutsideBuild(f"{where}: path {path!r} is not a plain path inside the build folder "
+                           f"(absolute, '..', or not a string); a manifest names its files relative "
+                           f"to itself: rebuild with `make engine`, or copy the build folder whole")
+    return path
+
+
+def inside_build(root: str | Path, path: str, where: str = "manifest") -> Path:
+    """The file ``path`` (as the manifest lists it) in the build folder ``root``, symlinks
+    followed: refused where it leads out of the folder (OutsideBuild, naming it)."""
+    root = Path(root).resolve()
+    resolved = (root / relative_path(path, where)).resolve()
+    if not resolved.is_relative_to(root):
+        raise OutsideBuild(f"{where}: {path} resolves to {resolved}, outside the build folder {root} "
+                           f"(a symlink out); copy the files themselves into the build folder")
+    return resolved
 
 
 def tool_versions() -> dict[str, str]:
@@ -63,6 +92,20 @@ class Artifact:
     source: str | None = None  # the graph a converted artifact was made from (schema 1.4)
     min_side: int | None = None  # int8: the smallest H, W its verdict covers (schema 1.4)
     activations: str | None = None  # int8 ONNX graphs: "int8" or "uint8" (schema 1.5)
+
+    def check_paths(self, where: str) -> None:
+        """Every path of the entry stays in the build folder, and an IR's weights are the ``.bin``
+        beside its ``.xml`` by name: the file OpenVINO loads is the file whose sha256 is checked."""
+        for path in (self.path, self.source, self.weights and self.weights.path):
+            if path is not None:
+                relative_path(path, f"{where}: artifact {self.path}")
+        if self.format == "openvino-ir":
+            expected = PurePosixPath(self.path).with_suffix(".bin").as_posix()
+            if self.weights is None or self.weights.path != expected:
+                raise ManifestError(
+                    f"{where}: artifact {self.path} lists its weights as "
+                    f"{self.weights and self.weights.path!r}, but OpenVINO loads {expected} beside "
+                    f"the .xml; the manifest was edited: rebuild with `make engine`")
 
     def files(self) -> list[ArtifactFile]:
         """The bytes it is: itself, and its weights file where it has one."""
@@ -150,6 +193,11 @@ class Manifest:
                                 f"toolchain wrote; rebuild it with `make engine`")
         values = {k: v for k, v in data.items() if k in known}
         values["artifacts"] = [Artifact.from_json(a) for a in data["artifacts"]]
+        for artifact in values["artifacts"]:
+            artifact.check_paths(where)
+        for key in ("inputs", "outputs"):
+            if isinstance(values.get("golden"), dict) and key in values["golden"]:
+                relative_path(values["golden"][key].get("path"), f"{where}: golden {key}")
         values.setdefault("bench", None)
         return cls(**values)
 
@@ -255,7 +303,7 @@ def verify_artifacts(manifest_path: str | Path) -> list[Path]:
         for item in entry.files():
             if item.path in checked:
                 continue
-            path = root / item.path
+            path = inside_build(root, item.path, str(manifest_path))
             if not path.is_file():
                 raise ManifestError(f"artifact {path} listed in {manifest_path} is missing; rebuild")
             if sha256_file(path) != item.sha256:

@@ -39,15 +39,21 @@ class OpenVinoRunner:
     ``precision`` is OpenVINO's inference precision hint: "f32" computes what the graph says (an
     fp16 graph's casts included); "bf16" lets OpenVINO run the float layers in bf16, which it
     does by default on CPUs with AMX or AVX512-BF16, so it is always set explicitly here.
-    ``convert``: an ONNX ``path`` converted as its IR would be (``converted_model``), in memory."""
+    ``convert``: an ONNX ``path`` converted as its IR would be (``converted_model``), in memory.
+    ``path`` may be an IR's (xml, bin) bytes, read and checked by the caller: what was hashed
+    is what runs."""
 
-    def __init__(self, path: str | Path, precision: str = "f32", threads: int | None = None,
-                 convert: bool = False) -> None:
+    def __init__(self, path: str | Path | tuple[bytes, bytes], precision: str = "f32",
+                 threads: int | None = None, convert: bool = False) -> None:
         ov = runtime_module("openvino", INSTALL_HINT)
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1}
-        model = converted_model(path) if convert else str(path)
-        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        core = ov.Core()
+        if isinstance(path, tuple):
+            model = core.read_model(*path)
+        else:
+            model = converted_model(path) if convert else str(path)
+        self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

@@ -109,15 +109,17 @@ class ArtifactParity:
 
 def check_reading(artifact: Artifact, reader: str, root: Path, manifest: Manifest, cases: dict[str, Case],
                   budget: dict, trained: bool, built: float | None = None,
-                  outputs: dict | None = None) -> tuple[ArtifactParity, Callable | None]:
+                  outputs: dict | None = None,
+                  plan_code_allowed: bool = False) -> tuple[ArtifactParity, Callable | None]:
     """``artifact`` under ``reader`` on every case: (its verdict, the runner for more). Held-out
     outputs go into ``outputs`` under the entry's label. ``built``: the rel L2 the build measured
-    on the held-out case (drift)."""
+    on the held-out case (drift). ``plan_code_allowed``: a TensorRT plan may run host code it
+    embeds (version-compatible plans), as whoever runs the check asked (--allow-plan-code)."""
     version = reader_version(reader) + (f" (emulated {emulated_cpu()})" if emulated_cpu() else "")
     entry = ArtifactParity(artifact.path, artifact.precision, reader, sha256=artifact.sha256,
                            reader_version=version, budget=budget)
     try:
-        runner = runner_for(artifact, root, manifest, reader)
+        runner = runner_for(artifact, root, manifest, reader, plan_code_allowed=plan_code_allowed)
     except ReaderUnavailable as e:  # this machine cannot compute it: reported, not passed
         entry.skipped = str(e).splitlines()[0]
         return entry, None
@@ -227,20 +229,22 @@ def derived_difference(entry: ArtifactParity, artifact: Artifact, ours: np.ndarr
 def check_artifact(artifact: Artifact, root: Path, manifest: Manifest, cases: dict[str, Case], budget: dict,
                    trained: bool, outputs: dict, built: float | None = None,
                    with_runner: Callable | None = None,
-                   readers: tuple[str, ...] | None = None) -> list[ArtifactParity]:
+                   readers: tuple[str, ...] | None = None,
+                   plan_code_allowed: bool = False) -> list[ArtifactParity]:
     """``artifact`` under each of its readers (attnvgg_runtime.verify.readers), the readers against each
     other, and a converted artifact against its conversion redone here and against its source.
     ``outputs``: held-out outputs by label, shared across artifacts (a source graph is read
     before what was converted from it, else read here). ``with_runner(entry, runner)``: more
     checks on each loaded reader (the gate's EVAL_DIR). ``built`` applies to ONNX Runtime's
     reading (what the precision stage measured with). ``readers``: only these (a box's verify
-    restricted to fit its time)."""
+    restricted to fit its time). ``plan_code_allowed``: see check_reading."""
     entries = []
     for reader in readers_of(artifact):
         if readers is not None and reader not in readers:
             continue
         entry, runner = check_reading(artifact, reader, root, manifest, cases, budget, trained,
-                                      built if reader == "onnxruntime" else None, outputs)
+                                      built if reader == "onnxruntime" else None, outputs,
+                                      plan_code_allowed)
         if runner is not None and with_runner is not None:
             with_runner(entry, runner)
         entries.append(entry)

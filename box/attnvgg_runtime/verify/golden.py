@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import io
 import json
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from attnvgg_runtime.files import atomic_path
-from attnvgg_runtime.manifest import ManifestError, sha256_file
+from attnvgg_runtime.manifest import ManifestError, inside_build, sha256_file
 
 GOLDEN_DIR = "golden"
 GOLDEN_RUNNER = "eager-pytorch-fp32"
@@ -130,13 +131,20 @@ def read_golden(root: Path, record: dict) -> dict[str, tuple[list[np.ndarray], n
     """case name -> (its input batches, eager's outputs for them, concatenated), from the files
     the manifest's ``golden`` record lists, refused where their sha256 differs. (The cases'
     labels, where recorded, are in the record: ``cases[i]["labels"]``.)"""
+    texts = {}
     for key in ("inputs", "outputs"):
-        path = Path(root) / record[key]["path"]
-        if not path.is_file() or sha256_file(path) != record[key]["sha256"]:
+        path = inside_build(root, record[key]["path"], f"golden {key}")
+        data = path.read_bytes() if path.is_file() else b""
+        if hashlib.sha256(data).hexdigest() != record[key]["sha256"]:
             raise ManifestError(f"{path} is missing or is not the golden file the build wrote "
                                 f"(sha256 differs); rebuild with `make engine`")
-    feeds = _decode(json.loads((Path(root) / record["inputs"]["path"]).read_text()))
-    runs = _decode(json.loads((Path(root) / record["outputs"]["path"]).read_text()))["lst"]
+        texts[key] = data
+    try:
+        feeds = _decode(json.loads(texts["inputs"]))
+        runs = _decode(json.loads(texts["outputs"]))["lst"]
+    except (ValueError, KeyError, TypeError) as e:  # np.load refuses pickled objects: ValueError
+        raise ManifestError(f"golden I/O of {root} cannot be read as the build writes it ({e}); "
+                            f"rebuild with `make engine`") from None
     iterations = dict(runs)[record["runner"]]
     golden, start = {}, 0
     for case in record["cases"]:

@@ -51,6 +51,11 @@ class Restriction:
     readers: tuple[str, ...] | None = None
     images: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.images is not None and self.images < 1:
+            raise ConfigError(f"--images {self.images}: a verify must read at least 1 image of each "
+                              f"case; leave it out to read them all")
+
     def __bool__(self) -> bool:
         return any(v is not None for v in asdict(self).values())
 
@@ -62,9 +67,11 @@ class Restriction:
         return self.artifacts is None or any(fnmatch.fnmatch(artifact.path, p) for p in self.artifacts)
 
 
-def verify_build(manifest_path: Path, log=print, restriction: Restriction = Restriction()) -> dict:
+def verify_build(manifest_path: Path, log=print, restriction: Restriction = Restriction(),
+                 plan_code_allowed: bool = False) -> dict:
     """Every artifact under every reader installed here, on the golden I/O (or the part of them
-    ``restriction`` names); returns verify.json's content (also written beside the manifest)."""
+    ``restriction`` names); returns verify.json's content (also written beside the manifest).
+    ``plan_code_allowed``: TensorRT plans may run the host code they embed (--allow-plan-code)."""
     manifest_path = Path(manifest_path)
     root = manifest_path.parent
     verify_artifacts(manifest_path)  # sha256 of every artifact, before anything runs
@@ -106,7 +113,8 @@ def verify_build(manifest_path: Path, log=print, restriction: Restriction = Rest
     results = []
     for artifact in artifacts:  # each logged as it is judged: under emulation one takes minutes
         entries = check_artifact(artifact, root, manifest, cases, record["budgets"][artifact.precision],
-                                 record["trained_weights"], outputs, readers=restriction.readers)
+                                 record["trained_weights"], outputs, readers=restriction.readers,
+                                 plan_code_allowed=plan_code_allowed)
         for r in entries:
             _log_result(r, log)
         results += entries

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnvgg_runtime.errors import ReaderUnavailable
-from attnvgg_runtime.manifest import Artifact, Manifest
+from attnvgg_runtime.manifest import Artifact, Manifest, inside_build
 from attnvgg_runtime.readers.cpu import cpu_identity, openvino_has_bf16, openvino_int8_has_vnni
 from attnvgg_runtime.readers.emulated import EmulatedRunner, emulated_cpu
 from attnvgg_runtime.readers.onnxruntime import ORT_SAVED_LEVEL, OnnxRuntimeRunner
@@ -26,15 +26,16 @@ READERS = {"onnx": ("onnxruntime", "openvino"), "ort": ("onnxruntime",), "plan":
 KNOWN_READERS = ("onnxruntime", "openvino", "openvino-bf16", "tensorrt")  # the gate's names
 
 
-def runner_for(artifact: Artifact, root: Path, manifest: Manifest, reader: str, threads: int | None = None):
+def runner_for(artifact: Artifact, root: Path, manifest: Manifest, reader: str, threads: int | None = None,
+               plan_code_allowed: bool = False):
     """The artifact under one reader: ONNX Runtime and OpenVINO on the CPU (every portable graph
     is read by both), TensorRT for plans (GPU machines). ReaderUnavailable where this machine
     cannot compute it. ``threads``: the CPU readers' threads (None: every core)."""
-    path = root / artifact.path
+    path = inside_build(root, artifact.path)
     if reader == "tensorrt":
-        # version-compatible plans embed host code: trusted, since this build made them
-        trusted = (manifest.tensorrt or {}).get("version_compatible", False)
-        return TensorRTRunner(path, host_code_allowed=trusted)
+        # version-compatible plans embed host code: allowed only by whoever runs this
+        # (--allow-plan-code), never by the manifest, an unsigned file anyone could edit
+        return TensorRTRunner(path, host_code_allowed=plan_code_allowed)
     if reader == "openvino-bf16" and not openvino_has_bf16():
         raise ReaderUnavailable("this CPU does not compute bf16 (no AMX or AVX512-BF16): the bf16 "
                                 "entry runs only where it does")
@@ -96,7 +97,7 @@ def reconversion_runner(artifact: Artifact, root: Path, manifest: Manifest, read
     if artifact.format not in RECONVERTED:
         return None
     source = manifest.artifact(artifact.source)
-    return _cpu_runner(root / source.path, reader, source.exact_int8_session_options is not None,
+    return _cpu_runner(inside_build(root, source.path), reader, source.exact_int8_session_options is not None,
                        precision_hint(artifact),
                        ORT_SAVED_LEVEL if artifact.format == "ort" else None,
                        convert=artifact.format == "openvino-ir")
