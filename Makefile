@@ -26,17 +26,27 @@ WIDTH_RANGE ?=
 OUT         ?= build
 
 CLI          = $(VENV)/bin/attnvgg-export
+# Files and folders the user names are checked before Make treats them as prerequisites (a
+# missing one would read "No rule to make target"); each error names the variable and the fix.
+need_file    = $(if $($(1)),$(if $(wildcard $($(1))),$(if $(wildcard $($(1))/.),$(error $(1)=$($(1)) is a folder: $(2))),$(error $(1)=$($(1)) does not exist: $(2))))
+need_dir     = $(if $($(1)),$(if $(wildcard $($(1))),,$(error $(1)=$($(1)) does not exist: $(2))))
+$(call need_file,CHECKPOINT,give the path of a .pt/.pth/.safetensors file or leave CHECKPOINT unset for the seeded default)
+$(call need_file,LABELS,give a text file with one class name per line)
+$(call need_file,TOLERANCES,give a tolerances.toml (see docs/precision.md) or leave TOLERANCES unset)
+$(call need_dir,CALIB_DIR,give a folder of images or a .npy/.npz file or leave CALIB_DIR unset for the bundled photographs)
+$(call need_dir,EVAL_DIR,give a folder of labelled images (one subfolder per class) or a .npz)
+$(if $(wildcard $(OUT)),$(if $(wildcard $(OUT)/.),,$(error OUT=$(OUT) is a file: name a folder (new or existing) for the builds)))
 # glibc's large blocks on transparent huge pages (glibc >= 2.35; ignored where unknown): the
 # precision stage's activations fault in 2 MiB at a time, not 4 KiB (docs/precision.md)
 HUGE_PAGES   = GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1
 D            = $(OUT)/$(VARIANT)
-MODEL_ARGS   = --variant $(VARIANT) --num-classes $(NUM_CLASSES) $(if $(WIDTH_MULT),--width-mult $(WIDTH_MULT))
+MODEL_ARGS   = --variant $(VARIANT) --num-classes=$(NUM_CLASSES) $(if $(WIDTH_MULT),--width-mult=$(WIDTH_MULT))
 CALIB_ARGS   = $(if $(CALIB_DIR),--calib-dir $(CALIB_DIR))
 PARITY_ARGS  = $(if $(TOLERANCES),--tolerances $(TOLERANCES))
 EVAL_ARGS    = $(if $(EVAL_DIR),--eval-dir $(EVAL_DIR)) $(if $(STRICT_ACCURACY),--strict-accuracy)
-EXPORT_ARGS  = $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
-               $(if $(LABELS),--labels $(LABELS)) $(if $(BATCH_RANGE),--batch $(BATCH_RANGE)) \
-               $(if $(HEIGHT_RANGE),--height $(HEIGHT_RANGE)) $(if $(WIDTH_RANGE),--width $(WIDTH_RANGE))
+EXPORT_ARGS  = $(MODEL_ARGS) --img-size=$(IMG_SIZE) --out $(OUT) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+               $(if $(LABELS),--labels $(LABELS)) $(if $(BATCH_RANGE),--batch=$(BATCH_RANGE)) \
+               $(if $(HEIGHT_RANGE),--height=$(HEIGHT_RANGE)) $(if $(WIDTH_RANGE),--width=$(WIDTH_RANGE))
 
 .PHONY: setup card onnx precision engine parity parity-selftest bench triton dist test test-slow test-isa test-arm lint clean FORCE
 .DELETE_ON_ERROR:
@@ -52,7 +62,7 @@ $(STAMP): pyproject.toml box/pyproject.toml
 	touch $@
 
 card: $(STAMP)
-	$(CLI) card $(MODEL_ARGS) --img-size $(IMG_SIZE) --out $(D)
+	$(CLI) card $(MODEL_ARGS) --img-size=$(IMG_SIZE) --out $(D)
 
 # The settings each stage was built with: rewritten only when they change, so that Make
 # rebuilds exactly the stages that depend on a changed setting. ("+": they run under `make -n`

@@ -15,17 +15,68 @@ from attnvgg_export.models import VARIANT_NAMES, ConfigError, ToolchainError
 EXIT_ERROR = 2
 
 
+def _refused(variable: str, text: str, allowed: str) -> argparse.ArgumentTypeError:
+    """A value no setting may silently replace: the error names the Make variable too."""
+    return argparse.ArgumentTypeError(f"{variable}={text!r} is not allowed: {allowed}")
+
+
+def _width(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise _refused("WIDTH_MULT", text, "a channel-width multiplier > 0 (1.0: the full-size model, "
+                       "0.125: a reduced one); leave it unset for 1.0")
+    return value
+
+
+def _side(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 32 or value % 32:
+        raise _refused("IMG_SIZE", text, "the size the model was trained at, a multiple of 32 that is "
+                       "at least 32 (five 2x2 pools), e.g. 224")
+    return value
+
+
+def _classes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise _refused("NUM_CLASSES", text, "a whole number of classes, at least 1 (e.g. 1000)")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", required=True, help=f"one of: {', '.join(VARIANT_NAMES)}")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--width-mult", type=float, default=None,
+    p.add_argument("--num-classes", type=_classes, default=1000)
+    p.add_argument("--width-mult", type=_width, default=None,
                    help="channel-width multiplier (default 1.0, the full-size model)")
+
+
+def _width_mult(args: argparse.Namespace) -> float:
+    return 1.0 if args.width_mult is None else args.width_mult
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
     from attnvgg_export.models.card import card_markdown, model_card
 
-    card = model_card(args.variant, args.img_size, args.num_classes, args.width_mult or 1.0)
+    card = model_card(args.variant, args.img_size, args.num_classes, _width_mult(args))
     markdown = card_markdown(card)
     if args.out:
         from attnvgg_runtime.files import write_text_atomic
@@ -59,14 +110,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     opt = args.img_size
     config = ExportConfig(
-        variant=args.variant, num_classes=args.num_classes, model_width=args.width_mult or 1.0,
+        variant=args.variant, num_classes=args.num_classes, model_width=_width_mult(args),
         checkpoint=Path(args.checkpoint) if args.checkpoint else None, reset_head=args.reset_head,
         opset=args.opset,
         batch=batch_range(*args.batch) if args.batch else None,
         height=image_range("height", *args.height) if args.height else (
-            image_range("height", *default_sides(opt)) if opt else None),
+            image_range("height", *default_sides(opt)) if opt is not None else None),
         width=image_range("width", *args.width) if args.width else (
-            image_range("width", *default_sides(opt)) if opt else None),
+            image_range("width", *default_sides(opt)) if opt is not None else None),
         attention_memory_budget=int(args.attention_budget_gib * 2**30),
         simplify=not args.no_simplify,
         labels=read_labels(Path(args.labels)) if args.labels else None)
@@ -141,7 +192,7 @@ def _cmd_engine(args: argparse.Namespace) -> int:
     try:
         result = build(args.variant, checkpoint=args.checkpoint, calib_dir=args.calib_dir,
                        eval_dir=args.eval_dir, out=args.out, num_classes=args.num_classes,
-                       width_mult=args.width_mult or 1.0, img_size=args.img_size,
+                       width_mult=_width_mult(args), img_size=args.img_size,
                        backend=args.backend, bench_seconds=args.seconds)
     except GateFailed as e:
         print(f"engine: the gate FAILED: {e}", file=sys.stderr)
@@ -194,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     card = sub.add_parser("card", help="parameters, MACs and activation memory of a variant")
     _add_model_args(card)
-    card.add_argument("--img-size", type=int, default=224)
+    card.add_argument("--img-size", type=_side, default=224)
     card.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     card.add_argument("--out", help="also write card.md and card.json into this folder")
     card.set_defaults(run=_cmd_card)
@@ -206,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--reset-head", action="store_true",
                         help="keep the model's own last layer when the checkpoint's classes differ")
     export.add_argument("--opset", type=int, default=18, help="18 (default) to 21")
-    export.add_argument("--img-size", type=int, default=None,
+    export.add_argument("--img-size", type=_side, default=None,
                         help="the opt H and W, the size the model was trained at (sides default "
                         "to min(32, opt)..opt..2*opt: 32..224..448 at 224)")
     export.add_argument("--batch", type=_axis, help="MIN,OPT,MAX (default 1,1,32)")
@@ -226,10 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "bundled with scikit-image")
     precision.add_argument("--calib-noise", action="store_true",
                            help="calibrate on random noise (only for smoke tests)")
-    precision.add_argument("--calib-count", type=int, help="images to calibrate on (default 256)")
-    precision.add_argument("--tuning-count", type=int, help="other images, on which the layer "
+    precision.add_argument("--calib-count", type=_at_least_one, help="images to calibrate on (default 256)")
+    precision.add_argument("--tuning-count", type=_at_least_one, help="other images, on which the layer "
                            "fallback chooses its layers (default 64)")
-    precision.add_argument("--heldout-count", type=int, help="other images still, on which only "
+    precision.add_argument("--heldout-count", type=_at_least_one, help="other images still, on which only "
                            "the parity gate measures (default 64)")
     precision.add_argument("--method", choices=["minmax", "entropy", "percentile"],
                            help="calibration method (default percentile)")
@@ -281,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only these corner shapes (e.g. 2x3x448x448; none: no corner) besides "
                         "the held-out images at the opt size, which always run; the verdict then "
                         "covers only them")
-    parity.add_argument("--images", type=int, metavar="N",
+    parity.add_argument("--images", type=_at_least_one, metavar="N",
                         help="only the first N held-out images (the corners follow them); the "
                         "verdict then covers only them (an emulated CPU in CI)")
     parity.add_argument("--thorough", action="store_true",
@@ -294,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine = sub.add_parser("engine", help="the whole chain, as `make engine` (attnvgg_export.build)")
     _add_model_args(engine)
     engine.add_argument("--checkpoint", help="weights to load (.pt/.pth/.safetensors)")
-    engine.add_argument("--img-size", type=int, default=224, help="the size the model was trained at")
+    engine.add_argument("--img-size", type=_side, default=224, help="the size the model was trained at")
     engine.add_argument("--calib-dir", help="images to calibrate on (default: bundled photographs)")
     engine.add_argument("--eval-dir", help="labelled images to judge accuracy on")
     engine.add_argument("--backend", choices=["auto", "tensorrt", "ort"], default="auto")
@@ -307,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--manifest", required=True)
     explain.add_argument("--artifact", required=True, help="an ONNX graph of the build, e.g. "
                          "model.int8-cpu.onnx")
-    explain.add_argument("--images", type=int, default=8, help="held-out images to measure on")
+    explain.add_argument("--images", type=_at_least_one, default=8, help="held-out images to measure on")
     explain.set_defaults(run=_cmd_explain)
 
     selftest = sub.add_parser("selftest", help="plant known bugs into copies of the build's "
@@ -335,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="latency and throughput of every runtime, vs eager")
     bench.add_argument("--manifest", required=True)
-    bench.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    bench.add_argument("--batches", type=_at_least_one, nargs="+", default=[1, 8])
     bench.add_argument("--seconds", type=float, default=10.0, help="time per runtime and batch")
     bench.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     for command in (parity, bench):

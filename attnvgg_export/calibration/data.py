@@ -49,6 +49,19 @@ BUNDLED_PHOTOS = {
 }
 
 log = logging.getLogger(__name__)
+# what a file that cannot be read as an image raises (PIL's DecompressionBombError: more than
+# twice Image.MAX_IMAGE_PIXELS, 179 megapixels by default); such a file is skipped and named
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+TINY_SIDE = 32  # a source image whose shorter side is below this is upscaled many times: said so
+
+
+def unreadable_reason(error: Exception) -> str:
+    if isinstance(error, Image.DecompressionBombError):
+        pixels = str(error).split("(")[1].split()[0] if "(" in str(error) else "too many"
+        return f"over PIL's decompression-bomb limit ({pixels} pixels)"
+    if isinstance(error, PermissionError):
+        return "not readable (permissions)"
+    return f"undecodable ({type(error).__name__})"
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,10 @@ class ImageSet:
     labels: np.ndarray | None
     source: str
     ids: tuple[str, ...] = ()
+    # the set's files that could not be read: (identity, reason). The split cut them into this
+    # set, so they count in its size (what the gate cuts again) but not in its identities
+    skipped: tuple[tuple[str, str], ...] = ()
+    tiny: int = 0  # images upscaled from a shorter side below TINY_SIDE
 
     def __len__(self) -> int:
         return len(self.images)
@@ -121,9 +138,12 @@ class DataSplit:
     def record(self) -> dict:
         """What the manifest keeps, so that later stages rebuild the same sets."""
         sets = {name: getattr(self, name) for name in SPLITS}
-        return {"source": self.source, "description": self.heldout.source, "seed": self.seed,
-                "counts": {name: len(s.ids) for name, s in sets.items()},
-                "ids_sha256": {name: s.ids_sha256() for name, s in sets.items()}}
+        record = {"source": self.source, "description": self.heldout.source, "seed": self.seed,
+                  "counts": {name: len(s.ids) + len(s.skipped) for name, s in sets.items()},
+                  "ids_sha256": {name: s.ids_sha256() for name, s in sets.items()}}
+        skipped = [{"set": name, "file": id_.split("@")[0], "reason": reason}
+                   for name, s in sets.items() for id_, reason in s.skipped]
+        return record | ({"skipped": skipped} if skipped else {})
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -241,21 +261,28 @@ def from_folder(folder: Path, pre: Preprocessing, counts: SplitCounts, seed: int
                     for i in chosen)
         if not decode:
             return ImageSet(_empty(pre), None, description, ids)
-        images, kept, bad = [], [], []
+        images, kept, bad, tiny = [], [], [], 0
         for i in tqdm(chosen, desc=f"decoding {name} images", unit="img", leave=False):
             try:
-                images.append(load_image(files[i], pre))
+                with Image.open(files[i]) as image:
+                    tiny += min(image.size) < TINY_SIDE
+                    images.append(transform_image(image, pre))
                 kept.append(i)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-                bad.append(f"{files[i]} ({type(e).__name__})")
+            except UNREADABLE as e:
+                bad.append((i, unreadable_reason(e)))
         if bad:
-            notes.append(f"{name}: skipped {len(bad)} undecodable files, first: {bad[0]}")
+            notes.append(f"{name}: skipped {len(bad)} unreadable files, first: {files[bad[0][0]]} "
+                         f"({bad[0][1]})")
+        if tiny:
+            notes.append(f"{name}: {tiny} images upscaled from a shorter side below {TINY_SIDE} px "
+                         f"to the model's {pre.resize} px: int8 ranges from them may not fit real inputs")
         if not images:
-            raise CalibrationDataError(f"no {name} image in {folder} could be decoded; first bad "
-                                       f"file: {bad[0]}")
+            raise CalibrationDataError(f"no {name} image in {folder} could be read; first: "
+                                       f"{files[bad[0][0]]} ({bad[0][1]})")
         kept_ids = tuple(ids[chosen.index(i)] for i in kept)
         kept_labels = np.asarray([labels[i] for i in kept]) if labels is not None else None
-        return ImageSet(np.stack(images).astype(np.float32), kept_labels, description, kept_ids)
+        return ImageSet(np.stack(images).astype(np.float32), kept_labels, description, kept_ids,
+                        tuple((ids[chosen.index(i)], reason) for i, reason in bad), tiny)
 
     return _build_split(str(folder), pre, seed, notes, make_set, subsets)
 

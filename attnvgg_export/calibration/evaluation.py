@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from attnvgg_runtime.files import sha256_file
 
-from .data import image_transform, list_images, to_rgb, transform_image
+from .data import UNREADABLE, image_transform, list_images, to_rgb, transform_image
 from .errors import CalibrationDataError
 from .preprocessing import Preprocessing
 
@@ -118,7 +118,7 @@ def decode_unit(unit: Unit, pre: Preprocessing) -> tuple[np.ndarray, np.ndarray]
             else:
                 images.append(np.asarray(array[entry], np.float32))
             decoded.append(True)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        except UNREADABLE:
             decoded.append(False)
     shape = (0, 3, *pre.crop)
     return (np.stack(images).astype(np.float32) if images else np.zeros(shape, np.float32),

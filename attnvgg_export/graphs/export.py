@@ -68,8 +68,13 @@ class AxisRange:
 
     def __post_init__(self) -> None:
         values = (self.min, self.opt, self.max)
+        setting = {"batch": "BATCH_RANGE / --batch", "height": "HEIGHT_RANGE / --height",
+                   "width": "WIDTH_RANGE / --width"}.get(self.name, self.name)
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-            raise ConfigError(f"{self.name} range {values} must be positive integers")
+            allowed, example = (("multiples of 32, at least 32", "32,224,448") if self.multiple_of > 1
+                                else ("at least 1", "1,1,32"))
+            raise ConfigError(f"{self.name} range {values} ({setting}) must be MIN,OPT,MAX whole "
+                              f"numbers, {allowed} (e.g. {example})")
         if not self.min <= self.opt <= self.max:
             raise ConfigError(f"{self.name} range must satisfy min <= opt <= max, got "
                               f"min={self.min} opt={self.opt} max={self.max}")

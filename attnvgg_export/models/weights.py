@@ -83,8 +83,29 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path} holds no state dict (a mapping of names to "
                               f"tensors, bare or under 'state_dict')")
-    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    state = _without_wrapper_prefix(obj)
+    nonfinite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise CheckpointError(
+            f"checkpoint {path} holds NaN or infinite values in {len(nonfinite)} tensors "
+            f"({', '.join(nonfinite[:4])}{' ...' if len(nonfinite) > 4 else ''}): the training run "
+            f"diverged or the file was damaged; export an earlier checkpoint")
     return state, metadata
+
+
+# what training wrappers put before a model's own names: DataParallel/DDP ("module."),
+# a LightningModule's attribute ("model."), torch.compile ("_orig_mod.")
+_WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
+
+
+def _without_wrapper_prefix(state: dict) -> dict:
+    """The state dict under the model's own names: a wrapper's prefix is removed where every
+    key carries it (repeatedly: a compiled model inside DDP)."""
+    while True:
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            return state
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
 
 
 def checkpoint_format(path: Path) -> str:
@@ -215,7 +236,7 @@ def _fit_pointwise(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def _check_match(path: Path, state: dict, own: dict, layout: str, reset_head: bool,
                  strict: bool) -> None:
     head = HEAD_PREFIX + "weight"
-    if head in state and state[head].shape != own[head].shape:
+    if head in state and state[head].shape[0] != own[head].shape[0]:
         raise CheckpointError(
             f"checkpoint {path} has {state[head].shape[0]} classes, the model "
             f"{own[head].shape[0]}; set num_classes to match, or reset the head "
@@ -230,7 +251,8 @@ def _check_match(path: Path, state: dict, own: dict, layout: str, reset_head: bo
                                        ("wrong shape", wrong_shape)) if keys]
         raise CheckpointError(
             f"checkpoint {path} does not fit the model: {'; '.join(problems)}. The checkpoint "
-            f"seems to be for {describe_state(state)}; the model is {describe_state(own)}")
+            f"seems to be for {describe_state(state)}; the model is {describe_state(own)}: build "
+            f"the checkpoint's variant, width (WIDTH_MULT / --width-mult) and classes (NUM_CLASSES)")
 
 
 def _may_stay_fresh(key: str, layout: str, reset_head: bool) -> bool:

@@ -328,6 +328,22 @@ def format_recommendation(bench: dict) -> str:
     return "\n".join(lines)
 
 
+def format_data_notes(manifest) -> list[str]:
+    """The calibration source's files that were skipped (path and reason) and what else the data
+    stage noted (images upscaled from tiny sources, fewer images than asked)."""
+    skipped = (manifest.data_split or {}).get("skipped", [])
+    notes = [n for n in (manifest.calibration or {}).get("notes", []) if "skipped" not in n]
+    if not skipped and not notes:
+        return []
+    lines = ["## Calibration data", ""] + [f"- {note}" for note in notes]
+    if skipped:
+        lines += ["", f"{len(skipped)} files of the source were skipped (each stage skips the same "
+                  f"ones; the gate's held-out set is rebuilt without them):", "",
+                  "| set | file | reason |", "|---|---|---|"]
+        lines += [f"| {s['set']} | {s['file']} | {s['reason']} |" for s in skipped]
+    return lines + [""]
+
+
 def format_fallback(calibration: dict) -> list[str]:
     """The layer fallback's decision per int8 graph: which layers stay float and why (the aim,
     each layer's share of the top-1 drop on the labelled tuning images), and what the held-out
@@ -443,6 +459,7 @@ def write_report(root: Path, manifest: Manifest | None = None) -> Path:
     lines.append("")
     if (manifest.calibration or {}).get("fallback"):
         lines += format_fallback(manifest.calibration)
+    lines += format_data_notes(manifest)
     if parity is not None:
         if parity.get("error_histograms"):
             plot_error_histograms(root / ERRORS_PNG, parity["error_histograms"])

@@ -44,6 +44,12 @@ def _check_sections(config: dict, where: str) -> None:
         if bad:
             raise ConfigError(f"tolerances in {where}, [{name}]: unknown keys {sorted(bad)}; "
                               f"known: {', '.join(METRICS)}")
+        for key, value in budget.items():  # checked before anything runs, not after the gate
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value \
+                    or value < 0:
+                raise ConfigError(f"tolerances in {where}, [{name}] {key} = {value!r}: a budget is "
+                                  f"a number >= 0 (e.g. {key} = 0.1); fix the file or leave the key "
+                                  f"out for the default")
 
 
 def load_tolerances(variant: str, path: Path | None = None) -> dict[str, dict[str, float]]:

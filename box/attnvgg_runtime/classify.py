@@ -157,8 +157,9 @@ def preprocess(path: Path, pre: dict) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image = to_rgb(image)
-    except (OSError, ValueError) as e:
-        raise ConsumerError(f"cannot read image {path}: {e}") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ConsumerError(f"cannot read image {path} ({type(e).__name__}: {e}); give a JPEG, "
+                            f"PNG, BMP or WebP photograph") from None
     width, height = image.size
     short, long = sorted((width, height))
     new_long = int(pre["resize"] * long / short)

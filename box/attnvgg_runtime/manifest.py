@@ -15,9 +15,10 @@ from attnvgg_runtime.files import sha256_file, write_text_atomic
 # 1.1 added data_split, openvino-ir, bf16 and openvino-cpu; 1.2 exact_int8_session_options;
 # 1.5 `activations` of the int8 graphs (what a box needs to know without onnx); 1.6
 # `parity.gate.warnings` (passed, not proven), golden cases' `labels`, failures as records, the
-# recommendation's `reader`. Reads 1.0 and on (1.x); refuses another major version, saying how
-# to rebuild.
-SCHEMA_VERSION = "1.6"
+# recommendation's `reader`; 1.7 `data_split.skipped` (the source's unreadable files, path and
+# reason), and every path is read confined to the build folder. Reads 1.0 and on (1.x); refuses
+# another major version, saying how to rebuild.
+SCHEMA_VERSION = "1.7"
 FORMATS = ("onnx", "ort", "plan", "openvino-ir")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TARGETS = ("any", "tensorrt", "onnxruntime-cpu", "openvino-cpu")

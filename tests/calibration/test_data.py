@@ -107,8 +107,8 @@ def test_missing_folder(tmp_path):
 def test_folder_without_decodable_images_names_a_bad_file(tmp_path):
     for i in range(MIN_COUNTS.total):
         (tmp_path / f"broken{i:02d}.jpg").write_bytes(b"not an image at all")
-    with pytest.raises(CalibrationDataError, match=r"no calibration image .* could be decoded; "
-                                                   r"first bad file: .*broken\d+\.jpg"):
+    with pytest.raises(CalibrationDataError, match=r"no calibration image .* could be read; "
+                                                   r"first: .*broken\d+\.jpg \(undecodable"):
         load_data_split(tmp_path, PRE, MIN_COUNTS)
 
 
@@ -118,21 +118,53 @@ def test_an_undecodable_file_is_dropped_from_its_set_with_a_note(tmp_path):
     (tmp_path / heldout_file).write_bytes(b"truncated")
     data = load_data_split(tmp_path, PRE, SMALL)
     assert len(data.heldout) == 7 and len(data.calibration) == 24
-    assert any("heldout: skipped 1 undecodable" in note for note in data.notes)
+    assert any("heldout: skipped 1 unreadable" in note for note in data.notes)
 
 
 @pytest.mark.parametrize("subset", ["calibration", "tuning", "heldout"])
 def test_an_undecodable_file_never_shifts_the_split_the_gate_rebuilds(tmp_path, subset):
-    # the gate decodes only the held-out set; the build decodes all three. With a bad file in
-    # any of them both see the same held-out identities, and the build's note names the file
+    # the gate decodes only the held-out set, cut again by the counts the build recorded; the
+    # build decodes all three. With a bad file in any of them both see the same held-out
+    # identities (issue 41: the recorded counts left the bad file out, and the gate's cut moved)
     _write_images(tmp_path, 40)
     bad = getattr(load_data_split(tmp_path, PRE, SMALL), subset).ids[1].split("@")[0]
     (tmp_path / bad).write_bytes(b"truncated")
     build = load_data_split(tmp_path, PRE, SMALL)
-    gate = load_data_split(tmp_path, PRE, SMALL, subsets=("heldout",))
-    assert gate.heldout.ids_sha256() == build.heldout.ids_sha256()
-    assert build.record()["ids_sha256"]["heldout"] == gate.record()["ids_sha256"]["heldout"]
-    assert any(f"{subset}: skipped 1 undecodable" in n and bad in n for n in build.notes)
+    record = build.record()
+    gate = load_data_split(tmp_path, PRE, SplitCounts(**record["counts"]), record["seed"],
+                           subsets=("heldout",))
+    assert gate.heldout.ids_sha256() == build.heldout.ids_sha256() == record["ids_sha256"]["heldout"]
+    assert record["counts"] == SMALL.to_json()
+    assert record["skipped"] == [{"set": subset, "file": bad,
+                                  "reason": "undecodable (UnidentifiedImageError)"}]
+    assert any(f"{subset}: skipped 1 unreadable" in n and bad in n for n in build.notes)
+
+
+def bomb_png(path, side: int = 14000) -> None:
+    """A PNG whose header declares side x side pixels (196 megapixels at 14000: over twice PIL's
+    limit), without the pixels: PIL refuses it when it opens the header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_skipped_and_tiny_sources_are_reported(tmp_path):
+    """An image over PIL's pixel limit is a skipped file with its reason (it was a traceback), and
+    images upscaled from a few pixels are said so."""
+    _write_images(tmp_path, 38, size=(40, 40))
+    _write_images(tmp_path / "tiny", 2, size=(4, 4), suffixes=(".png",))
+    bomb_png(tmp_path / "bomb.png")
+    build = load_data_split(tmp_path, PRE, SplitCounts(calibration=25, tuning=8, heldout=8))
+    record = build.record()
+    assert [(s["file"], s["reason"]) for s in record["skipped"]] == [
+        ("bomb.png", "over PIL's decompression-bomb limit (196000000 pixels)")]
+    assert sum(len(getattr(build, name)) for name in SPLITS) == 40
+    assert sum(int(n.split(": ")[1].split()[0]) for n in build.notes if "upscaled from" in n) == 2
 
 
 def test_crops_of_one_photograph_count_as_one_source():

@@ -192,3 +192,36 @@ def test_the_format_is_read_from_the_content_not_the_name(tiny, tmp_path, writte
     models.load_weights(target, renamed)
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(),
                                                 target.state_dict().values(), strict=True))
+
+
+def test_lightning_and_compiled_prefixes_load(tiny, tmp_path):
+    """A LightningModule's `model.` attribute, torch.compile's `_orig_mod.`, inside DDP's
+    `module.`: every key carries them, so they are the wrapper's, not the model's names."""
+    source = tiny("se")
+    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}},
+               tmp_path / "lightning.ckpt")
+    torch.save({f"module._orig_mod.{k}": v for k, v in source.state_dict().items()},
+               tmp_path / "compiled.pt")
+    for name in ("lightning.ckpt", "compiled.pt"):
+        target = tiny("se")
+        models.load_weights(target, tmp_path / name)
+        assert torch.equal(target.features[0].weight, source.features[0].weight)
+
+
+def test_a_checkpoint_of_another_width_names_the_width_not_the_classes(tiny, tmp_path):
+    path = models.save_checkpoint(tiny("se"), tmp_path / "se.pt", "se", 10, 0.125)
+    wider = models.create_model("se", num_classes=10, width=0.25)
+    with pytest.raises(models.CheckpointError) as err:
+        models.load_weights(wider, path)
+    message = str(err.value)
+    assert "wrong shape" in message and "width 0.125" in message and "width 0.25" in message
+    assert "WIDTH_MULT" in message and "10 classes, the model 10" not in message
+
+
+def test_a_checkpoint_holding_nan_is_refused_naming_the_tensor(tiny, tmp_path):
+    state = tiny("se").state_dict()
+    state["features.2.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "diverged.pt")
+    with pytest.raises(models.CheckpointError, match=r"diverged.pt holds NaN or infinite values in 1 "
+                                                      r"tensors \(features.2.weight\)"):
+        models.load_weights(tiny("se"), tmp_path / "diverged.pt")
