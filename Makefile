@@ -32,6 +32,7 @@ need_file    = $(if $($(1)),$(if $(wildcard $($(1))),$(if $(wildcard $($(1))/.),
 need_dir     = $(if $($(1)),$(if $(wildcard $($(1))),,$(error $(1)=$($(1)) does not exist: $(2))))
 $(call need_file,CHECKPOINT,give the path of a .pt/.pth/.safetensors file or leave CHECKPOINT unset for the seeded default)
 $(call need_file,LABELS,give a text file with one class name per line)
+$(call need_file,KEY,give the private key (PEM) from attnvgg-export keygen)
 $(call need_file,TOLERANCES,give a tolerances.toml (see docs/precision.md) or leave TOLERANCES unset)
 $(call need_dir,CALIB_DIR,give a folder of images or a .npy/.npz file or leave CALIB_DIR unset for the bundled photographs)
 $(call need_dir,EVAL_DIR,give a folder of labelled images (one subfolder per class) or a .npz)
@@ -48,7 +49,7 @@ EXPORT_ARGS  = $(MODEL_ARGS) --img-size=$(IMG_SIZE) --out $(OUT) $(if $(CHECKPOI
                $(if $(LABELS),--labels $(LABELS)) $(if $(BATCH_RANGE),--batch=$(BATCH_RANGE)) \
                $(if $(HEIGHT_RANGE),--height=$(HEIGHT_RANGE)) $(if $(WIDTH_RANGE),--width=$(WIDTH_RANGE))
 
-.PHONY: setup card onnx precision engine parity parity-selftest bench triton dist test test-slow test-isa test-arm lint clean FORCE
+.PHONY: setup card onnx precision engine parity parity-selftest bench triton sign dist test test-slow test-isa test-arm lint clean FORCE
 .DELETE_ON_ERROR:
 
 setup: $(STAMP)
@@ -58,7 +59,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml box/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e './box[onnxruntime-gpu,openvino]' -e '.[dev,ray]'
+	$(PY) -m pip install -q -e './box[onnxruntime-gpu,openvino,signing]' -e '.[dev,ray]'
 	touch $@
 
 card: $(STAMP)
@@ -138,6 +139,13 @@ bench: $(STAMP)
 # OUT/VARIANT/triton/: one Triton model per ONNX graph and plan, with its config.pbtxt.
 triton: $(D)/.engines.done
 	$(CLI) triton --manifest $(D)/manifest.json
+
+# Sign the build (the manifest and every file it lists) with a private key: build.sig, which a box
+# checks with `attnvgg-runtime ... --require-signature public.pem` (docs/edge.md, "Signed builds").
+KEY ?=
+sign: $(STAMP)
+	$(if $(KEY),,$(error KEY= is unset: give the private key (PEM) to sign with; make one with .venv/bin/attnvgg-export keygen --out DIR))
+	$(CLI) sign --manifest $(D)/manifest.json --key $(KEY)
 
 # The wheels: attnvgg-runtime (the box side, torch-free: box/) and attnvgg-export (the toolchain).
 # setuptools builds in the source tree: its scratch folders are removed after.

@@ -238,6 +238,37 @@ def _cmd_triton(args: argparse.Namespace) -> int:
     return 0
 
 
+def _password(variable: str | None) -> str | None:
+    """A key's password from the environment variable named (never from the command line, where
+    other users of the machine see it)."""
+    if variable is None:
+        return None
+    import os
+
+    if not os.environ.get(variable):
+        raise ConfigError(f"--password-env {variable}: that environment variable is unset or empty; "
+                          f"export it with the key's password, or leave --password-env out")
+    return os.environ[variable]
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from attnvgg_runtime.signing import make_key_pair
+
+    private, public = make_key_pair(Path(args.out), _password(args.password_env))
+    print(f"keygen: {private} (keep it secret: whoever holds it can sign builds) and {public} "
+          f"(give it to the boxes: --require-signature {public})")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from attnvgg_runtime.signing import sign_build, signed_files
+
+    signature = sign_build(Path(args.manifest), Path(args.key), _password(args.password_env))
+    print(f"sign: {signature} covers {len(signed_files(Path(args.manifest)))} files (the manifest "
+          f"and every file it lists)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnvgg-export", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -383,6 +414,17 @@ def build_parser() -> argparse.ArgumentParser:
     triton.add_argument("--manifest", required=True)
     triton.add_argument("--repository", help="default: beside the manifest, in triton/")
     triton.set_defaults(run=_cmd_triton)
+
+    keygen = sub.add_parser("keygen", help="a key pair for signing builds (private.pem, public.pem)")
+    keygen.add_argument("--out", required=True, help="folder for private.pem (0600) and public.pem")
+    sign = sub.add_parser("sign", help="sign a build: the manifest and every file it lists (build.sig)")
+    sign.add_argument("--manifest", required=True)
+    sign.add_argument("--key", required=True, help="the private key (PEM), from keygen")
+    for command in (keygen, sign):
+        command.add_argument("--password-env", metavar="VAR",
+                             help="the key's password is in this environment variable")
+    keygen.set_defaults(run=_cmd_keygen)
+    sign.set_defaults(run=_cmd_sign)
 
     bench = sub.add_parser("bench", help="latency and throughput of every runtime, vs eager")
     bench.add_argument("--manifest", required=True)

@@ -4,10 +4,12 @@
     attnvgg-runtime verify build/se/manifest.json           # the gate's checks on this box's kernels
     attnvgg-runtime bench build/se/manifest.json            # time every CPU artifact here
     attnvgg-runtime classify build/se/manifest.json a.jpg   # top-5, with what ran and why on stderr
+    attnvgg-runtime signature build/se/manifest.json --key public.pem   # the build's signature
 
 Exit codes: 0 done (verify: every reading passed), 1 verify found a breach, 2 a usage or input
 error (the message names the file or value and the fix; verify: a reader, artifact or case it
-does not know, or nothing it could read).
+does not know, or nothing it could read; any command: a build that is not signed by the key
+--require-signature names, or was altered since).
 """
 
 from __future__ import annotations
@@ -82,12 +84,29 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("--allow-unverified", action="store_true",
                           help="run an artifact without a passing verdict for its bytes (says so "
                           "on stderr); by default it is refused")
+    signature = sub.add_parser("signature", help="check the build's signature (build.sig) with a "
+                               "public key; lists what it covers")
+    signature.add_argument("manifest", type=Path)
+    signature.add_argument("--key", type=Path, required=True, help="the signer's public key (PEM)")
+    for command in (verify, bench, classify):
+        command.add_argument("--require-signature", metavar="PUBLIC_KEY", type=Path,
+                             help="refuse the build unless build.sig, made with this key's private "
+                             "half, covers it unaltered (attnvgg-export sign)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "signature" or getattr(args, "require_signature", None):
+            from attnvgg_runtime.signing import verify_signature
+
+            signed = verify_signature(args.manifest, args.key if args.command == "signature"
+                                      else args.require_signature)
+            print(f"{args.manifest.parent}: signature verified ({len(signed)} files: the manifest "
+                  f"and every file it lists)", file=sys.stderr)
+            if args.command == "signature":
+                return 0
         if args.command == "probe":
             from attnvgg_runtime.probe import box_identity, describe
 
