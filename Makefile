@@ -214,15 +214,19 @@ test-isa: $(STAMP)
 
 # The runtime wheel on an emulated aarch64 box (qemu-aarch64 10, Debian's arm64 python3.11, aarch64
 # wheels; all cached under build/arm): installed by the box's own pip, then probe, verify on a copy
-# of the reduced CI build (restricted to fit CI: ARM_VERIFY), classify one photograph,
-# and a planted int8 bug that verify must fail. ARM_CPU=cortex-a72: a core without dotprod or fp16.
+# of the reduced CI build (restricted to fit CI: ARM_VERIFY; signed with a key made for the run,
+# and verified with --require-signature), classify one photograph, and a planted int8 bug that
+# verify must fail; FULL_BUILD's signature, and a copy of it with one altered byte refused.
+# ARM_CPU=cortex-a72: a core without dotprod or fp16.
 ARM_CPU    ?= neoverse-n1
+# a full-size build to sign and to check the signature of on the box (CI: build/se)
+FULL_BUILD ?=
 ARM_VERIFY ?= --case heldout --images 8 --reader onnxruntime \
               --artifact model.onnx,model.int8-cpu.onnx,engines/ort/*
 test-arm: $(STAMP)
 	$(MAKE) --no-print-directory engine $(CI_BUILD)
 	$(MAKE) --no-print-directory dist DIST=build/arm/dist
-	ARM_CPU=$(ARM_CPU) ARM_VERIFY="$(ARM_VERIFY)" tests/arm/test_arm.sh build/ci/se build/arm/dist \
+	ARM_CPU=$(ARM_CPU) ARM_VERIFY="$(ARM_VERIFY)" FULL_BUILD=$(FULL_BUILD) tests/arm/test_arm.sh build/ci/se build/arm/dist \
 		"$$($(PY) -c 'import skimage, pathlib; print(pathlib.Path(skimage.__file__).parent / "data" / "chelsea.png")')"
 
 clean:

@@ -128,3 +128,17 @@ def test_the_eval_scale_table_is_rendered_from_its_stored_run_and_its_model_held
         assert result["results_compared"] == result["images"] * result["readings"]
         ray = [row["hours"] for row in result["projection"]["table"] if row["where"] == "Ray"]
         assert ray == sorted(ray, reverse=True) and result["readings"] >= 2
+
+
+def test_the_bad_inputs_table_is_rendered_from_its_stored_run():
+    from benchmarks import bad_inputs
+
+    text = bad_inputs.DOC.read_text()
+    blocks = re.findall(r"<!-- figures:(\S+):begin -->\n(.*?)<!-- figures:\1:end -->", text, re.S)
+    assert blocks, "docs/refuses.md carries no generated table"
+    for name, block in blocks:
+        assert block == bad_inputs.render_stored(name), f"docs/refuses.md block {name} is stale"
+        import json
+
+        rows = json.loads((RUNS / name / "bad-inputs.json").read_text())["rows"]
+        assert len(rows) == len(bad_inputs.cases()) and all(r["holds"] for r in rows)

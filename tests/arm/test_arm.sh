@@ -5,6 +5,10 @@
 # and verify on a copy with a planted int8 bug, which must exit 1 naming the artifact. Exit 0 only
 # if all of that holds. Each kernel runs ~40x slower under qemu than natively.
 #
+# Signed builds: the build is signed here with a key made for the run, and the box verifies with
+# --require-signature; FULL_BUILD (a full-size build, optional) is signed too, its signature
+# checked on the box, and a copy with one altered byte must be refused, naming the file.
+#
 #   tests/arm/test_arm.sh BUILD_DIR WHEEL_DIR PHOTO [OUT]
 set -euo pipefail
 set -f  # ARM_VERIFY holds artifact patterns (engines/ort/*) for verify, not for the shell
@@ -30,16 +34,21 @@ step() { local start=$SECONDS; echo "== [aarch64 $ARM_CPU] $1"; shift; "$@"; loc
          echo "== $((SECONDS - start)) s"; return $rc; }
 
 rm -rf "$OUT/site" "$OUT/build" "$OUT/planted"
-step "pip install attnvgg-runtime[onnxruntime,openvino] (the box's own pip)" \
+step "pip install attnvgg-runtime[onnxruntime,openvino,signing] (the box's own pip)" \
   box "$PIP_WHEEL/pip" install -q --no-index --find-links "$OUT/wheels" \
       --find-links "$WHEELS_DIST" --target "$OUT/site" --no-compile --root-user-action=ignore \
-      'attnvgg-runtime[onnxruntime,openvino]'
+      'attnvgg-runtime[onnxruntime,openvino,signing]'
 ls "$OUT/site" | grep -q '^onnxruntime-[0-9].*dist-info$' \
   || { echo "FAIL: the box's pip did not choose plain onnxruntime"; exit 1; }
 cp -r "$BUILD" "$OUT/build"
+# a key pair made for this run; the build signed where it was built (natively), checked on the box
+rm -rf "$OUT/key"
+.venv/bin/attnvgg-export keygen --out "$OUT/key"
+.venv/bin/attnvgg-export sign --manifest "$OUT/build/manifest.json" --key "$OUT/key/private.pem"
 step "probe" box -m attnvgg_runtime probe
 # shellcheck disable=SC2086
-step "verify $ARM_VERIFY" box -m attnvgg_runtime verify "$OUT/build/manifest.json" $ARM_VERIFY
+step "verify --require-signature $ARM_VERIFY" box -m attnvgg_runtime verify "$OUT/build/manifest.json" \
+  --require-signature "$OUT/key/public.pem" $ARM_VERIFY
 step "classify $(basename "$PHOTO")" box -m attnvgg_runtime classify "$OUT/build/manifest.json" "$PHOTO" \
   --runtime onnxruntime
 
@@ -55,5 +64,30 @@ set -e
 if [ "$rc" != 1 ] || ! grep -q "$PLANTED_ARTIFACT \[onnxruntime.*FAIL" "$OUT/planted.log"; then
   echo "FAIL: verify on the aarch64 box did not catch '$PLANTED_BUG' in $PLANTED_ARTIFACT (exit $rc)"
   exit 1
+fi
+refused() {  # $1: what; the rest: the box's command, which must exit 2 naming $ALTERED
+  local what=$1; shift
+  set +e
+  box -m attnvgg_runtime "$@" 2> "$OUT/refused.log"
+  local rc=$?
+  set -e
+  cat "$OUT/refused.log"
+  if [ "$rc" != 2 ] || ! grep -q "does not match its signature.*$ALTERED" "$OUT/refused.log"; then
+    echo "FAIL: the aarch64 box did not refuse $what (exit $rc)"; exit 1
+  fi
+}
+ALTERED=model.int8-cpu.onnx
+if [ -n "${FULL_BUILD:-}" ]; then
+  # signed in place (build.sig beside its manifest); the altered copy is hard links but for the
+  # one file altered, which is a copy of its own
+  .venv/bin/attnvgg-export sign --manifest "$FULL_BUILD/manifest.json" --key "$OUT/key/private.pem"
+  step "signature of the full-size build $FULL_BUILD" box -m attnvgg_runtime signature \
+    "$FULL_BUILD/manifest.json" --key "$OUT/key/public.pem"
+  rm -rf "$OUT/altered" && cp -al "$FULL_BUILD" "$OUT/altered"
+  rm "$OUT/altered/$ALTERED" && cp "$FULL_BUILD/$ALTERED" "$OUT/altered/$ALTERED"
+  printf '\x01' | dd of="$OUT/altered/$ALTERED" bs=1 seek=4096 conv=notrunc status=none
+  step "the full-size build with one altered byte in $ALTERED: must be refused" \
+    refused "one altered byte" signature "$OUT/altered/manifest.json" --key "$OUT/key/public.pem"
+  rm -rf "$OUT/altered"
 fi
 echo "== make test-arm: passed on aarch64 $ARM_CPU ($OUT/build/verify.json)"
