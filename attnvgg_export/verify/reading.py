@@ -69,12 +69,14 @@ def make_runner(spec: RunnerSpec):
             torch.set_num_threads(spec.threads)
         return eager_runner(model_from_manifest(manifest))
     from attnvgg_runtime.files import sha256_file
+    from attnvgg_runtime.manifest import inside_build
     from attnvgg_runtime.verify.readers import runner_for
 
     artifact = manifest.artifact(reading.artifact)
     for item in artifact.files():
-        if sha256_file(manifest_path.parent / item.path) != item.sha256 or artifact.sha256 != reading.sha256:
-            raise ManifestError(f"{manifest_path.parent / item.path} is not the artifact this evaluation "
+        path = inside_build(manifest_path.parent, item.path, str(manifest_path))
+        if sha256_file(path) != item.sha256 or artifact.sha256 != reading.sha256:
+            raise ManifestError(f"{path} is not the artifact this evaluation "
                                 f"was planned on (its sha256 differs): give every worker the same build")
     return runner_for(artifact, manifest_path.parent, manifest, reading.reader, threads=spec.threads)
 

@@ -39,7 +39,7 @@ import numpy as np
 from attnvgg_export.models import ToolchainError
 from attnvgg_export.verify.cases import CASES_RULE, ShapeCase
 from attnvgg_runtime.files import atomic_path
-from attnvgg_runtime.manifest import Manifest, read_manifest, sha256_file
+from attnvgg_runtime.manifest import Manifest, inside_build, read_manifest, sha256_file
 from attnvgg_runtime.readers import run_batches
 
 REFERENCES_FILE = "eager-references.npz"
@@ -69,7 +69,7 @@ def reference_key(manifest: Manifest) -> dict:
 def read_references(root: Path, manifest: Manifest) -> GateReferences | None:
     """The stored references where they are this build's (key and sha256 as recorded), else None."""
     record = manifest.parity.get(RECORD_KEY)
-    path = Path(root) / REFERENCES_FILE
+    path = inside_build(root, REFERENCES_FILE, "eager's references")  # a symlink out is refused
     if not record or not path.is_file() or record.get("key") != _canonical(reference_key(manifest)):
         return None
     if sha256_file(path) != record["sha256"]:
