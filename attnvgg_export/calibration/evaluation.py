@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from attnvgg_runtime.files import sha256_file
 
-from .data import UNREADABLE, image_transform, list_images, to_rgb, transform_image
+from .data import UNREADABLE, image_transform, list_images, to_rgb, transform_image, unreadable_reason
 from .errors import CalibrationDataError
 from .preprocessing import Preprocessing
 
@@ -77,6 +77,18 @@ class EvalSet:
         if isinstance(entry, Path):
             return f"{entry.relative_to(self.source).as_posix()}@{self.image_sha256[i][:16]}"
         return f"{self.source}[{entry}]"
+
+    def why_skipped(self, i: int) -> str:
+        """Why entry ``i`` could not be read (for the record; its reading already failed)."""
+        entry = self._entries[i]
+        if not isinstance(entry, Path):
+            return "undecodable"
+        try:
+            with Image.open(entry) as image:
+                image.load()
+        except UNREADABLE as e:
+            return unreadable_reason(e)
+        return "undecodable"
 
     def ids_sha256(self, decoded: np.ndarray) -> str:
         """Of the entries decoded (``decoded``: a mask over the entries)."""

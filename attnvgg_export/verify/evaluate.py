@@ -188,14 +188,14 @@ def evaluate_eager(manifest_path: Path, manifest: Manifest, labelled: LabelledSe
     with ResultStore(labelled.store) as store:
         eager1, eager5, decoded = stored_results(store, eager, labelled, cpus)
     eval_set = labelled.eval_set
-    skipped = [f"{eval_set.entry_id(i)} (undecodable)" for i in np.flatnonzero(~decoded)]
+    skipped = [f"{eval_set.entry_id(i)} ({eval_set.why_skipped(i)})" for i in np.flatnonzero(~decoded)]
     record = {"source": eval_set.source, "images": int(decoded.sum()), "classes": len(eval_set.class_names),
               "ids_sha256": eval_set.ids_sha256(decoded), "skipped": skipped,
               "eager_top1": float(eager1[decoded].mean()) if decoded.any() else 0.0,
               "store": str(labelled.store), "cpus": cpus,
               "where": cluster_name(cluster)}
     if skipped:
-        log(f"EVAL_DIR: skipped {len(skipped)} undecodable files, first: {skipped[0]}")
+        log(f"EVAL_DIR: skipped {len(skipped)} unreadable files, first: {skipped[0]}")
     if not decoded.any():
         raise RuntimeError(f"EVAL_DIR {eval_set.source}: no image could be decoded; a check that read "
                            f"nothing cannot pass")

@@ -126,6 +126,15 @@ def test_an_image_folder_is_identified_once_and_decoded_a_unit_at_a_time(tmp_pat
     assert decoded[0][0].shape == (2, 3, 32, 32)
     mask = np.concatenate([d for _, d in decoded])
     assert mask.tolist() == [True] * 6 + [False]  # dog/broken.png sorts last
+    assert eval_set.why_skipped(6) == "undecodable (UnidentifiedImageError)"  # what the record says
+    from tests.calibration.test_data import bomb_png
+
+    bomb_png(root / "dog" / "bomb.png")  # over PIL's limit: skipped as such, not a traceback
+    bombed = load_eval_set(root, num_classes=2)
+    bomb = next(i for i, e in enumerate(bombed._entries) if e.name == "bomb.png")
+    assert not np.concatenate([decode_unit(u, PRE)[1] for u in bombed.units(2)])[bomb]
+    assert bombed.why_skipped(bomb) == "over PIL's decompression-bomb limit (196000000 pixels)"
+    (root / "dog" / "bomb.png").unlink()
     hashed = []
     monkeypatch.setattr(evaluation, "sha256_file", lambda path: hashed.append(path) or "0" * 64)
     eval_set.units(4)  # another batch size: no file hashed again
