@@ -343,7 +343,8 @@ def cases() -> list[Case]:
             fork(b, w, "schema2"), lambda d: d.update(schema_version="2.0"))), 2, "is not 1.x"),
         # signed builds
         Case("signature", "--require-signature on an unsigned build", lambda b, w: box(
-            "verify", b / m, "--require-signature", _keys(w) / "public.pem"), 2, "is not signed"),
+            "verify", _unsigned(b, w) / m, "--require-signature", _keys(w) / "public.pem"), 2,
+            "is not signed"),
         Case("signature", "one altered byte in a signed build", _altered_signed, 2,
              "changed or missing since it was signed: model.int8-cpu.onnx"),
         Case("signature", "a signed build checked with another key", lambda b, w: box(
@@ -371,6 +372,12 @@ def _not_json(build: Path, work: Path) -> Path:
     return root / "manifest.json"
 
 
+def _unsigned(build: Path, work: Path) -> Path:
+    root = fork(build, work, "unsigned")
+    (root / "build.sig").unlink(missing_ok=True)
+    return root
+
+
 def _other_key(work: Path) -> Path:
     from attnvgg_runtime.signing import make_key_pair
 
@@ -389,6 +396,8 @@ def run_case(case: Case, build: Path, work: Path) -> dict:
     errors = [line for line in said if "error" in line.lower() or "***" in line]
     first = (errors or said or [""])[0] if result.returncode else (
         [line for line in said if case.says and case.says in line] or said or [""])[-1]
+    for path, name in ((folder, "<scratch>"), (build, "<build>"), (REPO, "<repo>")):
+        first = first.replace(str(path), name)
     return {"area": case.area, "input": case.what, "exit": result.returncode, "expected_exit": case.exit,
             "message": first[:400], "says": case.says, "traceback": "Traceback" in result.stderr,
             "holds": (result.returncode == case.exit and case.says in result.stderr + result.stdout
@@ -451,7 +460,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=REPO).stdout.strip()
-    cpu = cpu_identity()["model"]
+    identity = cpu_identity()
+    cpu = f"{identity['model']} ({', '.join(identity['isa'])}, {os.cpu_count()} cores)"
     out = REPO / "docs" / "runs" / args.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "bad-inputs.json").write_text(json.dumps({"cpu": cpu, "commit": commit, "rows": rows},
