@@ -10,11 +10,12 @@ from pathlib import Path
 from attnvgg_runtime.manifest import Artifact, Manifest, write_manifest
 from attnvgg_runtime.verdicts import gate_unverified_reason
 
-# files derived from the artifacts' bytes (the gate's, the self-test's, the bench's, the report)
+# files derived from the artifacts' bytes (the gate's, the self-test's, the bench's, the report,
+# and a signature of the old build, which would otherwise read as an altered build)
 DERIVED_FILES = ("parity.json", "parity.junit.xml", "explain.json", "selftest.json", "bench.json",
                  "verify.json", "report.md", "parity-errors.png", "explain-modules.png",
                  "bench-latency.png", "accuracy-drop.png", "golden/inputs.json",
-                 "golden/outputs.json")
+                 "golden/outputs.json", "build.sig")
 
 
 def _remove(root: Path, names: tuple[str, ...]) -> list[str]:
