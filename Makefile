@@ -161,7 +161,8 @@ lint: $(STAMP)
 
 # The suite, without the tests marked slow (full-size VGG16, training the digits fixture afresh,
 # whole builds driven through make (kills, rebuilds, two at once) or build() (the API docs'
-# example), a local Ray cluster): `make test-slow` runs those, and CI runs both.
+# example), a local Ray cluster, the whole self-test, every bad input of docs/refuses.md):
+# `make test-slow` runs those, and CI runs both.
 test: lint
 	$(PY) -m pytest -m "not slow" --durations=10
 

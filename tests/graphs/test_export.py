@@ -43,7 +43,8 @@ def _check_against_eager(graph, model, shapes, seed=7):
     return results
 
 
-@pytest.mark.parametrize("variant", ["vgg16", "se", "la", "sa"])
+# sa's O(N^2) attention at every corner of its range: 17-23 s, in the slow tier
+@pytest.mark.parametrize("variant", ["vgg16", "se", "la", pytest.param("sa", marks=pytest.mark.slow)])
 def test_every_variant_exports_and_matches_eager_across_its_range(exported, variant):
     manifest = json.loads(exported(variant).read_text())
     shapes = [tuple(c["shape"]) for c in manifest["parity"]["onnx-fp32-vs-eager"]["checks"]]

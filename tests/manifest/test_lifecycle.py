@@ -4,6 +4,8 @@ passed for the bytes listed now."""
 
 import json
 
+import pytest
+
 from attnvgg_export.bench.recommend import gate_passed
 from attnvgg_export.convert.engines import build_engines
 from attnvgg_export.manifest.lifecycle import DERIVED_FILES, passing_verdict
@@ -54,6 +56,7 @@ def test_a_stage_that_rewrites_artifacts_removes_every_verdict_and_report_about_
     assert not any(passing_verdict(after, a, "onnxruntime") for a in after.artifacts)
 
 
+@pytest.mark.slow  # three gate runs and two benches: 18-33 s
 def test_a_new_gate_run_keeps_a_recommendation_only_while_it_passes(engines_build, tmp_path):
     """The recommendation names (artifact, runtime) pairs: a gate run that passes them again for
     the same bytes keeps it; one that does not pass one of them (here: does not judge it) drops

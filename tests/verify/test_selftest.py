@@ -13,6 +13,7 @@ from attnvgg_runtime.manifest import verify_artifacts
 from tests.conftest import copy_build
 
 
+@pytest.mark.slow  # the whole self-test, 40 s on the AMX Xeon; CI's make parity-selftest runs it too
 @pytest.mark.numerics
 def test_the_gate_catches_every_planted_bug(engines_build, tmp_path):
     # the whole chain's build: OpenVINO IR with its weights files (and, where the CPU has bf16,
