@@ -149,6 +149,7 @@ def test_a_missed_fallback_target_fails_the_build_and_keeps_the_record(precision
         format_fallback(json.loads((root / "manifest.json").read_text())["calibration"]))
 
 
+@pytest.mark.slow  # the precision stage rebuilt on labelled tuning images: 20-32 s
 def test_the_fallback_aims_at_accuracy_where_the_tuning_images_have_labels(digits_build, tmp_path):
     """A range clipped to 3% at the input of the last conv block (a calibration bug) costs about
     half of top-1 on the shipped fixture. With a loose rel-L2 aim (margin target 0.01, as a user

@@ -17,6 +17,7 @@ def _by_reading(artifacts: list[dict]) -> dict:
     return {(a["path"], a["reader"]): a for a in artifacts}
 
 
+@pytest.mark.slow  # a thorough gate beside the lighter one: 17-19 s
 def test_the_lighter_gate_gives_the_thorough_gates_verdicts_and_figures(gated_build, engines_build,
                                                                         tmp_path):
     # gated_build is the lighter gate's run on a copy of engines_build
@@ -52,6 +53,7 @@ def test_the_lighter_gate_gives_the_thorough_gates_verdicts_and_figures(gated_bu
                 other["cases"]["heldout"]["rel_l2_vs_reconverted"], abs=1e-7)
 
 
+@pytest.mark.slow  # four gate runs: 17-20 s
 def test_a_gate_rerun_reads_eagers_outputs_only_while_they_are_this_models(gated_build, tmp_path):
     root = copy_build(gated_build, tmp_path)  # its gate stored eager's outputs
     manifest = root / "manifest.json"
