@@ -11,55 +11,33 @@ import traceback
 from pathlib import Path
 
 from attnvgg_export.models import VARIANT_NAMES, ConfigError, ToolchainError
+from attnvgg_runtime.cli import positive_int
 
 EXIT_ERROR = 2
 
 
-def _refused(variable: str, text: str, allowed: str) -> argparse.ArgumentTypeError:
-    """A value no setting may silently replace: the error names the Make variable too."""
-    return argparse.ArgumentTypeError(f"{variable}={text!r} is not allowed: {allowed}")
+def _setting(variable: str, parse, allowed_value, allowed: str):
+    """An argparse type for a Make variable's value: refused, naming the variable and what it may
+    be, where it does not parse or is not allowed; never replaced by a default."""
+    def check(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not allowed_value(value):
+            raise argparse.ArgumentTypeError(f"{variable}={text!r} is not allowed: {allowed}")
+        return value
+
+    return check
 
 
-def _width(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise _refused("WIDTH_MULT", text, "a channel-width multiplier > 0 (1.0: the full-size model, "
-                       "0.125: a reduced one); leave it unset for 1.0")
-    return value
-
-
-def _side(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 32 or value % 32:
-        raise _refused("IMG_SIZE", text, "the size the model was trained at, a multiple of 32 that is "
-                       "at least 32 (five 2x2 pools), e.g. 224")
-    return value
-
-
-def _classes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise _refused("NUM_CLASSES", text, "a whole number of classes, at least 1 (e.g. 1000)")
-    return value
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
+_width = _setting("WIDTH_MULT", float, lambda v: 0 < v < float("inf"),
+                  "a channel-width multiplier > 0 (1.0: the full-size model, 0.125: a reduced one); "
+                  "leave it unset for 1.0")
+_side = _setting("IMG_SIZE", int, lambda v: v >= 32 and v % 32 == 0,
+                 "the size the model was trained at, a multiple of 32 that is at least 32 (five 2x2 "
+                 "pools), e.g. 224")
+_classes = _setting("NUM_CLASSES", int, lambda v: v >= 1, "a whole number of classes, at least 1 (e.g. 1000)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -308,10 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "bundled with scikit-image")
     precision.add_argument("--calib-noise", action="store_true",
                            help="calibrate on random noise (only for smoke tests)")
-    precision.add_argument("--calib-count", type=_at_least_one, help="images to calibrate on (default 256)")
-    precision.add_argument("--tuning-count", type=_at_least_one, help="other images, on which the layer "
+    precision.add_argument("--calib-count", type=positive_int, help="images to calibrate on (default 256)")
+    precision.add_argument("--tuning-count", type=positive_int, help="other images, on which the layer "
                            "fallback chooses its layers (default 64)")
-    precision.add_argument("--heldout-count", type=_at_least_one, help="other images still, on which only "
+    precision.add_argument("--heldout-count", type=positive_int, help="other images still, on which only "
                            "the parity gate measures (default 64)")
     precision.add_argument("--method", choices=["minmax", "entropy", "percentile"],
                            help="calibration method (default percentile)")
@@ -363,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only these corner shapes (e.g. 2x3x448x448; none: no corner) besides "
                         "the held-out images at the opt size, which always run; the verdict then "
                         "covers only them")
-    parity.add_argument("--images", type=_at_least_one, metavar="N",
+    parity.add_argument("--images", type=positive_int, metavar="N",
                         help="only the first N held-out images (the corners follow them); the "
                         "verdict then covers only them (an emulated CPU in CI)")
     parity.add_argument("--thorough", action="store_true",
@@ -389,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--manifest", required=True)
     explain.add_argument("--artifact", required=True, help="an ONNX graph of the build, e.g. "
                          "model.int8-cpu.onnx")
-    explain.add_argument("--images", type=_at_least_one, default=8, help="held-out images to measure on")
+    explain.add_argument("--images", type=positive_int, default=8, help="held-out images to measure on")
     explain.set_defaults(run=_cmd_explain)
 
     selftest = sub.add_parser("selftest", help="plant known bugs into copies of the build's "
@@ -428,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="latency and throughput of every runtime, vs eager")
     bench.add_argument("--manifest", required=True)
-    bench.add_argument("--batches", type=_at_least_one, nargs="+", default=[1, 8])
+    bench.add_argument("--batches", type=positive_int, nargs="+", default=[1, 8])
     bench.add_argument("--seconds", type=float, default=10.0, help="time per runtime and batch")
     bench.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     for command in (parity, bench):

@@ -27,7 +27,8 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-def _positive(value: str) -> int:
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number of at least 1 (the toolchain's command uses it too)."""
     try:
         number = int(value)
     except ValueError:
@@ -38,7 +39,7 @@ def _positive(value: str) -> int:
 
 
 def _batches(value: str) -> tuple[int, ...]:
-    batches = tuple(_positive(b) for b in _csv(value))
+    batches = tuple(positive_int(b) for b in _csv(value))
     if not batches:
         raise argparse.ArgumentTypeError(f"{value!r} names no batch size (e.g. 1,8)")
     return batches
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--case", type=_csv, help="only these golden cases (comma-separated), e.g. heldout")
     verify.add_argument("--artifact", type=_csv, help="only artifacts whose path matches these patterns")
     verify.add_argument("--reader", type=_csv, help="only these readers: onnxruntime, openvino, ...")
-    verify.add_argument("--images", type=_positive,
+    verify.add_argument("--images", type=positive_int,
                         help="only the first N images of each case (whole batches)")
     verify.add_argument("--allow-plan-code", action="store_true",
                         help="let TensorRT plans run the host code they embed (version-compatible "
@@ -80,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="default: the fastest this box's bench timed, else the build's "
                           "recommendation, else fp32")
     classify.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None)
-    classify.add_argument("--top", type=_positive, default=5)
+    classify.add_argument("--top", type=positive_int, default=5)
     classify.add_argument("--allow-unverified", action="store_true",
                           help="run an artifact without a passing verdict for its bytes (says so "
                           "on stderr); by default it is refused")

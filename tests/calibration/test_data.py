@@ -16,6 +16,7 @@ from attnvgg_export.calibration.data import (
 )
 from attnvgg_export.calibration.errors import CalibrationDataError
 from attnvgg_export.calibration.preprocessing import Preprocessing
+from benchmarks.bad_inputs import bomb_png
 
 PRE = Preprocessing.for_size(64, 64)
 SMALL = SplitCounts(calibration=24, tuning=8, heldout=8)
@@ -138,19 +139,6 @@ def test_an_undecodable_file_never_shifts_the_split_the_gate_rebuilds(tmp_path, 
     assert record["skipped"] == [{"set": subset, "file": bad,
                                   "reason": "undecodable (UnidentifiedImageError)"}]
     assert any(f"{subset}: skipped 1 unreadable" in n and bad in n for n in build.notes)
-
-
-def bomb_png(path, side: int = 14000) -> None:
-    """A PNG whose header declares side x side pixels (196 megapixels at 14000: over twice PIL's
-    limit), without the pixels: PIL refuses it when it opens the header."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
 def test_a_decompression_bomb_is_skipped_and_tiny_sources_are_reported(tmp_path):

@@ -127,7 +127,7 @@ def test_an_image_folder_is_identified_once_and_decoded_a_unit_at_a_time(tmp_pat
     mask = np.concatenate([d for _, d in decoded])
     assert mask.tolist() == [True] * 6 + [False]  # dog/broken.png sorts last
     assert eval_set.why_skipped(6) == "undecodable (UnidentifiedImageError)"  # what the record says
-    from tests.calibration.test_data import bomb_png
+    from benchmarks.bad_inputs import bomb_png
 
     bomb_png(root / "dog" / "bomb.png")  # over PIL's limit: skipped as such, not a traceback
     bombed = load_eval_set(root, num_classes=2)
