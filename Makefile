@@ -49,7 +49,7 @@ EXPORT_ARGS  = $(MODEL_ARGS) --img-size=$(IMG_SIZE) --out $(OUT) $(if $(CHECKPOI
                $(if $(LABELS),--labels $(LABELS)) $(if $(BATCH_RANGE),--batch=$(BATCH_RANGE)) \
                $(if $(HEIGHT_RANGE),--height=$(HEIGHT_RANGE)) $(if $(WIDTH_RANGE),--width=$(WIDTH_RANGE))
 
-.PHONY: setup card onnx precision engine parity parity-selftest bench triton sign dist test test-slow test-isa test-arm lint clean FORCE
+.PHONY: setup card onnx precision engine parity parity-selftest bench triton sign dist test test-slow test-isa test-arm test-cpp lint clean FORCE
 .DELETE_ON_ERROR:
 
 setup: $(STAMP)
@@ -164,10 +164,10 @@ lint: $(STAMP)
 # example), a local Ray cluster, the whole self-test, every bad input of docs/refuses.md):
 # `make test-slow` runs those, and CI runs both.
 test: lint
-	$(PY) -m pytest -m "not slow" --durations=10
+	$(PY) -m pytest -m "not slow and not cpp" --durations=10
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow --durations=10 -p no:cacheprovider
+	$(PY) -m pytest -m "slow and not cpp" --durations=10 -p no:cacheprovider
 
 # The tests whose verdict depends on the CPU's kernels, again with torch (oneDNN and ATen) held
 # to other instruction sets than this machine's best: a test that passes only on one CPU fails
@@ -224,6 +224,23 @@ ARM_CPU    ?= neoverse-n1
 FULL_BUILD ?=
 ARM_VERIFY ?= --case heldout --images 8 --reader onnxruntime \
               --artifact model.onnx,model.int8-cpu.onnx,engines/ort/*
+# The C++ consumer (examples/cpp) built from a clean clone with OpenVINO's C++ API from its pip wheel
+# and stb's headers from Debian's libstb-dev (downloaded, unpacked under build/cpp: no root needed;
+# /usr/include/stb is used where it is installed), then checked on the CI build's golden images
+# against Python's OpenVINO and eager PyTorch, and against a planted bug (tests/cpp).
+CPP_DIR   = build/cpp
+STB_INCLUDE = $(if $(wildcard /usr/include/stb/stb_image.h),/usr/include,$(CPP_DIR)/stb/usr/include)
+$(CPP_DIR)/stb/usr/include/stb/stb_image.h:
+	rm -rf $(CPP_DIR)/stb $(CPP_DIR)/deb && mkdir -p $(CPP_DIR)/deb
+	cd $(CPP_DIR)/deb && apt-get download libstb-dev
+	dpkg-deb -x $(CPP_DIR)/deb/libstb-dev_*.deb $(CPP_DIR)/stb
+test-cpp: $(STAMP) $(STB_INCLUDE)/stb/stb_image.h
+	$(MAKE) --no-print-directory engine $(CI_BUILD)
+	$(MAKE) --no-print-directory -C examples/cpp OUT=$(abspath $(CPP_DIR)) STB_INCLUDE=$(abspath $(STB_INCLUDE)) \
+		OPENVINO="$$($(PY) -c 'import openvino, os; print(os.path.dirname(openvino.__file__))')"
+	ATTNVGG_CPP_BINARY=$(CPP_DIR)/attnvgg-classify ATTNVGG_CPP_BUILD=build/ci/se \
+		$(PY) -m pytest -m cpp tests/cpp -p no:cacheprovider
+
 test-arm: $(STAMP)
 	$(MAKE) --no-print-directory engine $(CI_BUILD)
 	$(MAKE) --no-print-directory dist DIST=build/arm/dist

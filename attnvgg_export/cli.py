@@ -124,7 +124,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from attnvgg_export.bench.bench import BenchConfig, run_bench
 
     config = BenchConfig(batches=tuple(args.batches), seconds_per_case=args.seconds,
-                         torch_compile=not args.no_compile)
+                         torch_compile=not args.no_compile, first_result=not args.no_first_result)
     run_bench(Path(args.manifest), config, plan_code_allowed=args.allow_plan_code)
     return 0
 
@@ -409,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batches", type=positive_int, nargs="+", default=[1, 8])
     bench.add_argument("--seconds", type=float, default=10.0, help="time per runtime and batch")
     bench.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    bench.add_argument("--no-first-result", action="store_true",
+                       help="skip each CPU artifact's cold start (a fresh process's first result)")
     for command in (parity, bench):
         command.add_argument("--allow-plan-code", action="store_true",
                              help="let TensorRT plans run the host code they embed (version-compatible "

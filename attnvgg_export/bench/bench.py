@@ -25,7 +25,9 @@ from attnvgg_export.report.report import (
 )
 from attnvgg_export.runtime.eager import eager_runner, model_from_manifest
 from attnvgg_runtime.files import write_text_atomic
+from attnvgg_runtime.first_result import first_results
 from attnvgg_runtime.manifest import Manifest, inside_build, read_manifest
+from attnvgg_runtime.metadata import to_frames
 from attnvgg_runtime.readers.cpu import cpu_identity, exact_int8_options, openvino_has_bf16
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from attnvgg_runtime.readers.openvino import OpenVinoRunner, precision_hint, reader_name
@@ -42,6 +44,7 @@ class Row:
     artifact: str | None = None
     target: str | None = None
     runtime_options: dict | None = None
+    frame: dict | None = None  # a camera-frame artifact's input: timed on uint8 frames
 
 
 def bench_rows(manifest: Manifest, root: Path, config: BenchConfig, bf16: bool,
@@ -63,12 +66,13 @@ def bench_rows(manifest: Manifest, root: Path, config: BenchConfig, bf16: bool,
             exact = a.exact_int8_session_options is not None
             rows[f"onnxruntime {a.path}"] = Row(
                 lambda p=path, e=exact: OnnxRuntimeRunner(p, exact_int8=e), a.precision,
-                "onnxruntime", a.path, "onnxruntime-cpu", (exact_int8_options() if exact else {}) or None)
+                "onnxruntime", a.path, "onnxruntime-cpu", (exact_int8_options() if exact else {}) or None,
+                a.input)
         elif a.format == "openvino-ir" and (a.precision != "bf16" or bf16):
             hint, runtime = precision_hint(a), reader_name(a)  # as the gate names it
             rows[f"{runtime} {a.path}"] = Row(lambda p=path, h=hint: OpenVinoRunner(p, h),
                                                  a.precision, runtime, a.path, "openvino-cpu",
-                                                 options)
+                                                 options, a.input)
         elif a.format == "plan":
             from attnvgg_runtime.readers.tensorrt import (
                 TensorRTRunner,  # tensorrt only where a plan is listed
@@ -110,6 +114,8 @@ def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print,
     results: dict[str, dict] = {}
     inputs = {b: np.random.default_rng(b).standard_normal((b, 3, height, width), dtype=np.float32)
               for b in config.batches}
+    # a frame artifact is timed on the uint8 frames it takes, not on their conversion
+    frames = {b: to_frames(x, manifest.preprocessing) for b, x in inputs.items()}
     progress = tqdm(total=len(rows) * len(config.batches), desc="benchmarking", unit="case")
     for name, row in rows.items():  # one runtime loaded at a time: memory stays that of one
         try:
@@ -118,7 +124,7 @@ def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print,
             results[name] = {str(b): {"error": str(e).splitlines()[0][:200]} for b in config.batches}
             progress.update(len(config.batches))
             continue
-        for batch, x in inputs.items():
+        for batch, x in (frames if row.frame else inputs).items():
             try:
                 result = latency(lambda x=x, run=runner: run(x), config)
             except Exception as e:
@@ -132,6 +138,7 @@ def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print,
             progress.update()
         del runner
     progress.close()
+    starts = first_results_of(manifest_path, manifest, rows, log) if config.first_result else {}
     for batch in map(str, config.batches):
         eager = results["eager fp32"][batch]["p50_ms"]
         for name in results:
@@ -143,7 +150,7 @@ def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print,
              "macs_per_image": macs_per_image, "gate_checked": passed is not None,
              "rows": {name: {"runtime": r.runtime, "artifact": r.artifact, "precision": r.precision,
                              "target": r.target} for name, r in rows.items()},
-             "results": results, "recommended": recommended}
+             "results": results, "recommended": recommended, "first_result": starts}
     write_text_atomic(root / "bench.json", json.dumps(bench, indent=2) + "\n")
     manifest.bench = {
         "cpu": cpu, "recommended": recommended,
@@ -155,3 +162,23 @@ def run_bench(manifest_path: Path, config: BenchConfig | None = None, log=print,
     log(format_bench(bench))
     log(format_recommendation(bench))
     return root / "bench.json"
+
+
+def first_results_of(manifest_path: Path, manifest: Manifest, rows: dict[str, Row], log) -> dict:
+    """Row name -> its artifact's first result in a fresh process (attnvgg_runtime.first_result:
+    cold, and with OpenVINO's model cache warm), for every CPU artifact row."""
+    starts = {}
+    for name, row in rows.items():
+        if row.runtime not in ("onnxruntime", "openvino", "openvino-bf16") or row.artifact is None:
+            continue
+        artifact = next(a for a in manifest.artifacts
+                        if a.path == row.artifact and a.precision == row.precision)
+        try:
+            starts[name] = first_results(manifest_path, artifact, row.runtime.removesuffix("-bf16"))
+        except Exception as e:  # recorded, as a row that fails to time is
+            starts[name] = {"error": str(e).splitlines()[0][:200]}
+            continue
+        warm = starts[name].get("cache_warm_s")
+        log(f"  first result {starts[name]['cold_s']:.2f} s cold"
+            + (f", {warm:.2f} s with the model cache warm" if warm is not None else "") + f": {name}")
+    return starts

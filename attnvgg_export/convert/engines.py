@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from attnvgg_export.convert.openvino_ir import BF16_OPTIONS, onnx_to_openvino_ir
+from attnvgg_export.convert.openvino_ir import BF16_OPTIONS, ir_with_frame_input, onnx_to_openvino_ir
 from attnvgg_export.convert.tensorrt_plan import EngineConfig, onnx_to_plan, resolve_backend
 from attnvgg_export.manifest.lifecycle import forget_verdicts
 from attnvgg_runtime.manifest import (
@@ -20,13 +20,14 @@ from attnvgg_runtime.manifest import (
     served_range,
     write_manifest,
 )
+from attnvgg_runtime.metadata import describe, frame_input
 from attnvgg_runtime.readers.cpu import openvino_has_bf16
 
 
 def graph_path(manifest: Manifest, root: Path, precision: str, target: str) -> Path:
     """The ONNX graph of ``precision`` for ``target`` that the manifest lists."""
     found = [a.path for a in manifest.artifacts
-             if a.format == "onnx" and a.precision == precision and a.target == target]
+             if a.format == "onnx" and a.precision == precision and a.target == target and a.input is None]
     if not found:
         raise ManifestError(f"the manifest lists no {precision} ONNX graph for {target}: run the "
                             f"precision stage first (make engine runs every stage)")
@@ -35,11 +36,15 @@ def graph_path(manifest: Manifest, root: Path, precision: str, target: str) -> P
 
 def openvino_artifacts(root: Path, manifest: Manifest, log=print) -> list[Artifact]:
     """engines/openvino/: the fp32 IR (and, where this CPU computes bf16, the same IR listed as
-    bf16 with OpenVINO's bf16 inference precision) and the int8 IR, on every machine."""
+    bf16 with OpenVINO's bf16 inference precision), the int8 IR and the int8 IR with a camera-frame
+    input (uint8 NHWC, preprocessing inside), on every machine; each with its metadata."""
     folder = root / "engines" / "openvino"
     int8_graph = graph_path(manifest, root, "int8", "onnxruntime-cpu")
-    fp32 = onnx_to_openvino_ir(root / "model.onnx", folder / "model.fp32.xml")
-    int8 = onnx_to_openvino_ir(int8_graph, folder / "model.int8.xml")
+    metadata = describe(manifest)
+    fp32 = onnx_to_openvino_ir(root / "model.onnx", folder / "model.fp32.xml", metadata)
+    int8 = onnx_to_openvino_ir(int8_graph, folder / "model.int8.xml", metadata)
+    frame = ir_with_frame_input(int8, folder / "model.int8.frame.xml", manifest.preprocessing,
+                                metadata=describe(manifest, frame_input()))
     entries = [artifact_entry(fp32, root, "openvino-ir", "fp32", "openvino-cpu",
                               source=root / "model.onnx")]
     if openvino_has_bf16():
@@ -47,6 +52,8 @@ def openvino_artifacts(root: Path, manifest: Manifest, log=print) -> list[Artifa
                                       runtime_options=BF16_OPTIONS))
     entries.append(artifact_entry(int8, root, "openvino-ir", "int8", "openvino-cpu",
                                   source=int8_graph))
+    entries.append(artifact_entry(frame, root, "openvino-ir", "int8", "openvino-cpu", source=int8,
+                                  frame=frame_input()))
     listed = ", ".join(f"{e.path} ({e.precision})" for e in entries)
     log(f"  OpenVINO IR: {listed}")
     return entries

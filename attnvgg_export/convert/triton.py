@@ -1,9 +1,10 @@
 """Stage: a Triton Inference Server model repository from a build (`make triton`).
 
 One model per artifact: ONNX graphs on the onnxruntime backend, plans on tensorrt_plan, OpenVINO
-IR on the openvino backend (the bf16 entry with its inference precision). Each config.pbtxt
-carries the input/output names and dtypes, the declared ranges (max_batch_size is the batch max;
-H and W are -1 with their ranges as parameters) and dynamic batching."""
+IR on the openvino backend (the bf16 entry with its inference precision), the camera-frame
+artifacts with their uint8 HxWx3 input. Each config.pbtxt carries the input/output names and
+dtypes, the declared ranges (max_batch_size is the batch max; H and W are -1 with their ranges as
+parameters) and dynamic batching."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from attnvgg_runtime.manifest import Artifact, Manifest, read_manifest, served_r
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "plan": ("tensorrt_plan", "model.plan"),
              "openvino-ir": ("openvino", "model.xml")}  # openvino is a backend, not a platform
-DTYPES = {"float32": "TYPE_FP32"}
+DTYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8"}
 
 
 def model_name(variant: str, artifact: Artifact) -> str:
@@ -27,8 +28,11 @@ def model_name(variant: str, artifact: Artifact) -> str:
 
 
 def config_pbtxt(name: str, platform: str, manifest: Manifest, options: dict | None = None,
-                 precision: str = "fp32") -> str:
+                 precision: str = "fp32", frame: dict | None = None) -> str:
+    """``frame``: a camera-frame artifact's input (uint8, HxWx3 per image), else the manifest's."""
     dyn = served_range(manifest.dynamic, precision)  # int8: from its min_side
+    the_input = frame or manifest.input
+    dims = "-1, -1, 3" if frame else "3, -1, -1"
     batch = dyn["batch"]
     preferred = sorted({b for b in (batch["opt"], min(8, batch["max"]), batch["max"]) if b > 1})
     params = "\n".join(
@@ -43,9 +47,9 @@ def config_pbtxt(name: str, platform: str, manifest: Manifest, options: dict | N
 max_batch_size: {batch["max"]}
 input [
   {{
-    name: "{manifest.input["name"]}"
-    data_type: {DTYPES[manifest.input["dtype"]]}
-    dims: [ 3, -1, -1 ]
+    name: "{the_input["name"]}"
+    data_type: {DTYPES[the_input["dtype"]]}
+    dims: [ {dims} ]
   }}
 ]
 output [
@@ -91,6 +95,6 @@ def manifest_to_triton(manifest_path: Path, repository: Path, log=print) -> list
         for source, target in files:
             _place(manifest_path.parent / source, version / target)
         written.append(write_text_atomic(repository / name / "config.pbtxt", config_pbtxt(
-            name, platform, manifest, artifact.runtime_options or None, artifact.precision)))
+            name, platform, manifest, artifact.runtime_options or None, artifact.precision, artifact.input)))
         log(f"  {name}: {platform}")
     return written

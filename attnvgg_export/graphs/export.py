@@ -21,6 +21,7 @@ from torch import nn
 from attnvgg_export import models
 from attnvgg_export.calibration.preprocessing import Preprocessing
 from attnvgg_export.console import quiet
+from attnvgg_export.graphs.describe import describe_onnx
 from attnvgg_export.graphs.module_map import copy_keeping_module_map, module_outputs, strip_trace_metadata
 from attnvgg_export.manifest.lifecycle import invalidate_verdicts
 from attnvgg_export.models import ConfigError, ToolchainError
@@ -437,6 +438,9 @@ def export_to_folder(config: ExportConfig, out_dir: Path, log=print) -> Path:
     if removed:
         log(f"removed what an earlier build derived from its artifacts: {', '.join(removed)}")
     report = export(config, out_dir, log)
-    manifest = write_manifest(out_dir / "manifest.json", export_manifest(config, report, out_dir))
+    record = export_manifest(config, report, out_dir)
+    describe_onnx(report.onnx_path, record)  # its labels and preprocessing, before its sha256
+    record.artifacts = [artifact_entry(report.onnx_path, out_dir, "onnx", "fp32", "any")]
+    manifest = write_manifest(out_dir / "manifest.json", record)
     log(f"wrote {report.onnx_path} and {manifest}")
     return manifest

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import onnx
 
 from attnvgg_export.verify.explain import MODULE_OUTPUTS_KEY
+from attnvgg_runtime.metadata import METADATA_PROPS_FIELD, string_entry, top_level_fields
 
 if TYPE_CHECKING:
     from torch import nn
@@ -66,38 +67,12 @@ def copy_keeping_module_map(source: Path, target: Path) -> None:
             open(target, "wb") as out:
         view = memoryview(data)
         try:
-            position = 0
-            while position < len(view):
-                start = position
-                tag, position = _varint(view, position)
-                field, wire = tag >> 3, tag & 7
-                if wire == 0:
-                    _, position = _varint(view, position)
-                elif wire in (1, 5):
-                    position += 8 if wire == 1 else 4
-                elif wire == 2:
-                    length, position = _varint(view, position)
-                    payload, position = position, position + length
-                else:
-                    raise ValueError(f"{source}: not an ONNX model (wire type {wire} at byte {start})")
-                if field == METADATA_PROPS_FIELD and wire == 2:
-                    entry = onnx.StringStringEntryProto.FromString(bytes(view[payload:position]))
-                    if entry.key != MODULE_OUTPUTS_KEY:
-                        continue
-                out.write(view[start:position])
+            for field, start, payload, end in top_level_fields(data):
+                if (field == METADATA_PROPS_FIELD
+                        and string_entry(data, payload, end)[0] != MODULE_OUTPUTS_KEY):
+                    continue
+                out.write(view[start:end])
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
         finally:
             view.release()
-
-
-METADATA_PROPS_FIELD = 14  # ModelProto.metadata_props (onnx.proto)
-
-
-def _varint(data: memoryview, position: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, position
-        shift += 7

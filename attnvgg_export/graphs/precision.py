@@ -24,6 +24,7 @@ from attnvgg_export.calibration.data import (
 )
 from attnvgg_export.calibration.preprocessing import Preprocessing
 from attnvgg_export.convert.ort_format import onnx_to_ort
+from attnvgg_export.graphs.describe import describe_onnx, onnx_with_frame_input
 from attnvgg_export.graphs.export import peak_rss_mib
 from attnvgg_export.graphs.fallback import (
     FALLBACK_METRICS,
@@ -47,6 +48,7 @@ from attnvgg_runtime.manifest import (
     read_manifest,
     write_manifest,
 )
+from attnvgg_runtime.metadata import frame_input
 from attnvgg_runtime.readers import release_memory, run_batches
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from attnvgg_runtime.verify.accuracy import drop_verdict
@@ -55,6 +57,8 @@ from attnvgg_runtime.verify.measures import accuracy, compare, metrics
 log = logging.getLogger(__name__)
 
 FP16_TOLERANCE = 1e-2  # relative max error of the fp16 graph against eager fp32
+# the CPU int8 graph with a uint8 NHWC camera-frame input (attnvgg_export.graphs.describe)
+FRAME_ONNX = "model.int8-cpu.frame.onnx"
 
 
 class FallbackTargetError(ToolchainError):
@@ -240,13 +244,20 @@ def make_graphs(root: Path, manifest: Manifest, data: DataSplit, calibration: li
     timings["quantize"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    trt, cpu = root / Int8Target.TENSORRT.filename, root / Int8Target.CPU.filename
+    for graph in (fp16, trt, cpu):  # before the .ort files are made of them: they carry it on
+        describe_onnx(graph, manifest)
+    frame = onnx_with_frame_input(cpu, root / FRAME_ONNX, manifest.preprocessing)
+    describe_onnx(frame, manifest, frame_input())
+    timings["describe"] = time.perf_counter() - start
+
+    start = time.perf_counter()
     ort_dir = root / "engines" / "ort"
     ort_fp32 = onnx_to_ort(fp32, ort_dir / "model.fp32.ort")
     ort_int8 = onnx_to_ort(root / Int8Target.CPU.filename, ort_dir / "model.int8-cpu.ort")
     release_memory()
     timings["ort_models"] = time.perf_counter() - start
 
-    trt, cpu = root / Int8Target.TENSORRT.filename, root / Int8Target.CPU.filename
     artifacts = {
         "fp32-onnx": artifact_entry(fp32, root, "onnx", "fp32", "any"),
         "fp16-onnx": artifact_entry(fp16, root, "onnx", "fp16", "tensorrt"),
@@ -255,6 +266,8 @@ def make_graphs(root: Path, manifest: Manifest, data: DataSplit, calibration: li
                                         activations=activation_type(trt)),
         "int8-cpu-onnx": artifact_entry(cpu, root, "onnx", "int8", "onnxruntime-cpu",
                                         activations=activation_type(cpu)),
+        "int8-cpu-frame-onnx": artifact_entry(frame, root, "onnx", "int8", "onnxruntime-cpu", source=cpu,
+                                              activations=activation_type(cpu), frame=frame_input()),
         "fp32-ort": artifact_entry(ort_fp32, root, "ort", "fp32", "onnxruntime-cpu", source=fp32),
         "int8-cpu-ort": artifact_entry(ort_int8, root, "ort", "int8", "onnxruntime-cpu", source=cpu),
     }

@@ -285,22 +285,71 @@ def describe_limits(bench: dict) -> str:
 
 
 def format_bench(bench: dict) -> str:
-    lines = ["| runtime | batch | p50 ms | p90 ms | p99 ms | img/s | x eager | GMAC/s | % of peak |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| runtime | batch | p50 ms | p90 ms | p99 ms | img/s | x eager | GMAC/s | % of peak "
+             "| first result s (cold / cache warm) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    starts = bench.get("first_result") or {}
     for name, per_batch in bench["results"].items():
-        for batch, r in per_batch.items():
+        for i, (batch, r) in enumerate(per_batch.items()):
+            start = starts.get(name, {}) if i == 0 else {}
+            first = ("failed: " + start["error"] if "error" in start else
+                     f"{start['cold_s']:.2f}" + (f" / {start['cache_warm_s']:.2f}" if "cache_warm_s" in start
+                                                else "") if start else "")
             if "error" in r:
-                lines.append(f"| {name} | {batch} | failed: {r['error']} | | | | | | |")
+                lines.append(f"| {name} | {batch} | failed: {r['error']} | | | | | | | {first} |")
                 continue
             lines.append(
                 f"| {name} | {batch} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
                 f"{r['images_per_s']:.1f} | {r['speedup_vs_eager']:.2f} | "
-                f"{r.get('gmacs_per_s', 0):.0f} | {100 * (peak_share(bench, name, r) or 0):.0f} |")
+                f"{r.get('gmacs_per_s', 0):.0f} | {100 * (peak_share(bench, name, r) or 0):.0f} | {first} |")
     return "\n".join(lines)
 
 
 TARGET_NAMES = {"onnxruntime-cpu": "ONNX Runtime (portable: x86 and ARM)",
                 "openvino-cpu": "OpenVINO (Intel CPUs)", "tensorrt": "TensorRT (NVIDIA GPUs)"}
+
+
+def format_frames_and_starts(manifest, parity: dict | None, bench: dict | None) -> list[str]:
+    """The camera-frame artifacts (uint8 NHWC in) per CPU target with their verdict, and the
+    first result (cold start) of what ships, with where a model cache or another artifact of the
+    target starts faster."""
+    verdicts = [a for a in (parity or {}).get("artifacts", []) if not a.get("skipped")]
+    lines = []
+    for artifact in (a for a in manifest.artifacts if a.input is not None):
+        mine = [v for v in verdicts if v["path"] == artifact.path]
+        status = ("passed the gate" if mine and all(v["passed"] for v in mine) else
+                  "FAILED the gate" if mine else "not gated yet")
+        lines.append(f"- Camera frames for {TARGET_NAMES.get(artifact.target, artifact.target)}: "
+                     f"{artifact.path} ({artifact.precision}; input `{artifact.input['name']}`, uint8 "
+                     f"NHWC {artifact.input['channel_order']}, scaling, normalization and transpose "
+                     f"inside; {status}).")
+    starts = (bench or {}).get("first_result") or {}
+    recommended = ((bench or {}).get("recommended") or {}).get("1", {})
+    for target, chosen in recommended.items():
+        name = next((n for n, r in bench["rows"].items() if r["artifact"] == chosen["artifact"]
+                     and r["precision"] == chosen["precision"] and r["target"] == target), None)
+        start = starts.get(name) or {}
+        if "cold_s" not in start:
+            continue
+        line = (f"- First result of {chosen['artifact']} ({TARGET_NAMES.get(target, target)}), from "
+                f"process start (load, compile, one image): {start['cold_s']:.2f} s cold")
+        if "cache_warm_s" in start:
+            line += f", {start['cache_warm_s']:.2f} s with OpenVINO's model cache warm"
+            if start["cache_warm_s"] < 0.8 * start["cold_s"]:
+                line += " (set CACHE_DIR on the box: it starts faster)"
+        faster = [(s["cold_s"], bench["rows"][n]["artifact"]) for n, s in starts.items()
+                  if "cold_s" in s and bench["rows"][n]["target"] == target and n != name
+                  and s["cold_s"] < 0.8 * start["cold_s"]
+                  and (bench["rows"][n]["artifact"], bench["rows"][n]["runtime"]) in _passed(parity)]
+        if faster:
+            seconds, artifact = min(faster)
+            line += f"; {artifact} starts in {seconds:.2f} s, where a process per request matters more"
+        lines.append(line + ".")
+    return [""] + lines if lines else []
+
+
+def _passed(parity: dict | None) -> set[tuple[str, str]]:
+    return {(a["path"], a["reader"]) for a in (parity or {}).get("artifacts", []) if a.get("passed")
+            and not a.get("skipped")}
 
 
 def format_recommendation(bench: dict) -> str:
@@ -417,6 +466,7 @@ def _summary_section(manifest: Manifest, parity: dict | None, bench: dict | None
                      f"{'passed' if verdict.get('passed') else 'FAILED'} | "
                      f"{f'{margin:.3g}' if margin is not None else ''} | {chosen['p50_ms']:.1f} | "
                      f"{chosen['speedup_vs_eager']:.2f} | {others} |")
+    lines += format_frames_and_starts(manifest, parity, bench)
     unverified = (parity or {}).get("not_verified") or []
     warnings = (parity or {}).get("warnings") or []
     if warnings:

@@ -296,8 +296,10 @@ def run_parity(manifest_path: Path, tolerances: Path | None = None, log=print,
                                             cluster, strict_accuracy, log)
     judge_build(inputs, results)
     exact = {a.path for a in inputs.manifest.artifacts if a.exact_int8_session_options is not None}
-    explain_graphs(results, inputs.root, lambda: _eager_model(inputs.manifest), inputs.cases,
-                   inputs.budgets, log, exact)
+    # a frame graph is the graph it wraps behind its preprocessing: that one is explained
+    frames = {a.path for a in inputs.manifest.artifacts if a.input is not None}
+    explain_graphs([r for r in results if r.path not in frames], inputs.root,
+                   lambda: _eager_model(inputs.manifest), inputs.cases, inputs.budgets, log, exact)
     for entry in results:
         _log_entry(entry, log)
     report = record(inputs, results, strict_accuracy, evaluation)

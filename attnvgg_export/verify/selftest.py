@@ -167,6 +167,21 @@ def converter_weight_scales_x108(model: onnx.ModelProto) -> str:
     return f"the converter reads the weight scales of {node.name} x1.08"
 
 
+def frame_channels_swapped(model: onnx.ModelProto) -> str:
+    """The camera-frame graph reads its frames' channels in the wrong order (red as blue): the
+    classic bug of a hand-written preprocessing, now inside the file."""
+    from attnvgg_runtime.metadata import FRAME_INPUT_NAME
+
+    first = next((n for n in model.graph.node if FRAME_INPUT_NAME in n.input), None)
+    if first is None:
+        raise SelfTestError("the frame graph has no node reading its frame input")
+    model.graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), "frame.swap"))
+    first.input[:] = ["frame.swapped" if i == FRAME_INPUT_NAME else i for i in first.input]
+    model.graph.node.insert(0, onnx.helper.make_node("Gather", [FRAME_INPUT_NAME, "frame.swap"],
+                                                     ["frame.swapped"], axis=3, name="planted/swap"))
+    return f"{first.name} reads the frame's channels reversed"
+
+
 BUGS = (
     Bug("fp32 conv weight x1.05", "model.onnx", fp32_conv_weight),
     Bug("int8 weight scales x1.05 on one layer", "model.int8-trt.onnx", int8_weight_scale),
@@ -180,6 +195,8 @@ BUGS = (
     Bug("int8 OpenVINO IR: a converter fault, one conv's weight scales x1.08",
         "engines/openvino/model.int8.xml", converter_weight_scales_x108, converter=True,
         caught_by="derived_excess_max"),
+    Bug("int8 camera-frame graph: channels swapped", "model.int8-cpu.frame.onnx", frame_channels_swapped,
+        caught_by="frame_max"),
 )
 
 

@@ -8,7 +8,21 @@ import importlib.util
 from pathlib import Path
 
 from attnvgg_runtime.errors import ToolchainError
-from attnvgg_runtime.manifest import Artifact, ArtifactFile, Manifest, ManifestError, inside_build
+from attnvgg_runtime.manifest import (
+    Artifact,
+    ArtifactFile,
+    Manifest,
+    ManifestError,
+    inside_build,
+    read_manifest,
+)
+from attnvgg_runtime.metadata import (
+    check_metadata,
+    ir_metadata,
+    onnx_metadata,
+    session_metadata,
+    with_frames,
+)
 
 
 class ArtifactChanged(ToolchainError):
@@ -48,20 +62,26 @@ def verified_bytes(manifest_path: Path, item: Artifact | ArtifactFile) -> bytes:
     return data
 
 
-def load_runner(manifest_path: Path, artifact: Artifact, runtime: str):
+def load_runner(manifest_path: Path, artifact: Artifact, runtime: str, cache_dir: Path | None = None):
     """A callable batch -> logits for the artifact, made from the bytes whose sha256 was checked
     (an IR's weights too), read as the gate reads it (attnvgg_runtime.readers: exact int8 where
-    this CPU's pair sums saturate and the manifest asks for it, the bf16 entry's precision hint)."""
+    this CPU's pair sums saturate and the manifest asks for it, the bf16 entry's precision hint).
+    ``cache_dir``: OpenVINO's model cache (compiled models kept there, read back on a later load)."""
     data = verified_bytes(manifest_path, artifact)
     weights = verified_bytes(manifest_path, artifact.weights) if runtime == "openvino" else None
+    manifest = read_manifest(manifest_path)
+    if artifact.format in ("onnx", "openvino-ir"):  # an .ort's: its session's, below
+        check_metadata((onnx_metadata if artifact.format == "onnx" else ir_metadata)(data), manifest,
+                       artifact, str(manifest_path))
     try:
         if runtime == "openvino":
             from attnvgg_runtime.readers.openvino import OpenVinoRunner, precision_hint
 
-            return OpenVinoRunner((data, weights), precision_hint(artifact))
-        from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+            runner = OpenVinoRunner((data, weights), precision_hint(artifact), cache_dir=cache_dir)
+        else:
+            from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(data, exact_int8=artifact.exact_int8_session_options is not None)
+            runner = OnnxRuntimeRunner(data, exact_int8=artifact.exact_int8_session_options is not None)
     except ToolchainError:
         raise
     except Exception as e:  # the runtime's own error: the file is not a model it reads
@@ -71,3 +91,6 @@ def load_runner(manifest_path: Path, artifact: Artifact, runtime: str):
             f"load it ({type(e).__name__}: {reason}): "
             f"the build wrote a file this runtime does not read; rebuild it with `make engine`, or "
             f"use another runtime (--runtime)") from None
+    if artifact.format == "ort":
+        check_metadata(session_metadata(runner.session), manifest, artifact, str(manifest_path))
+    return with_frames(runner, artifact, manifest)

@@ -64,7 +64,7 @@ def pick_artifact(manifest: Manifest, precision: str, runtime: str = "onnxruntim
         available = sorted({(a.precision, a.target) for a in manifest.artifacts})
         raise ConsumerError(f"no {precision} artifact for {RUNTIMES[runtime][0]}; the build has "
                             f"{available}")
-    return sorted(candidates, key=lambda a: a.format != "ort")[0]
+    return sorted(candidates, key=lambda a: (a.format != "ort", a.input is not None))[0]
 
 
 def _usable(manifest: Manifest, root: Path, artifact: Artifact, runtime: str, cpu_model: str) -> bool:
@@ -201,10 +201,7 @@ class Classifier:
         return self.run(np.ascontiguousarray(batch, dtype=np.float32))
 
     def classify_array(self, batch: np.ndarray, top: int = 5) -> list[list[tuple[str, float]]]:
-        logits = self.logits(batch)
-        shifted = np.exp(logits - logits.max(1, keepdims=True))
-        probabilities = shifted / shifted.sum(1, keepdims=True)
-        return [[(self.labels[i], float(p[i])) for i in np.argsort(-p)[:top]] for p in probabilities]
+        return top_classes(self.logits(batch), self.labels, top)
 
     def classify_files(self, images: list[Path], top: int = 5) -> list[list[tuple[str, float]]]:
         pre = self.manifest.preprocessing
@@ -215,3 +212,51 @@ def classify(manifest_path: Path, images: list[Path], precision: str | None = No
              runtime: str | None = None, allow_unverified: bool = False,
              warn=None) -> list[list[tuple[str, float]]]:
     return Classifier(manifest_path, precision, runtime, allow_unverified, warn).classify_files(images, top)
+
+
+def top_classes(logits: np.ndarray, labels: list[str], top: int = 5) -> list[list[tuple[str, float]]]:
+    """Each image's ``top`` classes by softmax probability, with their names."""
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities = shifted / shifted.sum(1, keepdims=True)
+    return [[(labels[i], float(p[i])) for i in np.argsort(-p)[:top]] for p in probabilities]
+
+
+MODEL_SUFFIXES = (".onnx", ".ort", ".xml")
+
+
+def classify_model_file(path: Path, images: list[Path], top: int = 5, allow_unverified: bool = False,
+                        warn=None) -> list[list[tuple[str, float]]]:
+    """Top classes of image files by one artifact file alone: its labels, preprocessing and input
+    read from the file's own metadata (attnvgg_runtime.metadata), no manifest. Without a manifest
+    no verdict can be checked, so it runs only with ``allow_unverified``, and says so."""
+    from attnvgg_runtime.metadata import FrameInput, ir_metadata, read_keys, session_metadata
+
+    warn = warn or (lambda line: print(line, file=sys.stderr))
+    path = Path(path)
+    if not path.is_file():
+        raise ConsumerError(f"{path} does not exist: give a build's manifest.json or a model file")
+    if not allow_unverified:
+        raise ConsumerError(f"{path} is a model file, not a build's manifest.json: no gate verdict can "
+                            f"be checked for it. Give its build's manifest.json, or pass "
+                            f"--allow-unverified to run it on its own metadata")
+    if path.suffix == ".xml":
+        from attnvgg_runtime.readers.openvino import OpenVinoRunner
+
+        runner, found, runtime = OpenVinoRunner(path), ir_metadata(path.read_bytes()), "openvino"
+    else:
+        from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
+
+        runner = OnnxRuntimeRunner(path)
+        found, runtime = session_metadata(runner.session), "onnxruntime"
+    try:
+        keys = read_keys(found)
+    except ToolchainError as e:
+        raise ConsumerError(f"{path}: {e}") from None
+    pre, the_input = keys["preprocessing"], keys["input"]
+    warn(f"WARNING: --allow-unverified: running {path} under {reader_version(runtime)} on its own "
+         f"metadata ({keys['variant']}, model {keys['model_id']}, {keys['toolchain']}); no verdict "
+         f"checked (no manifest)")
+    if the_input.get("dtype") == "uint8":
+        runner = FrameInput(runner, pre, the_input.get("channel_order", "RGB"))
+    batch = np.stack([preprocess(Path(p), pre) for p in images])
+    return top_classes(runner(batch), keys["classes"], top)

@@ -4,6 +4,7 @@
     attnvgg-runtime verify build/se/manifest.json           # the gate's checks on this box's kernels
     attnvgg-runtime bench build/se/manifest.json            # time every CPU artifact here
     attnvgg-runtime classify build/se/manifest.json a.jpg   # top-5, with what ran and why on stderr
+    attnvgg-runtime classify model.int8-cpu.frame.onnx a.jpg --allow-unverified   # the file alone
     attnvgg-runtime signature build/se/manifest.json --key public.pem   # the build's signature
 
 Exit codes: 0 done (verify: every reading passed), 1 verify found a breach, 2 a usage or input
@@ -74,8 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("manifest", type=Path)
     bench.add_argument("--batches", type=_batches, default=(1, 8), help="comma-separated (default 1,8)")
     bench.add_argument("--seconds", type=_seconds, default=5.0, help="per artifact and batch (default 5)")
+    bench.add_argument("--no-first-result", action="store_true",
+                       help="leave out each artifact's cold start (a fresh process's first result)")
     classify = sub.add_parser("classify", help="top-5 classes of image files")
-    classify.add_argument("manifest", type=Path)
+    classify.add_argument("manifest", type=Path, help="a build's manifest.json, or one model file "
+                          "(.onnx, .ort, .xml) read by its own metadata (with --allow-unverified)")
     classify.add_argument("images", type=Path, nargs="+")
     classify.add_argument("--precision", choices=["fp32", "bf16", "int8"], default=None,
                           help="default: the fastest this box's bench timed, else the build's "
@@ -125,12 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from attnvgg_runtime.bench import bench_box
 
-            bench_box(args.manifest, args.batches, args.seconds, log=functools.partial(print, flush=True))
+            bench_box(args.manifest, args.batches, args.seconds, log=functools.partial(print, flush=True),
+                      first_result=not args.no_first_result)
             return 0
-        from attnvgg_runtime.classify import classify
+        from attnvgg_runtime.classify import MODEL_SUFFIXES, classify, classify_model_file
 
-        results = classify(args.manifest, args.images, args.precision, args.top, args.runtime,
-                           args.allow_unverified)
+        if args.manifest.suffix in MODEL_SUFFIXES:
+            results = classify_model_file(args.manifest, args.images, args.top, args.allow_unverified)
+        else:
+            results = classify(args.manifest, args.images, args.precision, args.top, args.runtime,
+                               args.allow_unverified)
     except (ToolchainError, OSError, KeyError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,9 +16,11 @@ from attnvgg_runtime.files import sha256_file, write_text_atomic
 # 1.5 `activations` of the int8 graphs (what a box needs to know without onnx); 1.6
 # `parity.gate.warnings` (passed, not proven), golden cases' `labels`, failures as records, the
 # recommendation's `reader`; 1.7 `data_split.skipped` (the source's unreadable files, path and
-# reason), and every path is read confined to the build folder. Reads 1.0 and on (1.x); refuses
-# another major version, saying how to rebuild.
-SCHEMA_VERSION = "1.7"
+# reason), and every path is read confined to the build folder; 1.8 every artifact carries its
+# metadata (attnvgg_runtime.metadata: labels, preprocessing, input), and frame artifacts (uint8
+# NHWC input, `input` on the entry). Reads 1.0 and on (1.x); refuses another major version,
+# saying how to rebuild.
+SCHEMA_VERSION = "1.8"
 FORMATS = ("onnx", "ort", "plan", "openvino-ir")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TARGETS = ("any", "tensorrt", "onnxruntime-cpu", "openvino-cpu")
@@ -93,6 +95,7 @@ class Artifact:
     source: str | None = None  # the graph a converted artifact was made from (schema 1.4)
     min_side: int | None = None  # int8: the smallest H, W its verdict covers (schema 1.4)
     activations: str | None = None  # int8 ONNX graphs: "int8" or "uint8" (schema 1.5)
+    input: dict | None = None  # a frame artifact's input: uint8 NHWC (schema 1.8; None: the manifest's)
 
     def check_paths(self, where: str) -> None:
         """Every path of the entry stays in the build folder, and an IR's weights are the ``.bin``
@@ -206,7 +209,7 @@ class Manifest:
 def artifact_entry(path: Path, root: Path, format: str, precision: str, target: str,
                    runtime_options: dict | None = None,
                    exact_int8_options: dict | None = None, source: Path | None = None,
-                   activations: str | None = None) -> Artifact:
+                   activations: str | None = None, frame: dict | None = None) -> Artifact:
     """One artifact. An OpenVINO IR's weights file (.bin beside the .xml) is listed with its own
     sha256 under `weights`; `runtime_options` are what a runtime must set to run it as listed
     (the bf16 entry of the fp32 IR); `exact_int8_session_options`, what ONNX Runtime must set to
@@ -214,7 +217,9 @@ def artifact_entry(path: Path, root: Path, format: str, precision: str, target: 
     (attnvgg_runtime.readers.cpu; the TensorRT graph), as the gate and the consumer do; `source`, the
     graph a converted artifact (.ort, IR, plan) was made from, which the gate compares it with;
     `activations`, an int8 graph's activation type ("int8" or "uint8"), which decides whether a
-    CPU without VNNI can read it (attnvgg_runtime.verify.readers.signed_int8_activations)."""
+    CPU without VNNI can read it (attnvgg_runtime.verify.readers.signed_int8_activations);
+    `frame`, a frame artifact's input (attnvgg_runtime.metadata.frame_input), its ``source`` the
+    artifact it wraps."""
     assert format in FORMATS and precision in PRECISIONS and target in TARGETS
     weights = path.with_suffix(".bin") if format == "openvino-ir" else None
     return Artifact(
@@ -225,7 +230,7 @@ def artifact_entry(path: Path, root: Path, format: str, precision: str, target: 
         runtime_options=dict(runtime_options or {}),
         exact_int8_session_options=dict(exact_int8_options) if exact_int8_options else None,
         source=source.relative_to(root).as_posix() if source is not None else None,
-        activations=activations)
+        activations=activations, input=frame)
 
 
 def int8_min_side(dynamic: dict) -> int:

@@ -16,6 +16,7 @@ class BenchConfig:
     min_iterations: int = 5
     seconds_per_case: float = 10.0
     torch_compile: bool = True
+    first_result: bool = True  # each CPU artifact's cold start (attnvgg_runtime.first_result)
 
 
 def latency(fn: Callable[[], object], config: BenchConfig) -> dict:

@@ -25,7 +25,7 @@ from attnvgg_runtime.files import OutputError
 from attnvgg_runtime.manifest import Manifest, sha256_file
 from attnvgg_runtime.readers.onnxruntime import OnnxRuntimeRunner
 from attnvgg_runtime.verify.measures import compare
-from tests.conftest import tiny_config
+from tests.conftest import gate_range, tiny_config
 
 
 def _quiet(*_):
@@ -137,9 +137,27 @@ def test_se_block_adds_no_shape_chains(exported):
 
 
 def test_export_is_byte_identical_for_the_same_inputs(exported, tmp_path):
-    again = export_to_folder(tiny_config("se"), tmp_path / "se", log=_quiet)
+    again = export_to_folder(tiny_config("se", **gate_range()), tmp_path / "se", log=_quiet)
     first = exported("se").parent / "model.onnx"
     assert sha256_file(again.parent / "model.onnx") == sha256_file(first)
+
+
+def test_the_exported_file_says_what_it_takes_and_names(exported):
+    """The fp32 graph carries its metadata (attnvgg_runtime.metadata): what ONNX Runtime reads of
+    it is what the manifest says, and the box's reader of the file's bytes reads the same."""
+    from attnvgg_runtime.metadata import describe, onnx_metadata, read_keys, session_metadata
+
+    manifest_path = exported("se")
+    manifest = Manifest.from_json(json.loads(manifest_path.read_text()))
+    graph = manifest_path.parent / "model.onnx"
+    read = session_metadata(OnnxRuntimeRunner(graph).session)
+    assert {k: read[k] for k in describe(manifest)} == describe(manifest)
+    assert onnx_metadata(graph.read_bytes()) == read  # the module map and ours, nothing else
+    keys = read_keys(read)
+    assert keys["classes"] == [str(i) for i in range(manifest.num_classes)]
+    assert keys["input"]["dtype"] == "float32" and keys["input"]["layout"] == "NCHW"
+    assert keys["preprocessing"]["mean"] == list(manifest.preprocessing["mean"])
+    assert keys["preprocessing"]["crop"] == list(manifest.preprocessing["crop"])
 
 
 def test_plain_adaptive_pool_export_is_rejected(tmp_path):

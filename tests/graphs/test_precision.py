@@ -82,8 +82,10 @@ def test_every_artifact_is_listed_with_its_sha256(digits_build):
     manifest = json.loads(digits_build.manifest.read_text())
     listed = {a["path"]: a for a in manifest["artifacts"]}
     assert set(listed) == {"model.onnx", "model.fp16.onnx", "model.int8-trt.onnx",
-                           "model.int8-cpu.onnx", "engines/ort/model.fp32.ort",
+                           "model.int8-cpu.onnx", "model.int8-cpu.frame.onnx", "engines/ort/model.fp32.ort",
                            "engines/ort/model.int8-cpu.ort"}
+    frame = listed["model.int8-cpu.frame.onnx"]
+    assert frame["input"]["dtype"] == "uint8" and frame["source"] == "model.int8-cpu.onnx"
     for path, entry in listed.items():
         assert entry["sha256"] == sha256_file(digits_build.manifest.parent / path)
         assert entry["format"] in FORMATS and entry["precision"] in PRECISIONS

@@ -100,11 +100,29 @@ def digits_manifest(digits_build, tmp_path_factory):
     """The session's trained digits build, with class names added to its manifest, gated (the
     consumer runs only what the gate passed for its bytes)."""
     root = copy_build(digits_build.manifest.parent, tmp_path_factory.mktemp("digits-edge"))
-    manifest = read_manifest(root / "manifest.json")
-    manifest.labels = [f"digit {i}" for i in range(10)]
-    write_manifest(root / "manifest.json", manifest)
+    relabel(root / "manifest.json", [f"digit {i}" for i in range(10)])
     assert run_parity(root / "manifest.json", log=lambda *_: None).passed
     return root / "manifest.json"
+
+
+def relabel(manifest_path: Path, labels: list[str]) -> None:
+    """The build's class names changed, in its manifest and in every file's metadata (as an export
+    with LABELS would have written them; an .ort made again from its graph), sha256s relisted."""
+    from attnvgg_export.convert.ort_format import onnx_to_ort
+    from attnvgg_export.graphs.describe import describe_onnx
+
+    root = manifest_path.parent
+    manifest = read_manifest(manifest_path)
+    manifest.labels = labels
+    for artifact in manifest.artifacts:
+        if artifact.format == "onnx":
+            describe_onnx(root / artifact.path, manifest, artifact.input)
+    for artifact in manifest.artifacts:
+        if artifact.format == "ort":
+            onnx_to_ort(root / artifact.source, root / artifact.path)
+        artifact.sha256 = sha256_file(root / artifact.path)
+        artifact.bytes = (root / artifact.path).stat().st_size
+    write_manifest(manifest_path, manifest)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -200,8 +218,12 @@ def test_triton_repository_parses_and_matches_the_manifest(engines_build, tmp_pa
         config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
         assert config.name == path.parent.name
         assert config.max_batch_size == manifest.dynamic["batch"]["max"]
-        assert [i.name for i in config.input] == ["input"] and list(config.input[0].dims) == [3, -1, -1]
-        assert config.input[0].data_type == model_config_pb2.TYPE_FP32
+        if path.parent.name.endswith("_frame"):  # a camera-frame artifact: uint8 frames
+            assert [i.name for i in config.input] == ["frame"] and list(config.input[0].dims) == [-1, -1, 3]
+            assert config.input[0].data_type == model_config_pb2.TYPE_UINT8
+        else:
+            assert [i.name for i in config.input] == ["input"] and list(config.input[0].dims) == [3, -1, -1]
+            assert config.input[0].data_type == model_config_pb2.TYPE_FP32
         assert list(config.output[0].dims) == [manifest.num_classes]
         # an int8 model is served from where the gate holds it to its budget (min_side)
         int8 = "int8" in path.parent.name
@@ -215,8 +237,9 @@ def test_triton_repository_parses_and_matches_the_manifest(engines_build, tmp_pa
             assert config.platform == "onnxruntime_onnx"
             assert (path.parent / "1" / "model.onnx").is_file()
     names = sorted(p.parent.name for p in configs)
-    assert names[:4] == ["se_onnx_fp16", "se_onnx_fp32", "se_onnx_int8_cpu", "se_onnx_int8_trt"]
-    assert {"se_openvino_ir_fp32", "se_openvino_ir_int8"} <= set(names)
+    assert names[:5] == ["se_onnx_fp16", "se_onnx_fp32", "se_onnx_int8_cpu", "se_onnx_int8_cpu_frame",
+                         "se_onnx_int8_trt"]
+    assert {"se_openvino_ir_fp32", "se_openvino_ir_int8", "se_openvino_ir_int8_frame"} <= set(names)
     if "se_openvino_ir_bf16" in names:
         bf16 = text_format.Parse((tmp_path / "repo/se_openvino_ir_bf16/config.pbtxt").read_text(),
                                  model_config_pb2.ModelConfig())

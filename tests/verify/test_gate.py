@@ -53,12 +53,13 @@ def test_gate_passes_a_good_build_and_writes_json_junit_and_report(precision_bui
     report = run_parity(root / "manifest.json", log=_quiet)
     assert report.passed, report.failures()
     parity = json.loads((root / "parity.json").read_text())
-    assert parity["passed"] and len(parity["artifacts"]) == 10
+    # 5 graphs by 2 readers, the camera-frame graph by its target's, 2 .ort files by ONNX Runtime
+    assert parity["passed"] and len(parity["artifacts"]) == 11
     readers = {(a["path"], a["reader"]) for a in parity["artifacts"]}
     onnx_graphs = {"model.onnx", "model.fp16.onnx", "model.int8-trt.onnx", "model.int8-cpu.onnx"}
     assert {p for p, r in readers if r == "openvino"} == onnx_graphs  # the second reader
     assert {p for p, r in readers if r == "onnxruntime"} == onnx_graphs | {
-        "engines/ort/model.fp32.ort", "engines/ort/model.int8-cpu.ort"}
+        "model.int8-cpu.frame.onnx", "engines/ort/model.fp32.ort", "engines/ort/model.int8-cpu.ort"}
     # skipped only where this CPU cannot compute it: OpenVINO on signed int8 without VNNI
     skipped = {f"{a['path']} [{a['reader']}]" for a in parity["artifacts"] if a["skipped"]}
     assert skipped == (set() if openvino_int8_has_vnni() else {"model.int8-trt.onnx [openvino]"})
@@ -70,7 +71,7 @@ def test_gate_passes_a_good_build_and_writes_json_junit_and_report(precision_bui
     assert parity["heldout"]["ids_sha256"] == split["ids_sha256"]["heldout"]
     suite = ET.parse(root / "parity.junit.xml").getroot()
     assert suite.get("failures") == "0" and suite.get("skipped") == str(len(skipped))
-    assert int(suite.get("tests")) == (10 - len(skipped)) * (5 + 1) + len(skipped)
+    assert int(suite.get("tests")) == (11 - len(skipped)) * (5 + 1) + len(skipped)
     text = (root / "report.md").read_text()
     assert "Gate: **passed**" in text and "parity-errors.png" in text
     assert (root / "parity-errors.png").read_bytes()[:4] == b"\x89PNG"

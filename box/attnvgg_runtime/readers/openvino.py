@@ -44,10 +44,12 @@ class OpenVinoRunner:
     is what runs."""
 
     def __init__(self, path: str | Path | tuple[bytes, bytes], precision: str = "f32",
-                 threads: int | None = None, convert: bool = False) -> None:
+                 threads: int | None = None, convert: bool = False, cache_dir: Path | None = None) -> None:
         ov = runtime_module("openvino", INSTALL_HINT)
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1}
+        if cache_dir is not None:  # compiled models kept there and read back (cold start)
+            config["CACHE_DIR"] = str(cache_dir)
         core = ov.Core()
         if isinstance(path, tuple):
             model = core.read_model(*path)

@@ -10,7 +10,7 @@ from attnvgg_runtime.verify.findings import Finding, agreement_margin, error_mar
 
 METRICS = ("rel_l2_max", "rel_l2_image_max", "cosine_min", "top1_min", "top5_min",
            "accuracy_drop_max", "drift_max", "agreement_max", "agreement_factor", "derived_max",
-           "derived_excess_max")
+           "derived_excess_max", "frame_max")
 DRIFT_FLOOR = 1e-4  # rel L2 differences below this are kernel noise, not drift
 AGREEMENT_METRICS = ("top1_min", "top5_min")  # meaningful only for trained weights
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from attnvgg_runtime.errors import ReaderUnavailable
 from attnvgg_runtime.manifest import Artifact, Manifest, inside_build
+from attnvgg_runtime.metadata import NormalizedOutside, check_metadata, metadata_of_file, with_frames
 from attnvgg_runtime.readers.cpu import cpu_identity, openvino_has_bf16, openvino_int8_has_vnni
 from attnvgg_runtime.readers.emulated import EmulatedRunner, emulated_cpu
 from attnvgg_runtime.readers.onnxruntime import ORT_SAVED_LEVEL, OnnxRuntimeRunner
@@ -18,6 +19,8 @@ from attnvgg_runtime.readers.tensorrt import TensorRTRunner
 def readers_of(artifact: Artifact) -> list[str]:
     """The readers that judge ``artifact``, by the gate's names (openvino-bf16 for the bf16 entry)."""
     names = READERS[artifact.format]
+    if artifact.input is not None:  # a frame artifact: the reader of its target (the graph it
+        names = names[:1]           # wraps is read by both)
     return [reader_name(artifact) if name == "openvino" else name for name in names]
 
 
@@ -32,6 +35,8 @@ def runner_for(artifact: Artifact, root: Path, manifest: Manifest, reader: str, 
     is read by both), TensorRT for plans (GPU machines). ReaderUnavailable where this machine
     cannot compute it. ``threads``: the CPU readers' threads (None: every core)."""
     path = inside_build(root, artifact.path)
+    if artifact.format != "plan":  # a plan carries none of ours
+        check_metadata(metadata_of_file(path, artifact.format), manifest, artifact, str(path))
     if reader == "tensorrt":
         # version-compatible plans embed host code: allowed only by whoever runs this
         # (--allow-plan-code), never by the manifest, an unsigned file anyone could edit
@@ -43,8 +48,9 @@ def runner_for(artifact: Artifact, root: Path, manifest: Manifest, reader: str, 
         raise ReaderUnavailable("OpenVINO on a CPU without VNNI saturates signed int8 activations "
                                 "(int16 pair sums, docs/precision.md); ONNX Runtime reads this "
                                 "graph here, and its target is TensorRT")
-    return _cpu_runner(path, reader, artifact.exact_int8_session_options is not None,
-                       precision_hint(artifact), threads=threads)
+    runner = _cpu_runner(path, reader, artifact.exact_int8_session_options is not None,
+                         precision_hint(artifact), threads=threads)
+    return with_frames(runner, artifact, manifest)
 
 
 def _cpu_runner(path: Path, reader: str, exact: bool, hint: str, optimization: str | None = None,
@@ -86,7 +92,13 @@ def signed_int8_activations(artifact: Artifact) -> bool:
 
 
 RECONVERTED = {"ort": "its source read by ONNX Runtime at the level the .ort was saved at",
-               "openvino-ir": "its source converted again by OpenVINO's convert_model, in memory"}
+               "openvino-ir": "its source converted again by OpenVINO's convert_model, in memory",
+               "frame": "the artifact it wraps, fed the same frames normalized outside the graph"}
+
+
+def reconversion_words(artifact: Artifact) -> str:
+    """What a converted artifact is held to, in words (RECONVERTED)."""
+    return RECONVERTED["frame" if artifact.input is not None else artifact.format]
 
 
 def reconversion_runner(artifact: Artifact, root: Path, manifest: Manifest, reader: str):
@@ -94,9 +106,12 @@ def reconversion_runner(artifact: Artifact, root: Path, manifest: Manifest, read
     writing a file: what the artifact must compute exactly, on this box's kernels (an .ort is its
     graph optimized at ORT_SAVED_LEVEL; an IR is convert_model of its graph). None for a plan,
     whose build is not repeated (its source's ONNX Runtime reading is the second reader)."""
+    source = manifest.artifact(artifact.source)
+    if artifact.input is not None:  # preprocessing outside the graph it wraps, in numpy
+        return NormalizedOutside(runner_for(source, root, manifest, reader), manifest.preprocessing,
+                                 artifact.input.get("channel_order", "RGB"))
     if artifact.format not in RECONVERTED:
         return None
-    source = manifest.artifact(artifact.source)
     return _cpu_runner(inside_build(root, source.path), reader, source.exact_int8_session_options is not None,
                        precision_hint(artifact),
                        ORT_SAVED_LEVEL if artifact.format == "ort" else None,
