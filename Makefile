@@ -213,17 +213,6 @@ test-isa: $(STAMP)
 	ATTNVGG_EMULATE_CPU=$(QEMU_CPU) $(CLI) parity --manifest $(EMULATED)/manifest.json \
 		--artifacts $(INT8_ARTIFACTS) --cases --images $(EMULATED_IMAGES)
 
-# The runtime wheel on an emulated aarch64 box (qemu-aarch64 10, Debian's arm64 python3.11, aarch64
-# wheels; all cached under build/arm): installed by the box's own pip, then probe, verify on a copy
-# of the reduced CI build (restricted to fit CI: ARM_VERIFY; signed with a key made for the run,
-# and verified with --require-signature), classify one photograph, and a planted int8 bug that
-# verify must fail; FULL_BUILD's signature, and a copy of it with one altered byte refused.
-# ARM_CPU=cortex-a72: a core without dotprod or fp16.
-ARM_CPU    ?= neoverse-n1
-# a full-size build to sign and to check the signature of on the box (CI: build/se)
-FULL_BUILD ?=
-ARM_VERIFY ?= --case heldout --images 8 --reader onnxruntime \
-              --artifact model.onnx,model.int8-cpu.onnx,engines/ort/*
 # The C++ consumer (examples/cpp) built from a clean clone with OpenVINO's C++ API from its pip wheel
 # and stb's headers from Debian's libstb-dev (downloaded, unpacked under build/cpp: no root needed;
 # /usr/include/stb is used where it is installed), then checked on the CI build's golden images
@@ -241,6 +230,17 @@ test-cpp: $(STAMP) $(STB_INCLUDE)/stb/stb_image.h
 	ATTNVGG_CPP_BINARY=$(CPP_DIR)/attnvgg-classify ATTNVGG_CPP_BUILD=build/ci/se \
 		$(PY) -m pytest -m cpp tests/cpp -p no:cacheprovider
 
+# The runtime wheel on an emulated aarch64 box (qemu-aarch64 10, Debian's arm64 python3.11, aarch64
+# wheels; all cached under build/arm): installed by the box's own pip, then probe, verify on a copy
+# of the reduced CI build (restricted to fit CI: ARM_VERIFY; signed with a key made for the run,
+# and verified with --require-signature), classify one photograph, and a planted int8 bug that
+# verify must fail; FULL_BUILD's signature, and a copy of it with one altered byte refused.
+# ARM_CPU=cortex-a72: a core without dotprod or fp16.
+ARM_CPU    ?= neoverse-n1
+# a full-size build to sign and to check the signature of on the box (CI: build/se)
+FULL_BUILD ?=
+ARM_VERIFY ?= --case heldout --images 8 --reader onnxruntime \
+              --artifact model.onnx,model.int8-cpu.onnx,engines/ort/*
 test-arm: $(STAMP)
 	$(MAKE) --no-print-directory engine $(CI_BUILD)
 	$(MAKE) --no-print-directory dist DIST=build/arm/dist

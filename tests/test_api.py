@@ -3,6 +3,7 @@ every stage, a typed result read back from the build's files), build() refuses w
 do with the toolchain's clear errors, and the wheel installs one top-level package and one
 command."""
 
+import json
 import re
 import subprocess
 import sys
@@ -34,6 +35,12 @@ def test_the_docs_example_builds_a_model_in_memory_and_reads_back_a_typed_result
     assert all(s.speedup_vs_eager > 0 for s in result.ship.values())
     again = attnvgg_export.read_result(result.manifest)
     assert again.verdicts == result.verdicts and again.ship == result.ship
+    # what to ship names the camera-frame artifacts and the first result of what it ships
+    ship = result.report.read_text().split("## What to ship", 1)[1].split("\n## ", 1)[0]
+    assert "Camera frames for ONNX Runtime" in ship and "model.int8-cpu.frame.onnx" in ship
+    assert "engines/openvino/model.int8.frame.xml" in ship and "First result of" in ship
+    starts = json.loads((result.manifest.parent / "bench.json").read_text())["first_result"]
+    assert starts and all(s["cold_s"] > 0 for s in starts.values())
 
 
 def test_build_refuses_a_checkpoint_and_a_model_together(tmp_path):

@@ -21,8 +21,8 @@ def test_the_gate_catches_every_planted_bug(engines_build, tmp_path):
     root = copy_build(engines_build, tmp_path)
     lines = []
     summary = selftest.run_selftest(root / "manifest.json", log=lines.append)
-    assert summary["planted"] == len(selftest.BUGS) == 8 and summary["baseline_failed"] == []
-    assert summary["caught"] == 8 and all(b["caught"] and b["by"] for b in summary["bugs"])
+    assert summary["planted"] == len(selftest.BUGS) == 9 and summary["baseline_failed"] == []
+    assert summary["caught"] == 9 and all(b["caught"] and b["by"] for b in summary["bugs"])
     by_bug = {b["bug"]: " ".join(b["by"]) for b in summary["bugs"]}
     assert "cast island is missing" in by_bug["fp16 cast island removed"]  # structure check
     assert "per-channel axis 1, TensorRT needs 0" in by_bug["int8 per-channel axis wrong"]
@@ -44,7 +44,13 @@ def test_the_gate_catches_every_planted_bug(engines_build, tmp_path):
         r"rel L2 ([0-9.e-]+) against ([0-9.e-]+) \(allowed ([0-9.e-]+)", converter).groups())
     assert (mine - source) >= 2 * (allowed - source), converter
     assert json.loads((root / "selftest.json").read_text()) == summary
-    assert "caught **8 of 8**" in (root / "report.md").read_text()
+    # the camera-frame graph reading its channels reversed: far past frame_max, against the graph
+    # it wraps fed the same frames
+    frame = next(b for b in summary["bugs"] if b["bug"] == "int8 camera-frame graph: channels swapped")
+    assert "frame_max" in frame["checks"], frame
+    figure = float(re.search(r"by rel L2 ([0-9.e-]+)", by_bug[frame["bug"]]).group(1))
+    assert figure > 10 * load_tolerances("se")["int8"]["frame_max"], by_bug[frame["bug"]]
+    assert "caught **9 of 9**" in (root / "report.md").read_text()
     verify_artifacts(root / "manifest.json")  # the build itself was not touched
     assert not list(root.glob(".selftest-*"))
 
