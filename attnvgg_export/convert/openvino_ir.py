@@ -21,7 +21,7 @@ from pathlib import Path
 
 from attnvgg_export.models import ToolchainError
 from attnvgg_runtime.files import ensure_writable_dir
-from attnvgg_runtime.metadata import FRAME_INPUT_NAME, IR_SECTION, PREFIX
+from attnvgg_runtime.metadata import FRAME_INPUT_NAME, set_ir_metadata
 from attnvgg_runtime.readers import runtime_module
 from attnvgg_runtime.readers.openvino import converted_model
 
@@ -73,8 +73,7 @@ def _save(make_model, xml: Path, metadata: dict[str, str] | None, what: str) -> 
         staged = Path(tmp) / xml.name
         try:
             model = make_model()
-            for key, value in (metadata or {}).items():
-                model.set_rt_info(value, [IR_SECTION, key.removeprefix(PREFIX)])
+            set_ir_metadata(model, metadata or {})
             ov.save_model(model, str(staged), compress_to_fp16=False)
         except Exception as e:  # OpenVINO raises its own types; the message is what helps
             raise OpenVinoError(f"OpenVINO could not {what}: "

@@ -254,6 +254,7 @@ def planted_copy(root: Path, bug: Bug | None, folder: Path) -> tuple[Path, str]:
         raise SelfTestError(f"the manifest records no source graph for {bug.artifact} (a build "
                             f"before schema 1.4): rebuild with `make engine`")
     if bug.converter:  # the IR as the faulty converter makes it from its source
+        from attnvgg_runtime.metadata import describe, set_ir_metadata
         from attnvgg_runtime.readers import runtime_module
         from attnvgg_runtime.readers.openvino import converted_model
 
@@ -261,10 +262,12 @@ def planted_copy(root: Path, bug: Bug | None, folder: Path) -> tuple[Path, str]:
         where = bug.plant(source)
         misread = folder / f"misread-{Path(entry.source).name}"
         onnx.save(source, str(misread))
-        # saved as attnvgg_export.convert.openvino_ir saves an IR (weights kept in float32): were it
+        # saved as the engines stage saves an IR (weights kept in float32, its metadata): were it
         # saved otherwise, the gate's reconversion check would say so, and the test asserts not
+        model = converted_model(misread)
+        set_ir_metadata(model, describe(manifest, entry.input))
         runtime_module("openvino", "pip install openvino").save_model(
-            converted_model(misread), str(folder / entry.path), compress_to_fp16=False)
+            model, str(folder / entry.path), compress_to_fp16=False)
         misread.unlink()
         xml = folder / entry.path
         entry.sha256, entry.bytes = sha256_file(xml), xml.stat().st_size

@@ -157,6 +157,12 @@ def ir_metadata(xml: bytes) -> dict[str, str]:
     return {PREFIX + child.tag: child.get("value", "") for child in section}
 
 
+def set_ir_metadata(model, props: dict[str, str]) -> None:
+    """``props`` (describe's) into an OpenVINO model's rt_info, as an IR carries them."""
+    for key, value in props.items():
+        model.set_rt_info(value, [IR_SECTION, key.removeprefix(PREFIX)])
+
+
 def ours(found: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in found.items() if k.startswith(PREFIX) and k[len(PREFIX):] in KEYS}
 
