@@ -90,6 +90,7 @@ def test_an_ir_whose_weights_changed_is_refused(engines_build, tmp_path):
 
 
 @pytest.mark.numerics
+@pytest.mark.slow  # 17.9 s of make test (12:05 in the clean clone of a0733ef, AMX Xeon): test-slow
 def test_the_gate_runs_every_ir_under_openvino(engines_build, tmp_path):
     root = copy_build(engines_build, tmp_path)
     report = run_parity(root / "manifest.json", log=lambda *_: None)

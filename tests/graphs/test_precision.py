@@ -237,6 +237,7 @@ def test_the_accuracy_aim_keeps_layers_by_share_each_only_if_it_lowers_the_drop(
     assert record["shares"] == [] and "no layer kept in float for it" in lines[0]
 
 
+@pytest.mark.slow  # 23.2 s of make test (12:05 in the clean clone of a0733ef, AMX Xeon): test-slow
 def test_the_gate_holds_a_trained_build_to_top1_where_images_are_enough_to_measure_it(
         digits_build, tmp_path):
     """Trained weights: the gate's top-1/top-5 budgets apply. On 248 held-out digits a budget of

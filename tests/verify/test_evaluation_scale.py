@@ -84,6 +84,7 @@ def test_the_same_results_bit_for_bit_in_process_and_on_a_local_two_worker_ray_c
     assert parity["evaluation"]["where"] == "a local Ray cluster" and parity["evaluation"]["images"] == 600
 
 
+@pytest.mark.slow  # 18.1 s of make test (12:05 in the clean clone of a0733ef, AMX Xeon): test-slow
 def test_a_stopped_evaluation_resumes_and_a_rebuilt_artifact_is_read_alone(
         digits_build, eval_npz, tmp_path, monkeypatch):
     from attnvgg_export.verify.gate import run_parity
