@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from attnvgg_export.graphs.onnx_file import save_model_streamed
+from attnvgg_export.graphs.onnx_file import _key, _varint, save_model_streamed
 from attnvgg_runtime.files import atomic_path
 from attnvgg_runtime.metadata import (
     FRAME_INPUT_NAME,
@@ -51,16 +51,7 @@ def describe_onnx(path: Path, manifest, frame: dict | None = None) -> Path:
 
 
 def _field(payload: bytes) -> bytes:
-    return _varint(METADATA_PROPS_FIELD << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | 0x80 if value else byte)
-        if not value:
-            return bytes(out)
+    return _key(METADATA_PROPS_FIELD) + _varint(len(payload)) + payload
 
 
 def onnx_with_frame_input(source: Path, target: Path, preprocessing: dict,

@@ -208,9 +208,20 @@ def read_keys(found: dict[str, str]) -> dict:
 
 # ---- the camera-frame input ----
 
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
+def _known_order(channel_order: str) -> str:
+    if channel_order not in CHANNEL_ORDERS:
+        raise MetadataMismatch(f"channel order {channel_order!r} is not one of {', '.join(CHANNEL_ORDERS)}: "
+                               f"the manifest or file was edited; rebuild with `make engine`")
+    return channel_order
+
+
 def to_frames(images: np.ndarray, pre: dict, channel_order: str = "RGB") -> np.ndarray:
     """Float NCHW images normalized by ``pre`` (mean, std) back to the uint8 NHWC frames they
     were made from (rounded: exact for images made from 8-bit pixels)."""
+    _known_order(channel_order)
     mean = np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
     pixels = np.clip(np.rint((images * std + mean) * 255), 0, 255).astype(np.uint8)
@@ -220,7 +231,8 @@ def to_frames(images: np.ndarray, pre: dict, channel_order: str = "RGB") -> np.n
 
 def from_frames(frames: np.ndarray, pre: dict, channel_order: str = "RGB") -> np.ndarray:
     """uint8 NHWC frames to the float NCHW input, in the order of operations the ONNX frame
-    graph computes: float, / 255, - mean, / std, transpose (attnvgg_export.graphs.frame)."""
+    graph computes: float, / 255, - mean, / std, transpose (attnvgg_export.graphs.describe)."""
+    _known_order(channel_order)
     if channel_order == "BGR":
         frames = frames[..., ::-1]
     x = frames.astype(np.float32) / np.float32(255)

@@ -138,6 +138,8 @@ def test_frames_round_trip_exactly_for_images_made_of_8_bit_pixels():
         images = from_frames(frames, pre, order)
         assert images.shape == (3, 3, 17, 23) and images.dtype == np.float32
         assert np.array_equal(to_frames(images, pre, order), frames)
+    with pytest.raises(MetadataMismatch, match="'GBR' is not one of RGB, BGR"):
+        to_frames(images, pre, "GBR")  # an edited manifest's order is refused, not read as RGB
 
 
 def test_the_frame_artifacts_pass_the_gate_and_compute_what_they_wrap(gated_build):

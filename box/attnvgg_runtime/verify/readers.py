@@ -8,7 +8,13 @@ from pathlib import Path
 
 from attnvgg_runtime.errors import ReaderUnavailable
 from attnvgg_runtime.manifest import Artifact, Manifest, inside_build
-from attnvgg_runtime.metadata import NormalizedOutside, check_metadata, metadata_of_file, with_frames
+from attnvgg_runtime.metadata import (
+    NormalizedOutside,
+    check_metadata,
+    metadata_of_file,
+    session_metadata,
+    with_frames,
+)
 from attnvgg_runtime.readers.cpu import cpu_identity, openvino_has_bf16, openvino_int8_has_vnni
 from attnvgg_runtime.readers.emulated import EmulatedRunner, emulated_cpu
 from attnvgg_runtime.readers.onnxruntime import ORT_SAVED_LEVEL, OnnxRuntimeRunner
@@ -35,7 +41,7 @@ def runner_for(artifact: Artifact, root: Path, manifest: Manifest, reader: str, 
     is read by both), TensorRT for plans (GPU machines). ReaderUnavailable where this machine
     cannot compute it. ``threads``: the CPU readers' threads (None: every core)."""
     path = inside_build(root, artifact.path)
-    if artifact.format != "plan":  # a plan carries none of ours
+    if artifact.format in ("onnx", "openvino-ir"):  # read from the file; an .ort's below; a plan has none
         check_metadata(metadata_of_file(path, artifact.format), manifest, artifact, str(path))
     if reader == "tensorrt":
         # version-compatible plans embed host code: allowed only by whoever runs this
@@ -50,6 +56,10 @@ def runner_for(artifact: Artifact, root: Path, manifest: Manifest, reader: str, 
                                 "graph here, and its target is TensorRT")
     runner = _cpu_runner(path, reader, artifact.exact_int8_session_options is not None,
                          precision_hint(artifact), threads=threads)
+    if artifact.format == "ort":  # its flatbuffer read by the session that runs it (a qemu child's: anew)
+        found = (session_metadata(runner.session) if isinstance(runner, OnnxRuntimeRunner)
+                 else metadata_of_file(path, "ort"))
+        check_metadata(found, manifest, artifact, str(path))
     return with_frames(runner, artifact, manifest)
 
 
